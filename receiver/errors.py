@@ -1,21 +1,21 @@
 """The exceptions of receiver.
 
-    ReceiverError
-    ├── ConfigError           a setting is missing or invalid; the process refuses to start
-    ├── InvalidRequest        a client sent something we cannot accept (4xx)
-    │   ├── PayloadTooLarge   a body over the configured limit (413)
-    │   └── InvalidToken      a missing, forged, tampered, expired or foreign token (401)
-    │       └── ExpiredToken
-    ├── UnknownJob            no such job (404)
-    └── ProviderError(status, body)       a provider answered something other than success
-        ├── Transient                     worth retrying later
-        │   ├── RateLimited(retry_after)  429, or a provider's own rate-limit answer
-        │   └── Unavailable               5xx, timeouts, network errors
-        └── Permanent                     retrying will not help; the job or task fails
-            ├── Unauthorized              401 / 403
-            ├── PaymentRequired           402
-            ├── NotFound                  404 (unknown or expired at the provider)
-            └── Rejected                  400 / 409 / 422: the provider refused the request
+ReceiverError
+├── ConfigError           a setting is missing or invalid; the process refuses to start
+├── InvalidRequest        a client sent something we cannot accept (4xx)
+│   ├── PayloadTooLarge   a body over the configured limit (413)
+│   └── InvalidToken      a missing, forged, tampered, expired or foreign token (401)
+│       └── ExpiredToken
+├── UnknownJob            no such job (404)
+└── ProviderError(status, body)       a provider answered something other than success
+    ├── Transient                     worth retrying later
+    │   ├── RateLimited(retry_after)  429, or a provider's own rate-limit answer
+    │   └── Unavailable               5xx, timeouts, network errors
+    └── Permanent                     retrying will not help; the job or task fails
+        ├── Unauthorized              401 / 403
+        ├── PaymentRequired           402
+        ├── NotFound                  404 (unknown or expired at the provider)
+        └── Rejected                  400 / 409 / 422: the provider refused the request
 """
 
 from __future__ import annotations

@@ -1,0 +1,242 @@
+"""Decodo jobs: validate a request, submit it, fetch results, reconcile lost callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from receiver.backoff import backoff
+from receiver.errors import (
+    InvalidRequest,
+    NotFound,
+    Permanent,
+    RateLimited,
+    Transient,
+)
+from receiver.providers.decodo import BATCH_LIMIT, DONE, FAULTED, DecodoClient, SubmittedTask
+from receiver.settings import Settings
+from receiver.store import JobStatus, Store, TaskStatus
+from receiver.tokens import PassthroughSigner
+
+log = logging.getLogger(__name__)
+
+# Keys receiver sets itself on every Decodo request.
+_RESERVED = frozenset({"callback_url", "passthrough", "passtrough"})
+# The request keys that name what to scrape, and whether each is a batch.
+_INPUTS = {"url": False, "query": False, "urls": True, "queries": True}
+# Most items one job may hold; larger sets are split by the caller into several jobs.
+MAX_ITEMS = 100_000
+# Concurrent GET /v3/task/{id} while reconciling one job.
+RECONCILE_CONCURRENCY = 20
+
+
+@dataclass(frozen=True)
+class DecodoRequest:
+    key: str  # "url" or "query": the Decodo parameter the items go in
+    items: list[str]
+    batch: bool
+    params: dict[str, Any]  # Decodo's own parameters, passed through
+
+    def as_params(self) -> dict[str, Any]:
+        return {"key": self.key, "items": self.items, "batch": self.batch, "params": self.params}
+
+    @classmethod
+    def from_params(cls, stored: Mapping[str, Any]) -> DecodoRequest:
+        return cls(
+            stored["key"], list(stored["items"]), bool(stored["batch"]), dict(stored["params"])
+        )
+
+    def chunks(self) -> list[list[str]]:
+        if not self.batch:
+            return [self.items]
+        return [self.items[i : i + BATCH_LIMIT] for i in range(0, len(self.items), BATCH_LIMIT)]
+
+
+def parse_request(body: Mapping[str, Any]) -> DecodoRequest:
+    """Validate a POST /jobs body for Decodo; InvalidRequest says what is wrong."""
+    given = [key for key in _INPUTS if key in body]
+    if len(given) != 1:
+        raise InvalidRequest("give exactly one of url, query, urls, queries")
+    name = given[0]
+    batch = _INPUTS[name]
+    raw = body[name]
+    items = raw if batch else [raw]
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest(f"{name} must be a non-empty list of strings")
+    if len(items) > MAX_ITEMS:
+        raise InvalidRequest(f"{name} holds {len(items)} items; at most {MAX_ITEMS} per job")
+    key = "url" if name in ("url", "urls") else "query"
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise InvalidRequest(f"every {key} must be a non-empty string")
+        if key == "url" and not item.startswith(("http://", "https://")):
+            raise InvalidRequest(f"{key} must start with http:// or https://: {item[:100]!r}")
+    reserved = sorted(_RESERVED & body.keys())
+    if reserved:
+        raise InvalidRequest(f"{', '.join(reserved)} is set by receiver, not by the request")
+    params = {k: v for k, v in body.items() if k not in _INPUTS and k != "provider"}
+    if "target" in params and not isinstance(params["target"], str):
+        raise InvalidRequest("target must be a string")
+    return DecodoRequest(key, [str(i) for i in items], batch, params)
+
+
+class DecodoJobs:
+    """The worker's side of Decodo jobs. Each step returns when to run it again, or None."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: DecodoClient,
+        signer: PassthroughSigner,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.signer = signer
+        self.settings = settings
+        self.clock = clock
+
+    @property
+    def callback_url(self) -> str:
+        return self.settings.public_url + "/callbacks/decodo"
+
+    # -- submit -------------------------------------------------------------------------
+
+    async def submit(self, job_id: str) -> float | None:
+        job = await self.store.get_job(job_id)
+        if job is None or JobStatus(job["status"]).terminal or not job["submitting"]:
+            return None
+        request = DecodoRequest.from_params(job["params"])
+        chunks = request.chunks()
+        params = {
+            **request.params,
+            "callback_url": self.callback_url,
+            "passthrough": self.signer.sign(job_id),
+        }
+        try:
+            for index in range(job.get("chunks", 0), len(chunks)):
+                tasks = await self._submit_chunk(request, params, chunks[index])
+                await self.store.record_submission(
+                    job_id,
+                    index,
+                    ((t.id, t.input) for t in tasks),
+                    last=index == len(chunks) - 1,
+                    reconcile_after=self.settings.reconcile_after,
+                )
+        except Transient as exc:
+            return await self._retry(job_id, "submit", exc)
+        except Permanent as exc:
+            log.warning("decodo submission refused", extra={"job_id": job_id, "reason": str(exc)})
+            await self.store.finish_job(job_id, JobStatus.FAILED, f"{exc.reason}: {exc}")
+        return None
+
+    async def _submit_chunk(
+        self, request: DecodoRequest, params: dict[str, Any], items: Sequence[str]
+    ) -> list[SubmittedTask]:
+        if not request.batch:
+            return [await self.client.submit_task({**params, request.key: items[0]})]
+        # One batch request per interval across every worker process: the limit is in Redis.
+        while (
+            wait := await self.store.acquire_rate(
+                "decodo:batch", self.settings.decodo_batch_interval
+            )
+        ) > 0:
+            await asyncio.sleep(wait)
+        return await self.client.submit_batch(params, request.key, items)
+
+    # -- fetch results ------------------------------------------------------------------
+
+    async def fetch(self, job_id: str, task_id: str) -> float | None:
+        job = await self.store.get_job(job_id)
+        if job is None or JobStatus(job["status"]).terminal:
+            return None
+        if self._expired(job):
+            await self.store.fail_task(job_id, task_id, self._expiry_reason(), expired=True)
+            return None
+        try:
+            body = await self.client.get_results(task_id)
+        except Transient as exc:
+            return await self._retry(job_id, f"fetch:{task_id}", exc)
+        except NotFound as exc:
+            await self.store.fail_task(job_id, task_id, f"{exc.reason}: {exc}")
+            return None
+        except Permanent as exc:
+            await self.store.fail_task(job_id, task_id, f"{exc.reason}: {exc}")
+            return None
+        if body is None:  # 204: not ready yet
+            return await self._retry(job_id, f"fetch:{task_id}", None)
+        await self.store.store_results(job_id, task_id, body, self.settings.results_ttl)
+        return None
+
+    # -- reconcile ----------------------------------------------------------------------
+
+    async def reconcile(self, job_id: str) -> float | None:
+        """Poll the tasks still waiting for a callback; a lost callback loses nothing."""
+        job = await self.store.get_job(job_id)
+        if job is None or JobStatus(job["status"]).terminal:
+            return None
+        tasks = await self.store.get_tasks(job_id)
+        pending = [t for t, status in tasks.items() if status == TaskStatus.PENDING]
+        if not pending:
+            return None
+        if self._expired(job):
+            for task_id in pending:
+                await self.store.fail_task(job_id, task_id, self._expiry_reason(), expired=True)
+            return None
+        limit = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+        outcomes = await asyncio.gather(*(self._check(job_id, t, limit) for t in pending))
+        if all(outcomes):
+            return None
+        attempt = await self.store.redis.hincrby(self.store.keys.attempts(job_id), "reconcile", 1)
+        base = max(self.settings.reconcile_after, 1.0)
+        return self.clock() + backoff(attempt, base, max(base, 3600.0))
+
+    async def _check(self, job_id: str, task_id: str, limit: asyncio.Semaphore) -> bool:
+        """Whether the task has left `pending` at Decodo (and is now recorded so)."""
+        async with limit:
+            try:
+                task = await self.client.get_task(task_id)
+            except Transient:
+                return False
+            except Permanent as exc:
+                await self.store.fail_task(job_id, task_id, f"{exc.reason}: {exc}")
+                return True
+        status = task.get("status")
+        if status in (DONE, FAULTED):
+            await self.store.apply_callbacks([(job_id, task_id, str(status))])
+            log.info(
+                "reconciled a task without callback",
+                extra={"job_id": job_id, "task_id": task_id, "status": status},
+            )
+            return True
+        return False
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _expired(self, job: Mapping[str, Any]) -> bool:
+        started = job.get("submitted_at") or job["created_at"]
+        return bool(self.clock() - started > self.settings.provider_retention)
+
+    def _expiry_reason(self) -> str:
+        hours = self.settings.provider_retention / 3600
+        return f"expired: Decodo keeps results {hours:g} h and they were not fetched in time"
+
+    async def _retry(self, job_id: str, name: str, exc: Transient | None) -> float:
+        attempt = await self.store.redis.hincrby(self.store.keys.attempts(job_id), name, 1)
+        after = exc.retry_after if isinstance(exc, RateLimited) else None
+        delay = backoff(attempt - 1, self.settings.retry_base, self.settings.retry_cap, after)
+        log.info(
+            "retrying later",
+            extra={
+                "job_id": job_id,
+                "work": name,
+                "delay_s": round(delay, 3),
+                "reason": str(exc) if exc else "not ready",
+            },
+        )
+        return self.clock() + delay

@@ -1,0 +1,84 @@
+"""Every Redis key receiver uses, in one place.
+
+All keys of one job share the hash tag `{<job_id>}`, so the per-job keys of a job land on
+one slot of a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Consumer group of the workers on the work stream.
+WORK_GROUP = "workers"
+# Seconds a claimed due entry stays leased to one worker before another may take it.
+DUE_LEASE = 120.0
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "receiver:"
+
+    def job(self, job_id: str) -> str:
+        """Hash: provider, status, progress counts, external ids, timestamps, error."""
+        return f"{self.prefix}job:{{{job_id}}}"
+
+    def tasks(self, job_id: str) -> str:
+        """Hash: provider task id -> task status (pending, done, stored, failed, expired)."""
+        return f"{self.prefix}job:{{{job_id}}}:tasks"
+
+    def inputs(self, job_id: str) -> str:
+        """Hash: provider task id -> the URL or query it was submitted for."""
+        return f"{self.prefix}job:{{{job_id}}}:inputs"
+
+    def errors(self, job_id: str) -> str:
+        """Hash: provider task id (or document id) -> why it failed."""
+        return f"{self.prefix}job:{{{job_id}}}:errors"
+
+    def results(self, job_id: str) -> str:
+        """Hash: task id -> zlib-compressed JSON results; expires after the results TTL."""
+        return f"{self.prefix}job:{{{job_id}}}:results"
+
+    def early(self, job_id: str) -> str:
+        """Hash: callbacks that arrived before their task ids were recorded (task id -> status)."""
+        return f"{self.prefix}job:{{{job_id}}}:early"
+
+    def attempts(self, job_id: str) -> str:
+        """Hash: scheduled work of the job (fetch:<task>, submit, ...) -> attempts made so far."""
+        return f"{self.prefix}job:{{{job_id}}}:attempts"
+
+    @property
+    def jobs(self) -> str:
+        """Sorted set: job id by creation time, for listing."""
+        return f"{self.prefix}jobs"
+
+    @property
+    def due(self) -> str:
+        """Sorted set: scheduled work (reconcile, retry, submit, poll) -> unix time it is due."""
+        return f"{self.prefix}due"
+
+    @property
+    def work(self) -> str:
+        """Stream with the consumer group WORK_GROUP: work to do now (fetch, submit)."""
+        return f"{self.prefix}stream:work"
+
+    @property
+    def events(self) -> str:
+        """Stream: every event, trimmed to about Settings.events_maxlen entries."""
+        return f"{self.prefix}stream:events"
+
+    @property
+    def channel(self) -> str:
+        """Pub/sub channel of every event; `channel_of(job)` carries one job's."""
+        return f"{self.prefix}events"
+
+    def channel_of(self, job_id: str) -> str:
+        return f"{self.prefix}events:{job_id}"
+
+    @property
+    def heartbeats(self) -> str:
+        """Sorted set: worker id -> unix time of its last heartbeat."""
+        return f"{self.prefix}workers"
+
+    def rate(self, name: str) -> str:
+        """String: the unix time before which the named rate-limited call may not run."""
+        return f"{self.prefix}rate:{name}"

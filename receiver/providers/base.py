@@ -1,0 +1,122 @@
+"""What the provider clients share: one way to call, and one translation of failures."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from receiver.errors import (
+    NotFound,
+    PaymentRequired,
+    ProviderError,
+    RateLimited,
+    Rejected,
+    Unauthorized,
+    Unavailable,
+)
+
+# Seconds for one provider request; short, so a hanging provider is retried, not waited on.
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+_RETRY_IN_MESSAGE = re.compile(r"retry after (\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
+
+
+class ProviderClient:
+    """A client of one provider's API: every request goes to `base_url`'s origin only."""
+
+    name = "provider"
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, headers: Mapping[str, str]) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.origin = httpx.URL(self.base_url).copy_with(path="/", query=None, fragment=None)
+        self._headers = dict(headers)
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def same_origin(self, url: str) -> bool:
+        other = httpx.URL(url)
+        return (other.scheme, other.host, other.port) == (
+            self.origin.scheme,
+            self.origin.host,
+            self.origin.port,
+        )
+
+    async def request(
+        self, method: str, url: str, *, json: Any = None, params: Mapping[str, Any] | None = None
+    ) -> httpx.Response:
+        """Send a request with our credentials, which only ever go to the provider's origin."""
+        if not self.same_origin(url):
+            raise Rejected(f"refusing to send {self.name} credentials to {httpx.URL(url).host}")
+        content = orjson.dumps(json) if json is not None else None
+        headers = dict(self._headers)
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            return await self.http.request(
+                method,
+                url,
+                content=content,
+                params=params,
+                headers=headers,
+                timeout=DEFAULT_TIMEOUT,
+            )
+        except httpx.TimeoutException as exc:
+            raise Unavailable(f"{self.name} timed out: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"{self.name} unreachable: {type(exc).__name__}") from None
+
+
+def raise_for_status(name: str, response: httpx.Response) -> None:
+    """Turn a provider's non-success answer into the matching ProviderError."""
+    status = response.status_code
+    if status < 400:
+        return
+    body = response.text
+    message = f"{name} answered {status}: {error_message(response) or body[:200]}"
+    if status == 429:
+        raise RateLimited(message, body=body, retry_after=retry_after(response))
+    if status >= 500:
+        raise Unavailable(message, status=status, body=body)
+    error: type[ProviderError] = {
+        401: Unauthorized,
+        402: PaymentRequired,
+        403: Unauthorized,
+        404: NotFound,
+    }.get(status, Rejected)
+    raise error(message, status=status, body=body)
+
+
+def error_message(response: httpx.Response) -> str:
+    """The provider's own words from an error body: `error`, `message` or nothing."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return ""
+    if isinstance(body, dict):
+        for key in ("error", "message"):
+            if isinstance(body.get(key), str):
+                return str(body[key])
+    return ""
+
+
+def retry_after(response: httpx.Response, now: float | None = None) -> float | None:
+    """Seconds to wait: `Retry-After` (seconds or HTTP date), or "retry after Ns" in the body."""
+    header = response.headers.get("retry-after")
+    if header:
+        header = header.strip()
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(header) if header else None
+            if parsed is not None:
+                return max(0.0, parsed.timestamp() - (now or time.time()))
+    found = _RETRY_IN_MESSAGE.search(error_message(response))
+    return float(found.group(1)) if found else None

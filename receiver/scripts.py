@@ -1,0 +1,262 @@
+"""The Lua scripts that make every state change one atomic Redis step.
+
+Each script starts from PRELUDE. Its ARGV begins with the four common arguments
+(key prefix, unix time now, the ISO time stamped on events, the events stream MAXLEN);
+the script's own arguments follow from ARGV[5].
+"""
+
+from __future__ import annotations
+
+PRELUDE = r"""
+local P = ARGV[1]
+local NOW = ARGV[2]
+local AT = ARGV[3]
+local MAXLEN = ARGV[4]
+local TERMINAL = {completed = true, failed = true, cancelled = true, expired = true}
+
+local function jkey(j) return P .. 'job:{' .. j .. '}' end
+
+-- Append an event to the stream and publish it with its stream id; returns that id.
+local function emit(j, etype, detail)
+  local h = redis.call('HMGET', jkey(j), 'provider', 'status', 'completed', 'failed', 'total')
+  local event = {
+    type = etype, job_id = j, provider = h[1], status = h[2], at = AT,
+    progress = {completed = tonumber(h[3]) or 0, failed = tonumber(h[4]) or 0,
+                total = tonumber(h[5]) or 0},
+    detail = detail or {},
+  }
+  local body = cjson.encode(event)
+  local id = redis.call('XADD', P .. 'stream:events', 'MAXLEN', '~', MAXLEN, '*', 'event', body)
+  local message = '{"id":"' .. id .. '",' .. string.sub(body, 2)
+  redis.call('PUBLISH', P .. 'events', message)
+  redis.call('PUBLISH', P .. 'events:' .. j, message)
+  return id
+end
+
+-- Move a job to a terminal status once, with its event; later calls change nothing.
+local function finish(j, status, reason)
+  local current = redis.call('HGET', jkey(j), 'status')
+  if (not current) or TERMINAL[current] then return false end
+  redis.call('HSET', jkey(j), 'status', status, 'finished_at', NOW, 'updated_at', NOW)
+  if reason and reason ~= '' then redis.call('HSET', jkey(j), 'error', reason) end
+  redis.call('ZREM', P .. 'due', 'reconcile:' .. j, 'poll:' .. j)
+  local detail = {}
+  if reason and reason ~= '' then detail = {reason = reason} end
+  emit(j, 'job.' .. status, detail)
+  return true
+end
+
+-- When every task is terminal the job ends: completed if any task has results.
+local function settle(j)
+  local h = redis.call('HMGET', jkey(j), 'status', 'completed', 'failed', 'total', 'expired',
+                       'submitting')
+  if (not h[1]) or TERMINAL[h[1]] or h[6] then return end
+  local c, f = tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  local t, x = tonumber(h[4]) or 0, tonumber(h[5]) or 0
+  if c + f < t then return end
+  if c > 0 or t == 0 then
+    finish(j, 'completed', nil)
+  elseif x == t then
+    finish(j, 'expired', 'the results of every task expired at the provider')
+  else
+    finish(j, 'failed', 'every task failed')
+  end
+end
+
+-- A provider says task t of job j is done or faulted. Returns what happened.
+local function apply(j, t, status, source)
+  local tasks = jkey(j) .. ':tasks'
+  local current = redis.call('HGET', tasks, t)
+  if not current then return 'unknown_task' end
+  if current ~= 'pending' then return 'duplicate' end
+  if status == 'done' then
+    redis.call('HSET', tasks, t, 'done')
+    redis.call('HINCRBY', jkey(j), 'received', 1)
+    redis.call('XADD', P .. 'stream:work', '*', 'k', 'fetch', 'j', j, 't', t)
+    emit(j, 'job.progress', {task_id = t, task_status = 'done', source = source})
+  else
+    redis.call('HSET', tasks, t, 'failed')
+    redis.call('HSET', jkey(j) .. ':errors', t, 'faulted: the provider gave up on the task')
+    redis.call('HINCRBY', jkey(j), 'failed', 1)
+    emit(j, 'task.failed', {task_id = t, reason = 'faulted', source = source})
+    settle(j)
+  end
+  redis.call('HSET', jkey(j), 'updated_at', NOW)
+  return 'accepted'
+end
+"""
+
+# ARGV[5]: number of callbacks n; then n triples (job id, task id, status: done | faulted).
+# Returns one code per callback: accepted, duplicate, early, closed, unknown_job, unknown_task.
+CALLBACKS = (
+    PRELUDE
+    + r"""
+local out = {}
+local n = tonumber(ARGV[5])
+for i = 0, n - 1 do
+  local j, t, status = ARGV[6 + i * 3], ARGV[7 + i * 3], ARGV[8 + i * 3]
+  local h = redis.call('HMGET', jkey(j), 'status', 'submitting', 'total')
+  local code
+  if not h[1] then
+    code = 'unknown_job'
+  elseif TERMINAL[h[1]] then
+    code = 'closed'
+  else
+    code = apply(j, t, status, 'callback')
+    -- A callback can beat the submission's answer: keep it until the task ids are known.
+    if code == 'unknown_task' and h[2] then
+      local early = jkey(j) .. ':early'
+      if redis.call('HLEN', early) < (tonumber(h[3]) or 0) then
+        redis.call('HSETNX', early, t, status)
+        code = 'early'
+      end
+    end
+  end
+  out[i + 1] = code
+end
+return out
+"""
+)
+
+# ARGV[5] job id, ARGV[6] work kind to enqueue now ('' for none), then field/value pairs.
+CREATE_JOB = (
+    PRELUDE
+    + r"""
+local j = ARGV[5]
+if redis.call('EXISTS', jkey(j)) == 1 then return 'exists' end
+local fields = {}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', jkey(j), 'status', 'submitted', 'completed', 0, 'failed', 0, 'received', 0,
+           'expired', 0, 'created_at', NOW, 'updated_at', NOW, unpack(fields))
+redis.call('ZADD', P .. 'jobs', NOW, j)
+emit(j, 'job.created', {})
+if ARGV[6] ~= '' then
+  redis.call('XADD', P .. 'stream:work', '*', 'k', ARGV[6], 'j', j)
+end
+return 'created'
+"""
+)
+
+# ARGV[5] job id, ARGV[6] chunk index, ARGV[7] '1' if last chunk, ARGV[8] reconcile delay (s),
+# then pairs (task id, input). Records the provider's task ids, then any early callbacks.
+RECORD_SUBMISSION = (
+    PRELUDE
+    + r"""
+local j = ARGV[5]
+local h = redis.call('HMGET', jkey(j), 'status', 'chunks')
+if not h[1] then return 'unknown_job' end
+if tonumber(ARGV[6]) < (tonumber(h[2]) or 0) then return 'duplicate' end
+local tasks, inputs = jkey(j) .. ':tasks', jkey(j) .. ':inputs'
+for i = 9, #ARGV, 2 do
+  redis.call('HSETNX', tasks, ARGV[i], 'pending')
+  redis.call('HSET', inputs, ARGV[i], ARGV[i + 1])
+end
+redis.call('HINCRBY', jkey(j), 'chunks', 1)
+if h[1] == 'submitted' then
+  redis.call('HSET', jkey(j), 'status', 'running', 'submitted_at', NOW)
+end
+local last = ARGV[7] == '1'
+if last then
+  redis.call('HDEL', jkey(j), 'submitting')
+  redis.call('HSET', jkey(j), 'total', redis.call('HLEN', tasks))
+  redis.call('ZADD', P .. 'due', tonumber(NOW) + tonumber(ARGV[8]), 'reconcile:' .. j)
+  emit(j, 'job.progress', {submitted = redis.call('HLEN', tasks)})
+end
+local early = jkey(j) .. ':early'
+local pending = redis.call('HGETALL', early)
+for i = 1, #pending, 2 do
+  if redis.call('HEXISTS', tasks, pending[i]) == 1 then
+    apply(j, pending[i], pending[i + 1], 'callback')
+    redis.call('HDEL', early, pending[i])
+  end
+end
+if last then
+  redis.call('DEL', early)
+  settle(j)
+end
+return 'recorded'
+"""
+)
+
+# ARGV[5] job id, ARGV[6] task id, ARGV[7] outcome (stored | failed | expired),
+# ARGV[8] compressed results (stored) or the reason, ARGV[9] results TTL in seconds.
+TASK_OUTCOME = (
+    PRELUDE
+    + r"""
+local j, t, outcome, value = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local status = redis.call('HGET', jkey(j), 'status')
+if not status then return 'unknown_job' end
+if TERMINAL[status] then return 'closed' end
+local tasks = jkey(j) .. ':tasks'
+local current = redis.call('HGET', tasks, t)
+if not current then return 'unknown_task' end
+if current == 'stored' or current == 'failed' or current == 'expired' then return 'duplicate' end
+if outcome == 'stored' then
+  redis.call('HSET', jkey(j) .. ':results', t, value)
+  redis.call('EXPIRE', jkey(j) .. ':results', tonumber(ARGV[9]))
+  redis.call('HSET', tasks, t, 'stored')
+  redis.call('HINCRBY', jkey(j), 'completed', 1)
+  emit(j, 'task.completed', {task_id = t})
+else
+  redis.call('HSET', tasks, t, outcome)
+  redis.call('HSET', jkey(j) .. ':errors', t, value)
+  redis.call('HINCRBY', jkey(j), 'failed', 1)
+  if outcome == 'expired' then redis.call('HINCRBY', jkey(j), 'expired', 1) end
+  emit(j, 'task.failed', {task_id = t, reason = value})
+end
+redis.call('HSET', jkey(j), 'updated_at', NOW)
+settle(j)
+return outcome
+"""
+)
+
+# ARGV[5] job id, ARGV[6] terminal status, ARGV[7] reason.
+FINISH_JOB = (
+    PRELUDE
+    + r"""
+if not redis.call('HGET', jkey(ARGV[5]), 'status') then return 'unknown_job' end
+if finish(ARGV[5], ARGV[6], ARGV[7]) then return 'finished' end
+return 'closed'
+"""
+)
+
+# ARGV[5] job id, ARGV[6] event type, ARGV[7] JSON detail, then field/value pairs to set.
+UPDATE_JOB = (
+    PRELUDE
+    + r"""
+local j = ARGV[5]
+local status = redis.call('HGET', jkey(j), 'status')
+if not status then return 'unknown_job' end
+if TERMINAL[status] then return 'closed' end
+if #ARGV >= 8 then
+  local fields = {}
+  for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', jkey(j), 'updated_at', NOW, unpack(fields))
+end
+if ARGV[6] ~= '' then emit(j, ARGV[6], cjson.decode(ARGV[7])) end
+return 'updated'
+"""
+)
+
+# KEYS[1] due set; ARGV[1] now, ARGV[2] how many, ARGV[3] lease (s).
+# Takes the due members and pushes their due time past the lease, so no other worker
+# takes them meanwhile and a crashed worker's members come due again after the lease.
+CLAIM_DUE = r"""
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0,
+                         tonumber(ARGV[2]))
+local lease_end = tonumber(ARGV[1]) + tonumber(ARGV[3])
+for _, member in ipairs(items) do redis.call('ZADD', KEYS[1], lease_end, member) end
+return items
+"""
+
+# KEYS[1] the rate key; ARGV[1] interval (s). Returns '0' when the caller may go now,
+# else the seconds to wait. Uses the server's clock, shared by every worker.
+ACQUIRE_RATE = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local free_at = tonumber(redis.call('GET', KEYS[1]) or '0')
+if free_at > now then return tostring(free_at - now) end
+local interval = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], tostring(now + interval), 'PX', math.ceil(interval * 1000) + 1000)
+return '0'
+"""

@@ -1,0 +1,137 @@
+"""Configuration, read once from the environment at the edge and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar
+
+from receiver.errors import ConfigError
+
+T = TypeVar("T", int, float)
+
+DECODO_BASE_URL = "https://scraper-api.decodo.com"
+FIRECRAWL_BASE_URL = "https://api.firecrawl.dev"
+DIFY_BASE_URL = "https://api.dify.ai/v1"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # None: start an embedded redis-server under data_dir.
+    redis_url: str | None = None
+    data_dir: Path = Path(".receiver")
+    # The first key signs new tokens; every key verifies, so a key can be rotated.
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_token: str = field(default="", repr=False)
+    public_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    key_prefix: str = "receiver:"
+
+    decodo_base_url: str = DECODO_BASE_URL
+    decodo_auth: str = field(default="", repr=False)
+    firecrawl_base_url: str = FIRECRAWL_BASE_URL
+    firecrawl_api_key: str = field(default="", repr=False)
+    firecrawl_webhook_secret: str = field(default="", repr=False)
+    dify_base_url: str = DIFY_BASE_URL
+    dify_api_key: str = field(default="", repr=False)
+
+    # Bytes; a callback body above it is refused with 413 before it is read whole.
+    max_body: int = 1024 * 1024
+    # Seconds without a callback before a Decodo task is polled at /v3/task/{id}.
+    reconcile_after: float = 300.0
+    # Seconds a passthrough token stays valid: above Decodo's 24 h results retention.
+    token_max_age: float = 48 * 3600.0
+    # Seconds Decodo keeps results after a task was created.
+    provider_retention: float = 24 * 3600.0
+    # Seconds we keep fetched results in Redis.
+    results_ttl: float = 7 * 24 * 3600.0
+    # Concurrent results fetches per worker process.
+    fetch_concurrency: int = 100
+    # Seconds a work entry may stay unacknowledged before another worker reclaims it.
+    claim_idle: float = 60.0
+    # Approximate number of events kept in receiver:stream:events (24 h at 100 events/s).
+    events_maxlen: int = 8_640_000
+    # Seconds between worker heartbeats; /readyz wants one fresher than 3 of these.
+    heartbeat_interval: float = 5.0
+    # Seconds between batch submissions to Decodo, across every worker.
+    decodo_batch_interval: float = 1.0
+    # Seconds of backoff: first retry, and the cap.
+    retry_base: float = 1.0
+    retry_cap: float = 300.0
+    log_format: str = "text"
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis_url is None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        port = _number(env, "PORT", 8000, int)
+        base = cls()
+        return cls(
+            redis_url=env.get("REDIS_URL") or None,
+            data_dir=Path(env.get("RECEIVER_DATA_DIR", ".receiver")),
+            secret_keys=tuple(
+                k.strip() for k in env.get("RECEIVER_SECRET_KEYS", "").split(",") if k.strip()
+            ),
+            api_token=env.get("RECEIVER_API_TOKEN", ""),
+            public_url=env.get("RECEIVER_PUBLIC_URL", f"http://127.0.0.1:{port}").rstrip("/"),
+            host=env.get("RECEIVER_HOST", base.host),
+            port=port,
+            key_prefix=env.get("RECEIVER_KEY_PREFIX", base.key_prefix),
+            decodo_base_url=env.get("DECODO_BASE_URL", DECODO_BASE_URL).rstrip("/"),
+            decodo_auth=env.get("DECODO_AUTH", ""),
+            firecrawl_base_url=env.get("FIRECRAWL_BASE_URL", FIRECRAWL_BASE_URL).rstrip("/"),
+            firecrawl_api_key=env.get("FIRECRAWL_API_KEY", ""),
+            firecrawl_webhook_secret=env.get("FIRECRAWL_WEBHOOK_SECRET", ""),
+            dify_base_url=env.get("DIFY_BASE_URL", DIFY_BASE_URL).rstrip("/"),
+            dify_api_key=env.get("DIFY_API_KEY", ""),
+            max_body=_number(env, "RECEIVER_MAX_BODY", base.max_body, int),
+            reconcile_after=_number(env, "RECEIVER_RECONCILE_AFTER", base.reconcile_after, float),
+            token_max_age=_number(env, "RECEIVER_TOKEN_MAX_AGE", base.token_max_age, float),
+            provider_retention=_number(
+                env, "RECEIVER_PROVIDER_RETENTION", base.provider_retention, float
+            ),
+            results_ttl=_number(env, "RECEIVER_RESULTS_TTL", base.results_ttl, float),
+            fetch_concurrency=_number(
+                env, "RECEIVER_FETCH_CONCURRENCY", base.fetch_concurrency, int
+            ),
+            claim_idle=_number(env, "RECEIVER_CLAIM_IDLE", base.claim_idle, float),
+            events_maxlen=_number(env, "RECEIVER_EVENTS_MAXLEN", base.events_maxlen, int),
+            log_format=env.get("RECEIVER_LOG_FORMAT", base.log_format),
+        )
+
+    def require_secrets(self) -> None:
+        """With an external Redis, refuse to start without the secrets."""
+        missing = [
+            name
+            for name, value in (
+                ("RECEIVER_SECRET_KEYS", self.secret_keys),
+                ("RECEIVER_API_TOKEN", self.api_token),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} must be set when REDIS_URL is set")
+        if self.token_max_age < self.provider_retention:
+            raise ConfigError("RECEIVER_TOKEN_MAX_AGE must be at least the provider retention")
+
+    def with_changes(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _number(env: Mapping[str, str], name: str, default: T, kind: type[T]) -> T:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative")
+    return value

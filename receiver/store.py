@@ -1,0 +1,266 @@
+"""Job records in Redis: statuses, atomic transitions and reads."""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from receiver import scripts
+from receiver.keys import DUE_LEASE, WORK_GROUP, Keys
+
+Clock = Callable[[], float]
+
+
+class JobStatus(enum.StrEnum):
+    SUBMITTED = "submitted"  # created; the provider has not accepted it yet
+    RUNNING = "running"  # the provider has it; waiting for callbacks, results or polls
+    COMPLETED = "completed"  # every task or document ended, and some have results
+    FAILED = "failed"  # every task failed, or the provider refused the job
+    CANCELLED = "cancelled"  # cancelled by a user
+    EXPIRED = "expired"  # the provider no longer keeps the results
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (JobStatus.SUBMITTED, JobStatus.RUNNING)
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "pending"  # submitted; no callback or poll has said it is done
+    DONE = "done"  # the provider says done; the results fetch is queued
+    STORED = "stored"  # results fetched and kept
+    FAILED = "failed"  # faulted at the provider, or its results cannot be had
+    EXPIRED = "expired"  # done too long ago: the provider dropped its results
+
+
+# Codes the callbacks script answers per callback.
+ACCEPTED, DUPLICATE, EARLY, CLOSED = "accepted", "duplicate", "early", "closed"
+UNKNOWN_JOB, UNKNOWN_TASK = "unknown_job", "unknown_task"
+
+# Job hash fields that hold integers.
+_INT_FIELDS = ("total", "completed", "failed", "received", "expired", "chunks")
+# Job hash fields that hold JSON.
+_JSON_FIELDS = ("params", "external")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def compress(body: bytes) -> bytes:
+    return zlib.compress(body, 1)
+
+
+def decompress(blob: bytes) -> bytes:
+    return zlib.decompress(blob)
+
+
+class Store:
+    """Reads and atomic writes of jobs, tasks, results, events and scheduled work."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys | None = None,
+        *,
+        events_maxlen: int = 8_640_000,
+        clock: Clock = time.time,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys or Keys()
+        self.events_maxlen = events_maxlen
+        self.clock = clock
+        self._callbacks = redis.register_script(scripts.CALLBACKS)
+        self._create_job = redis.register_script(scripts.CREATE_JOB)
+        self._record_submission = redis.register_script(scripts.RECORD_SUBMISSION)
+        self._task_outcome = redis.register_script(scripts.TASK_OUTCOME)
+        self._finish_job = redis.register_script(scripts.FINISH_JOB)
+        self._update_job = redis.register_script(scripts.UPDATE_JOB)
+        self._claim_due = redis.register_script(scripts.CLAIM_DUE)
+        self._acquire_rate = redis.register_script(scripts.ACQUIRE_RATE)
+
+    def _common(self) -> list[Any]:
+        now = self.clock()
+        return [self.keys.prefix, repr(now), iso(now), self.events_maxlen]
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        job_id: str,
+        provider: str,
+        *,
+        total: int,
+        params: Mapping[str, Any],
+        work: str = "",
+        submitting: bool = True,
+        external: Mapping[str, Any] | None = None,
+    ) -> None:
+        fields: list[Any] = [
+            "id",
+            job_id,
+            "provider",
+            provider,
+            "total",
+            total,
+            "params",
+            orjson.dumps(params),
+        ]
+        if submitting:
+            fields += ["submitting", 1]
+        if external:
+            fields += ["external", orjson.dumps(external)]
+        await self._create_job(args=[*self._common(), job_id, work, *fields])
+
+    async def apply_callbacks(self, callbacks: Sequence[tuple[str, str, str]]) -> list[str]:
+        """Record (job id, task id, done|faulted) callbacks in one script call."""
+        args: list[Any] = [*self._common(), len(callbacks)]
+        for callback in callbacks:
+            args.extend(callback)
+        codes = await self._callbacks(args=args)
+        return [_text(code) for code in codes]
+
+    async def record_submission(
+        self,
+        job_id: str,
+        chunk: int,
+        tasks: Iterable[tuple[str, str]],
+        *,
+        last: bool,
+        reconcile_after: float,
+    ) -> str:
+        args: list[Any] = [*self._common(), job_id, chunk, "1" if last else "0", reconcile_after]
+        for task_id, task_input in tasks:
+            args += [task_id, task_input]
+        return _text(await self._record_submission(args=args))
+
+    async def store_results(self, job_id: str, task_id: str, body: bytes, ttl: float) -> str:
+        args = [*self._common(), job_id, task_id, "stored", compress(body), int(ttl)]
+        return _text(await self._task_outcome(args=args))
+
+    async def fail_task(
+        self, job_id: str, task_id: str, reason: str, *, expired: bool = False
+    ) -> str:
+        outcome = "expired" if expired else "failed"
+        args = [*self._common(), job_id, task_id, outcome, reason, 0]
+        return _text(await self._task_outcome(args=args))
+
+    async def finish_job(self, job_id: str, status: JobStatus, reason: str = "") -> str:
+        """Move a job to a terminal status; 'closed' when it already was terminal."""
+        args = [*self._common(), job_id, status.value, reason]
+        return _text(await self._finish_job(args=args))
+
+    async def update_job(
+        self,
+        job_id: str,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        event: str = "",
+        detail: Mapping[str, Any] | None = None,
+    ) -> str:
+        args: list[Any] = [*self._common(), job_id, event, orjson.dumps(detail or {})]
+        for name, value in (fields or {}).items():
+            args += [name, value]
+        return _text(await self._update_job(args=args))
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    async def schedule(self, member: str, at: float) -> None:
+        await self.redis.zadd(self.keys.due, {member: at})
+
+    async def unschedule(self, member: str) -> None:
+        await self.redis.zrem(self.keys.due, member)
+
+    async def claim_due(self, limit: int, lease: float = DUE_LEASE) -> list[str]:
+        items = await self._claim_due(keys=[self.keys.due], args=[repr(self.clock()), limit, lease])
+        return [_text(item) for item in items]
+
+    async def acquire_rate(self, name: str, interval: float) -> float:
+        """0 when the caller may make the rate-limited call now, else seconds to wait."""
+        wait = await self._acquire_rate(keys=[self.keys.rate(name)], args=[interval])
+        return float(_text(wait))
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.keys.work, WORK_GROUP, id="0", mkstream=True)
+        except Exception as exc:  # the group exists already
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def enqueue(self, kind: str, job_id: str, task_id: str = "") -> None:
+        fields = {"k": kind, "j": job_id}
+        if task_id:
+            fields["t"] = task_id
+        await self.redis.xadd(self.keys.work, fields)  # type: ignore[arg-type]
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hgetall(self.keys.job(job_id))
+        if not raw:
+            return None
+        return decode_job(raw)
+
+    async def get_tasks(self, job_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys.tasks(job_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def get_task_details(self, job_id: str) -> list[dict[str, Any]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.tasks(job_id))
+            pipe.hgetall(self.keys.inputs(job_id))
+            pipe.hgetall(self.keys.errors(job_id))
+            tasks, inputs, errors = await pipe.execute()
+        details = []
+        for key, status in tasks.items():
+            task: dict[str, Any] = {"id": _text(key), "status": _text(status)}
+            if key in inputs:
+                task["input"] = _text(inputs[key])
+            if key in errors:
+                task["error"] = _text(errors[key])
+            details.append(task)
+        return details
+
+    async def get_results(self, job_id: str) -> dict[str, Any]:
+        raw: dict[Any, Any] = await self.redis.hgetall(self.keys.results(job_id))
+        return {_text(k): orjson.loads(decompress(v)) for k, v in raw.items()}
+
+    async def list_job_ids(self, limit: int = 100, before: float | None = None) -> list[str]:
+        top = f"({before}" if before is not None else "+inf"
+        ids = await self.redis.zrevrangebyscore(self.keys.jobs, top, "-inf", start=0, num=limit)
+        return [_text(i) for i in ids]
+
+
+def decode_job(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    job: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+    for name in _INT_FIELDS:
+        if name in job:
+            job[name] = int(job[name])
+    for name in _JSON_FIELDS:
+        if name in job:
+            job[name] = orjson.loads(job[name])
+    for name in ("created_at", "updated_at", "submitted_at", "finished_at"):
+        if name in job:
+            job[name] = float(job[name])
+    job["progress"] = {
+        "completed": job.get("completed", 0),
+        "failed": job.get("failed", 0),
+        "total": job.get("total", 0),
+    }
+    job["submitting"] = "submitting" in job
+    return job
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
