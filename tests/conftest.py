@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from redis.asyncio import Redis
 
+from receiver.keys import Keys
+from receiver.store import Store
 from tests.servers import RedisProcess, run_redis
 
 
@@ -17,3 +20,17 @@ def redis_process() -> Iterator[RedisProcess]:
     """One real redis-server for the session; tests use their own key prefix or flush."""
     with run_redis() as server:
         yield server
+
+
+@pytest.fixture
+async def redis(redis_process: RedisProcess) -> AsyncIterator[Redis]:
+    """A client of the session's redis-server, emptied before the test."""
+    client = Redis.from_url(redis_process.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def store(redis: Redis) -> Store:
+    return Store(redis, Keys(), events_maxlen=10_000)

@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from receiver.keys import WORK_GROUP
+from receiver.store import JobStatus, Store
+
+pytestmark = pytest.mark.anyio
+
+
+async def events(redis: Redis, store: Store) -> list[dict[str, Any]]:
+    entries = await redis.xrange(store.keys.events)
+    return [orjson.loads(fields[b"event"]) for _, fields in entries]
+
+
+async def work(redis: Redis, store: Store) -> list[dict[bytes, bytes]]:
+    return [fields for _, fields in await redis.xrange(store.keys.work)]
+
+
+async def running_job(store: Store, job_id: str = "j1", tasks: int = 2) -> None:
+    await store.create_job(job_id, "decodo", total=tasks, params={"items": []}, work="submit")
+    await store.record_submission(
+        job_id, 0, [(f"t{i}", f"https://e.com/{i}") for i in range(tasks)],
+        last=True, reconcile_after=300,
+    )
+
+
+async def test_create_job_writes_record_index_event_and_work(redis: Redis, store: Store) -> None:
+    await store.create_job("j1", "decodo", total=3, params={"a": 1}, work="submit")
+    job = await redis.hgetall(store.keys.job("j1"))
+    assert job[b"status"] == b"submitted" and job[b"total"] == b"3"
+    assert job[b"submitting"] == b"1"
+    assert await redis.zscore(store.keys.jobs, "j1") is not None
+    assert [e["type"] for e in await events(redis, store)] == ["job.created"]
+    assert await work(redis, store) == [{b"k": b"submit", b"j": b"j1"}]
+
+
+async def test_record_submission_makes_job_running_and_schedules_reconcile(
+    redis: Redis, store: Store
+) -> None:
+    await running_job(store)
+    assert await redis.hgetall(store.keys.tasks("j1")) == {b"t0": b"pending", b"t1": b"pending"}
+    job = await store.get_job("j1")
+    assert job is not None and job["status"] == "running" and not job["submitting"]
+    assert await redis.zscore(store.keys.due, "reconcile:j1") is not None
+
+
+async def test_callback_done_records_task_enqueues_fetch_and_emits(
+    redis: Redis, store: Store
+) -> None:
+    await running_job(store)
+    assert await store.apply_callbacks([("j1", "t0", "done")]) == ["accepted"]
+    assert await redis.hget(store.keys.tasks("j1"), "t0") == b"done"
+    assert await redis.hget(store.keys.job("j1"), "received") == b"1"
+    assert {b"k": b"fetch", b"j": b"j1", b"t": b"t0"} in await work(redis, store)
+    last = (await events(redis, store))[-1]
+    assert last["type"] == "job.progress" and last["detail"]["task_id"] == "t0"
+
+
+async def test_duplicate_callback_changes_nothing(redis: Redis, store: Store) -> None:
+    await running_job(store)
+    await store.apply_callbacks([("j1", "t0", "done")])
+    before = (await events(redis, store), await work(redis, store))
+    assert await store.apply_callbacks([("j1", "t0", "done"), ("j1", "t0", "faulted")]) == [
+        "duplicate", "duplicate",
+    ]
+    assert (await events(redis, store), await work(redis, store)) == before
+
+
+async def test_unknown_job_and_unknown_task_write_nothing(redis: Redis, store: Store) -> None:
+    await running_job(store)
+    before = await redis.dbsize(), await events(redis, store)
+    codes = await store.apply_callbacks([("nope", "t0", "done"), ("j1", "t9", "done")])
+    assert codes == ["unknown_job", "unknown_task"]
+    assert (await redis.dbsize(), await events(redis, store)) == before
+
+
+async def test_early_callback_is_applied_when_the_submission_is_recorded(
+    redis: Redis, store: Store
+) -> None:
+    await store.create_job("j1", "decodo", total=1, params={}, work="submit")
+    assert await store.apply_callbacks([("j1", "t0", "done")]) == ["early"]
+    assert await redis.hget(store.keys.tasks("j1"), "t0") is None
+    await store.record_submission("j1", 0, [("t0", "u")], last=True, reconcile_after=300)
+    assert await redis.hget(store.keys.tasks("j1"), "t0") == b"done"
+    assert not await redis.exists(store.keys.early("j1"))
+
+
+async def test_stored_results_complete_the_job_once(redis: Redis, store: Store) -> None:
+    await running_job(store)
+    await store.apply_callbacks([("j1", "t0", "done")])
+    assert await store.store_results("j1", "t0", b'{"results":[1]}', 60) == "stored"
+    assert await store.store_results("j1", "t0", b'{"results":[2]}', 60) == "duplicate"
+    await store.apply_callbacks([("j1", "t1", "faulted")])
+    blob = await redis.hget(store.keys.results("j1"), "t0")
+    assert blob is not None and zlib.decompress(blob) == b'{"results":[1]}'
+    assert 0 < await redis.ttl(store.keys.results("j1")) <= 60
+    job = await store.get_job("j1")
+    assert job is not None and job["status"] == "completed"
+    assert job["progress"] == {"completed": 1, "failed": 1, "total": 2}
+    types = [e["type"] for e in await events(redis, store)]
+    assert types.count("job.completed") == 1
+    assert await redis.zscore(store.keys.due, "reconcile:j1") is None
+
+
+async def test_all_tasks_failed_fails_the_job(store: Store) -> None:
+    await running_job(store)
+    await store.apply_callbacks([("j1", "t0", "faulted"), ("j1", "t1", "faulted")])
+    job = await store.get_job("j1")
+    assert job is not None and job["status"] == "failed"
+
+
+async def test_all_tasks_expired_expires_the_job(store: Store) -> None:
+    await running_job(store)
+    await store.fail_task("j1", "t0", "expired: too late", expired=True)
+    await store.fail_task("j1", "t1", "expired: too late", expired=True)
+    job = await store.get_job("j1")
+    assert job is not None and job["status"] == "expired"
+
+
+async def test_terminal_job_never_regresses(redis: Redis, store: Store) -> None:
+    await running_job(store)
+    assert await store.finish_job("j1", JobStatus.CANCELLED, "by a user") == "finished"
+    assert await store.apply_callbacks([("j1", "t0", "done")]) == ["closed"]
+    assert await store.store_results("j1", "t0", b"{}", 60) == "closed"
+    assert await store.finish_job("j1", JobStatus.COMPLETED) == "closed"
+    job = await store.get_job("j1")
+    assert job is not None and job["status"] == "cancelled"
+    assert await redis.hget(store.keys.tasks("j1"), "t0") == b"pending"
+
+
+async def test_event_published_carries_the_stream_id(redis: Redis, store: Store) -> None:
+    await store.create_job("j1", "decodo", total=1, params={}, work="")
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(store.keys.channel, store.keys.channel_of("j1"))
+    await pubsub.get_message(timeout=1)
+    await pubsub.get_message(timeout=1)
+    await store.finish_job("j1", JobStatus.CANCELLED, "stop")
+    messages = [await pubsub.get_message(timeout=1) for _ in range(2)]
+    await pubsub.aclose()
+    stream_id = (await redis.xrevrange(store.keys.events, count=1))[0][0].decode()
+    for message in messages:
+        assert message is not None
+        body = orjson.loads(message["data"])
+        assert body["id"] == stream_id and body["type"] == "job.cancelled"
+        assert set(body) == {"id", "type", "job_id", "provider", "status", "progress", "at",
+                             "detail"}
+
+
+async def test_claim_due_leases_members(store: Store) -> None:
+    now = store.clock()
+    await store.schedule("a", now - 1)
+    await store.schedule("b", now + 100)
+    assert await store.claim_due(10, lease=30) == ["a"]
+    assert await store.claim_due(10, lease=30) == []  # leased: no other worker gets it
+    score = await store.redis.zscore(store.keys.due, "a")
+    assert score is not None and score > now + 20
+
+
+async def test_acquire_rate_spaces_calls(store: Store) -> None:
+    assert await store.acquire_rate("x", 1.0) == 0
+    wait = await store.acquire_rate("x", 1.0)
+    assert 0 < wait <= 1.0
+
+
+async def test_ensure_group_is_idempotent(redis: Redis, store: Store) -> None:
+    await store.ensure_group()
+    await store.ensure_group()
+    groups = await redis.xinfo_groups(store.keys.work)
+    assert [g["name"] for g in groups] == [WORK_GROUP.encode()]

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import pytest
+
+from receiver.errors import ExpiredToken, InvalidToken
+from receiver.tokens import PassthroughSigner, sign_webhook, verify_webhook
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sign_then_verify_gives_the_job_id() -> None:
+    signer = PassthroughSigner(["k1"], max_age=3600)
+    assert signer.verify(signer.sign("job-a")) == "job-a"
+
+
+@pytest.mark.parametrize("token", [None, "", 42, ["x"], "not-a-token", "a.b.c"])
+def test_verify_missing_or_garbage_is_invalid(token: object) -> None:
+    signer = PassthroughSigner(["k1"], max_age=3600)
+    with pytest.raises(InvalidToken):
+        signer.verify(token)
+
+
+def test_verify_tampered_token_is_invalid() -> None:
+    signer = PassthroughSigner(["k1"], max_age=3600)
+    token = signer.sign("job-a")
+    payload, stamp, signature = token.split(".")
+    forged_payload = PassthroughSigner(["other"], max_age=3600).sign("job-b").split(".")[0]
+    for tampered in (
+        f"{forged_payload}.{stamp}.{signature}",
+        f"{payload}.{stamp}.{signature[:-2]}xx",
+        f"{payload}.AAAAAA.{signature}",
+    ):
+        with pytest.raises(InvalidToken):
+            signer.verify(tampered)
+
+
+def test_verify_token_signed_with_unknown_key_is_invalid() -> None:
+    token = PassthroughSigner(["attacker"], max_age=3600).sign("job-a")
+    with pytest.raises(InvalidToken):
+        PassthroughSigner(["k1"], max_age=3600).verify(token)
+
+
+def test_verify_expired_token_with_injected_clock() -> None:
+    clock = FakeClock()
+    signer = PassthroughSigner(["k1"], max_age=86_400, clock=clock)
+    token = signer.sign("job-a")
+    clock.now += 86_400
+    assert signer.verify(token) == "job-a"
+    clock.now += 2
+    with pytest.raises(ExpiredToken):
+        signer.verify(token)
+
+
+def test_expiry_holds_for_a_token_verified_before() -> None:
+    clock = FakeClock()
+    signer = PassthroughSigner(["k1"], max_age=60, clock=clock)
+    token = signer.sign("job-a")
+    signer.verify(token)  # now remembered as verified
+    clock.now += 61
+    with pytest.raises(ExpiredToken):
+        signer.verify(token)
+
+
+def test_rotation_old_token_still_verifies_new_key_signs() -> None:
+    old = PassthroughSigner(["old"], max_age=3600)
+    rotated = PassthroughSigner(["new", "old"], max_age=3600)
+    old_token = old.sign("job-a")
+    new_token = rotated.sign("job-b")
+    assert rotated.verify(old_token) == "job-a"
+    assert rotated.verify(new_token) == "job-b"
+    with pytest.raises(InvalidToken):
+        old.verify(new_token)  # signed with the new key, which the old config lacks
+
+
+def test_token_is_bound_to_its_job() -> None:
+    signer = PassthroughSigner(["k1"], max_age=3600)
+    assert signer.verify(signer.sign("job-a")) != "job-b"
+
+
+def test_token_from_another_purpose_fails_the_salt() -> None:
+    from itsdangerous import URLSafeTimedSerializer
+
+    foreign = URLSafeTimedSerializer("k1", salt="something-else").dumps("job-a")
+    with pytest.raises(InvalidToken):
+        PassthroughSigner(["k1"], max_age=3600).verify(foreign)
+
+
+def test_webhook_signature_round_trip_and_mismatch() -> None:
+    body = b'{"type":"batch_scrape.completed"}'
+    header = sign_webhook("s3cret", body)
+    assert header.startswith("sha256=")
+    verify_webhook("s3cret", body, header)
+    for bad in (None, "", "sha256=00", sign_webhook("other", body), header + "0"):
+        with pytest.raises(InvalidToken):
+            verify_webhook("s3cret", body, bad)
+    with pytest.raises(InvalidToken):
+        verify_webhook("s3cret", body + b" ", header)
