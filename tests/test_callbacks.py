@@ -1,0 +1,203 @@
+"""POST /callbacks/decodo against a real uvicorn and a real Redis: good and bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import orjson
+import pytest
+import redis as sync_redis
+
+from receiver.app import create_app
+from receiver.settings import Settings
+from receiver.tokens import PassthroughSigner
+from tests.servers import RedisProcess, serve_app
+
+# The seed's example callback body; tests add the passthrough note and their own task id.
+SEED_CALLBACK = {
+    "id": "7039164056019693569", "status": "done", "target": "universal", "query": "",
+    "url": "https://ip.decodo.com", "domain": "com", "limit": 10, "locale": None, "geo": None,
+    "device_type": "desktop", "page_from": 1, "parse": 0, "output_schema": None,
+    "headless": None, "priority": 0, "persist": True, "content_encoding": "utf-8",
+    "created_at": "2023-03-08 09:24:52", "updated_at": "2023-03-08 09:24:52",
+}
+KEYS = ("new-key", "old-key")
+
+
+@dataclass
+class Receiver:
+    url: str
+    redis: sync_redis.Redis
+    signer: PassthroughSigner
+
+    def post(self, body: object, **kwargs: object) -> httpx.Response:
+        content = body if isinstance(body, bytes) else orjson.dumps(body)
+        return httpx.post(f"{self.url}/callbacks/decodo", content=content, timeout=10,
+                          **kwargs)  # type: ignore[arg-type]
+
+    def snapshot(self) -> dict[bytes, bytes | None]:
+        return {key: self.redis.dump(key) for key in sorted(self.redis.keys("*"))}
+
+
+@pytest.fixture
+def receiver(redis_process: RedisProcess) -> Iterator[Receiver]:
+    client = sync_redis.Redis.from_url(redis_process.url)
+    client.flushall()
+    settings = Settings(redis_url=redis_process.url, secret_keys=KEYS, api_token="t",
+                        max_body=4096)
+    with serve_app(create_app(settings)) as url:
+        yield Receiver(url, client, PassthroughSigner(KEYS, settings.token_max_age))
+    client.close()
+
+
+def make_job(receiver: Receiver, job_id: str, tasks: list[str]) -> None:
+    """A running job with pending tasks, written as the submission step writes it."""
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from receiver.store import Store
+
+    async def write() -> None:
+        client = Redis(port=receiver.redis.connection_pool.connection_kwargs["port"])
+        store = Store(client)
+        await store.create_job(job_id, "decodo", total=len(tasks), params={}, work="")
+        await store.record_submission(job_id, 0, [(t, "u") for t in tasks], last=True,
+                                      reconcile_after=300)
+        await client.aclose()
+
+    asyncio.run(write())
+
+
+def callback(receiver: Receiver, job_id: str, task_id: str, **changes: object) -> dict[str, object]:
+    return {**SEED_CALLBACK, "id": task_id, "passthrough": receiver.signer.sign(job_id), **changes}
+
+
+def test_seed_callback_body_is_accepted_and_recorded(receiver: Receiver) -> None:
+    make_job(receiver, "j1", ["7039164056019693569"])
+    body = {**SEED_CALLBACK, "passthrough": receiver.signer.sign("j1")}
+    response = receiver.post(body)
+    assert response.status_code == 202, response.text
+    assert response.json() == {"status": "accepted"}
+    assert receiver.redis.hget("receiver:job:{j1}:tasks", "7039164056019693569") == b"done"
+
+
+def test_misspelled_passtrough_and_task_id_variant_are_accepted(receiver: Receiver) -> None:
+    make_job(receiver, "j1", ["1", "2"])
+    token = receiver.signer.sign("j1")
+    assert receiver.post({**SEED_CALLBACK, "id": "1", "passtrough": token}).status_code == 202
+    short = {"task_id": "2", "status_code": 200, "passthrough": token}
+    assert receiver.post(short).status_code == 202
+    assert receiver.redis.hgetall("receiver:job:{j1}:tasks") == {b"1": b"done", b"2": b"done"}
+
+
+def test_numeric_id_is_read_as_the_task_id(receiver: Receiver) -> None:
+    make_job(receiver, "j1", ["123"])
+    assert receiver.post(callback(receiver, "j1", "x", id=123)).status_code == 202
+
+
+def test_duplicate_callback_is_acknowledged_and_recorded_once(receiver: Receiver) -> None:
+    make_job(receiver, "j1", ["1"])
+    first = receiver.post(callback(receiver, "j1", "1"))
+    before = receiver.snapshot()
+    again = receiver.post(callback(receiver, "j1", "1"))
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json() == {"status": "duplicate"}
+    assert receiver.snapshot() == before
+
+
+def test_old_key_token_still_accepted_after_rotation(receiver: Receiver) -> None:
+    make_job(receiver, "j1", ["1"])
+    old = PassthroughSigner(["old-key"], 3600).sign("j1")
+    assert receiver.post(callback(receiver, "j1", "1", passthrough=old)).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "error"),
+    [
+        ("oversize", 413, "payload_too_large"),
+        ("malformed_json", 400, "invalid_request"),
+        ("json_array", 400, "invalid_request"),
+        ("missing_id", 400, "invalid_request"),
+        ("id_wrong_type", 400, "invalid_request"),
+        ("id_bool", 400, "invalid_request"),
+        ("status_wrong_type", 400, "invalid_request"),
+        ("status_unknown", 400, "invalid_request"),
+        ("missing_token", 401, "invalid_token"),
+        ("token_wrong_type", 401, "invalid_token"),
+        ("forged_token", 401, "invalid_token"),
+        ("tampered_token", 401, "invalid_token"),
+        ("expired_token", 401, "expired_token"),
+        ("other_jobs_token", 404, "unknown_task"),
+        ("unknown_job", 404, "unknown_job"),
+        ("unknown_task", 404, "unknown_task"),
+    ],
+)
+def test_bad_callback_is_refused_and_changes_nothing(
+    receiver: Receiver, name: str, status: int, error: str
+) -> None:
+    make_job(receiver, "j1", ["1"])
+    make_job(receiver, "j2", ["2"])
+    before = receiver.snapshot()
+    response = receiver.post(bad_body(receiver, name))
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"] == error
+    assert response.json()["message"]
+    assert receiver.snapshot() == before
+
+
+def bad_body(receiver: Receiver, name: str) -> object:
+    good = callback(receiver, "j1", "1")
+    token = str(good["passthrough"])
+    expired = PassthroughSigner(KEYS, 10, clock=lambda: 1_000_000.0).sign("j1")
+    bodies: dict[str, object] = {
+        "oversize": {**good, "padding": "x" * 5000},
+        "malformed_json": b'{"id": "1", "passthrough": ',
+        "json_array": [good],
+        "missing_id": {k: v for k, v in good.items() if k != "id"},
+        "id_wrong_type": {**good, "id": {"nested": 1}},
+        "id_bool": {**good, "id": True},
+        "status_wrong_type": {**good, "status": 1},
+        "status_unknown": {**good, "status": "exploded"},
+        "missing_token": {k: v for k, v in good.items() if k != "passthrough"},
+        "token_wrong_type": {**good, "passthrough": 12345},
+        "forged_token": {**good, "passthrough": PassthroughSigner(["x"], 60).sign("j1")},
+        "tampered_token": {**good, "passthrough": token[:-3] + "abc"},
+        "expired_token": {**good, "passthrough": expired},
+        # A valid token of job j2 does not complete task 1 of job j1.
+        "other_jobs_token": {**good, "passthrough": receiver.signer.sign("j2")},
+        "unknown_job": {**good, "passthrough": receiver.signer.sign("nope")},
+        "unknown_task": {**good, "id": "999"},
+    }
+    return bodies[name]
+
+
+def test_oversize_body_without_content_length_is_refused(receiver: Receiver) -> None:
+    make_job(receiver, "j1", ["1"])
+    before = receiver.snapshot()
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"id": "1", "padding": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = httpx.post(f"{receiver.url}/callbacks/decodo", content=chunks(), timeout=10)
+    assert response.status_code == 413
+    assert receiver.snapshot() == before
+
+
+def test_redis_down_answers_503_so_the_sender_retries(redis_process: RedisProcess) -> None:
+    from tests.servers import free_port
+
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", secret_keys=KEYS,
+                        api_token="t")
+    signer = PassthroughSigner(KEYS, 3600)
+    with serve_app(create_app(settings)) as url:
+        body = {**SEED_CALLBACK, "passthrough": signer.sign("j1")}
+        response = httpx.post(f"{url}/callbacks/decodo", content=orjson.dumps(body), timeout=10)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
