@@ -86,15 +86,17 @@ local function apply(j, t, status, source)
 end
 """
 
-# ARGV[5]: number of callbacks n; then n triples (job id, task id, status: done | faulted).
+# ARGV[5]: where the news came from (callback | reconcile); ARGV[6]: number of callbacks n;
+# then n triples (job id, task id, status: done | faulted).
 # Returns one code per callback: accepted, duplicate, early, closed, unknown_job, unknown_task.
 CALLBACKS = (
     PRELUDE
     + r"""
 local out = {}
-local n = tonumber(ARGV[5])
+local source = ARGV[5]
+local n = tonumber(ARGV[6])
 for i = 0, n - 1 do
-  local j, t, status = ARGV[6 + i * 3], ARGV[7 + i * 3], ARGV[8 + i * 3]
+  local j, t, status = ARGV[7 + i * 3], ARGV[8 + i * 3], ARGV[9 + i * 3]
   local h = redis.call('HMGET', jkey(j), 'status', 'submitting', 'total')
   local code
   if not h[1] then
@@ -102,7 +104,7 @@ for i = 0, n - 1 do
   elseif TERMINAL[h[1]] then
     code = 'closed'
   else
-    code = apply(j, t, status, 'callback')
+    code = apply(j, t, status, source)
     -- A callback can beat the submission's answer: keep it until the task ids are known.
     if code == 'unknown_task' and h[2] then
       local early = jkey(j) .. ':early'

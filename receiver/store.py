@@ -123,9 +123,11 @@ class Store:
             fields += ["external", orjson.dumps(external)]
         await self._create_job(args=[*self._common(), job_id, work, *fields])
 
-    async def apply_callbacks(self, callbacks: Sequence[tuple[str, str, str]]) -> list[str]:
+    async def apply_callbacks(
+        self, callbacks: Sequence[tuple[str, str, str]], source: str = "callback"
+    ) -> list[str]:
         """Record (job id, task id, done|faulted) callbacks in one script call."""
-        args: list[Any] = [*self._common(), len(callbacks)]
+        args: list[Any] = [*self._common(), source, len(callbacks)]
         for callback in callbacks:
             args.extend(callback)
         codes = await self._callbacks(args=args)

@@ -10,16 +10,19 @@ restarted worker carries on from what Redis holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from receiver.jobs.decodo import DecodoJobs
-from receiver.keys import WORK_GROUP
+from receiver.keys import DUE_LEASE, WORK_GROUP
 from receiver.store import Store
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
+        self._entries: set[str] = set()  # ids of the stream entries at work here
 
     async def run(self) -> None:
         """Work until cancelled."""
@@ -131,25 +135,72 @@ class Worker:
     # -- one piece of work --------------------------------------------------------------
 
     async def _run_entry(self, entry_id: Any, fields: Mapping[bytes, bytes]) -> None:
+        key = _text(entry_id)
+        if key in self._entries:  # reclaimed from ourselves while still at work on it
+            return
         kind = _text(fields.get(b"k", b""))
         job_id = _text(fields.get(b"j", b""))
         task_id = _text(fields.get(b"t", b""))
         member = f"{kind}:{job_id}:{task_id}" if task_id else f"{kind}:{job_id}"
-        retry_at = await self._step(member)
-        redis, keys = self.store.redis, self.store.keys
-        async with redis.pipeline(transaction=True) as pipe:
-            if retry_at is not None:
-                pipe.zadd(keys.due, {member: retry_at})
-            pipe.xack(keys.work, WORK_GROUP, entry_id)
-            pipe.xdel(keys.work, entry_id)
-            await pipe.execute()
+        self._entries.add(key)
+        try:
+            async with self._holding(self._renew_entry, entry_id):
+                retry_at = await self._step(member)
+            redis, keys = self.store.redis, self.store.keys
+            async with redis.pipeline(transaction=True) as pipe:
+                if retry_at is not None:
+                    pipe.zadd(keys.due, {member: retry_at})
+                pipe.xack(keys.work, WORK_GROUP, entry_id)
+                pipe.xdel(keys.work, entry_id)
+                await pipe.execute()
+        except RedisError as exc:  # unacknowledged: another worker reclaims it
+            log.warning("could not acknowledge work", extra={"work": member, "error": repr(exc)})
+        finally:
+            self._entries.discard(key)
 
     async def _run_due(self, member: str) -> None:
-        next_at = await self._step(member)
-        if next_at is None:
-            await self.store.unschedule(member)
-        else:
-            await self.store.schedule(member, next_at)
+        try:
+            async with self._holding(self._renew_lease, member):
+                next_at = await self._step(member)
+            if next_at is None:
+                await self.store.unschedule(member)
+            else:
+                await self.store.schedule(member, next_at)
+        except RedisError as exc:  # the lease runs out and the member comes due again
+            log.warning("could not reschedule work", extra={"work": member, "error": repr(exc)})
+
+    @contextlib.asynccontextmanager
+    async def _holding(
+        self, renew: Callable[[Any], Awaitable[None]], what: Any
+    ) -> AsyncIterator[None]:
+        """Keep our claim on `what` fresh while a long step runs, so nobody takes it over."""
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(self._renew_every)
+                with contextlib.suppress(RedisError):
+                    await renew(what)
+
+        keeper = asyncio.create_task(keep())
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    @property
+    def _renew_every(self) -> float:
+        return max(0.05, min(self.claim_idle, DUE_LEASE) / 3)
+
+    async def _renew_entry(self, entry_id: Any) -> None:
+        # XCLAIM to ourselves with no minimum idle time resets the entry's idle time.
+        await self.store.redis.xclaim(
+            self.store.keys.work, WORK_GROUP, self.name, 0, [entry_id], justid=True
+        )
+
+    async def _renew_lease(self, member: str) -> None:
+        await self.store.schedule(member, time.time() + DUE_LEASE)
 
     async def _step(self, member: str) -> float | None:
         """Run the work a member names; when to run it again, or None."""

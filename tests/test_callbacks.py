@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import orjson
@@ -17,11 +18,25 @@ from tests.servers import RedisProcess, serve_app
 
 # The seed's example callback body; tests add the passthrough note and their own task id.
 SEED_CALLBACK = {
-    "id": "7039164056019693569", "status": "done", "target": "universal", "query": "",
-    "url": "https://ip.decodo.com", "domain": "com", "limit": 10, "locale": None, "geo": None,
-    "device_type": "desktop", "page_from": 1, "parse": 0, "output_schema": None,
-    "headless": None, "priority": 0, "persist": True, "content_encoding": "utf-8",
-    "created_at": "2023-03-08 09:24:52", "updated_at": "2023-03-08 09:24:52",
+    "id": "7039164056019693569",
+    "status": "done",
+    "target": "universal",
+    "query": "",
+    "url": "https://ip.decodo.com",
+    "domain": "com",
+    "limit": 10,
+    "locale": None,
+    "geo": None,
+    "device_type": "desktop",
+    "page_from": 1,
+    "parse": 0,
+    "output_schema": None,
+    "headless": None,
+    "priority": 0,
+    "persist": True,
+    "content_encoding": "utf-8",
+    "created_at": "2023-03-08 09:24:52",
+    "updated_at": "2023-03-08 09:24:52",
 }
 KEYS = ("new-key", "old-key")
 
@@ -34,19 +49,19 @@ class Receiver:
 
     def post(self, body: object, **kwargs: object) -> httpx.Response:
         content = body if isinstance(body, bytes) else orjson.dumps(body)
-        return httpx.post(f"{self.url}/callbacks/decodo", content=content, timeout=10,
-                          **kwargs)  # type: ignore[arg-type]
+        return httpx.post(f"{self.url}/callbacks/decodo", content=content, timeout=10, **kwargs)  # type: ignore[arg-type]
 
-    def snapshot(self) -> dict[bytes, bytes | None]:
-        return {key: self.redis.dump(key) for key in sorted(self.redis.keys("*"))}
+    def snapshot(self) -> dict[Any, Any]:
+        """Every key with its serialized value: equal snapshots mean nothing was written."""
+        keys: Any = self.redis.keys("*")
+        return {key: self.redis.dump(key) for key in sorted(keys)}
 
 
 @pytest.fixture
 def receiver(redis_process: RedisProcess) -> Iterator[Receiver]:
     client = sync_redis.Redis.from_url(redis_process.url)
     client.flushall()
-    settings = Settings(redis_url=redis_process.url, secret_keys=KEYS, api_token="t",
-                        max_body=4096)
+    settings = Settings(redis_url=redis_process.url, secret_keys=KEYS, api_token="t", max_body=4096)
     with serve_app(create_app(settings)) as url:
         yield Receiver(url, client, PassthroughSigner(KEYS, settings.token_max_age))
     client.close()
@@ -64,8 +79,9 @@ def make_job(receiver: Receiver, job_id: str, tasks: list[str]) -> None:
         client = Redis(port=receiver.redis.connection_pool.connection_kwargs["port"])
         store = Store(client)
         await store.create_job(job_id, "decodo", total=len(tasks), params={}, work="")
-        await store.record_submission(job_id, 0, [(t, "u") for t in tasks], last=True,
-                                      reconcile_after=300)
+        await store.record_submission(
+            job_id, 0, [(t, "u") for t in tasks], last=True, reconcile_after=300
+        )
         await client.aclose()
 
     asyncio.run(write())
@@ -193,8 +209,9 @@ def test_oversize_body_without_content_length_is_refused(receiver: Receiver) -> 
 def test_redis_down_answers_503_so_the_sender_retries(redis_process: RedisProcess) -> None:
     from tests.servers import free_port
 
-    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", secret_keys=KEYS,
-                        api_token="t")
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", secret_keys=KEYS, api_token="t"
+    )
     signer = PassthroughSigner(KEYS, 3600)
     with serve_app(create_app(settings)) as url:
         body = {**SEED_CALLBACK, "passthrough": signer.sign("j1")}

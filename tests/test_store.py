@@ -14,19 +14,23 @@ pytestmark = pytest.mark.anyio
 
 
 async def events(redis: Redis, store: Store) -> list[dict[str, Any]]:
-    entries = await redis.xrange(store.keys.events)
+    entries: Any = await redis.xrange(store.keys.events)
     return [orjson.loads(fields[b"event"]) for _, fields in entries]
 
 
 async def work(redis: Redis, store: Store) -> list[dict[bytes, bytes]]:
-    return [fields for _, fields in await redis.xrange(store.keys.work)]
+    entries: Any = await redis.xrange(store.keys.work)
+    return [fields for _, fields in entries]
 
 
 async def running_job(store: Store, job_id: str = "j1", tasks: int = 2) -> None:
     await store.create_job(job_id, "decodo", total=tasks, params={"items": []}, work="submit")
     await store.record_submission(
-        job_id, 0, [(f"t{i}", f"https://e.com/{i}") for i in range(tasks)],
-        last=True, reconcile_after=300,
+        job_id,
+        0,
+        [(f"t{i}", f"https://e.com/{i}") for i in range(tasks)],
+        last=True,
+        reconcile_after=300,
     )
 
 
@@ -67,7 +71,8 @@ async def test_duplicate_callback_changes_nothing(redis: Redis, store: Store) ->
     await store.apply_callbacks([("j1", "t0", "done")])
     before = (await events(redis, store), await work(redis, store))
     assert await store.apply_callbacks([("j1", "t0", "done"), ("j1", "t0", "faulted")]) == [
-        "duplicate", "duplicate",
+        "duplicate",
+        "duplicate",
     ]
     assert (await events(redis, store), await work(redis, store)) == before
 
@@ -97,7 +102,7 @@ async def test_stored_results_complete_the_job_once(redis: Redis, store: Store) 
     assert await store.store_results("j1", "t0", b'{"results":[1]}', 60) == "stored"
     assert await store.store_results("j1", "t0", b'{"results":[2]}', 60) == "duplicate"
     await store.apply_callbacks([("j1", "t1", "faulted")])
-    blob = await redis.hget(store.keys.results("j1"), "t0")
+    blob: Any = await redis.hget(store.keys.results("j1"), "t0")
     assert blob is not None and zlib.decompress(blob) == b'{"results":[1]}'
     assert 0 < await redis.ttl(store.keys.results("j1")) <= 60
     job = await store.get_job("j1")
@@ -142,14 +147,23 @@ async def test_event_published_carries_the_stream_id(redis: Redis, store: Store)
     await pubsub.get_message(timeout=1)
     await store.finish_job("j1", JobStatus.CANCELLED, "stop")
     messages = [await pubsub.get_message(timeout=1) for _ in range(2)]
-    await pubsub.aclose()
-    stream_id = (await redis.xrevrange(store.keys.events, count=1))[0][0].decode()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    newest: Any = await redis.xrevrange(store.keys.events, count=1)
+    stream_id = newest[0][0].decode()
     for message in messages:
         assert message is not None
         body = orjson.loads(message["data"])
         assert body["id"] == stream_id and body["type"] == "job.cancelled"
-        assert set(body) == {"id", "type", "job_id", "provider", "status", "progress", "at",
-                             "detail"}
+        assert set(body) == {
+            "id",
+            "type",
+            "job_id",
+            "provider",
+            "status",
+            "progress",
+            "at",
+            "detail",
+        }
 
 
 async def test_claim_due_leases_members(store: Store) -> None:

@@ -162,11 +162,8 @@ class DecodoJobs:
             body = await self.client.get_results(task_id)
         except Transient as exc:
             return await self._retry(job_id, f"fetch:{task_id}", exc)
-        except NotFound as exc:
-            await self.store.fail_task(job_id, task_id, f"{exc.reason}: {exc}")
-            return None
         except Permanent as exc:
-            await self.store.fail_task(job_id, task_id, f"{exc.reason}: {exc}")
+            await self._fail_task(job_id, task_id, exc)
             return None
         if body is None:  # 204: not ready yet
             return await self._retry(job_id, f"fetch:{task_id}", None)
@@ -204,11 +201,11 @@ class DecodoJobs:
             except Transient:
                 return False
             except Permanent as exc:
-                await self.store.fail_task(job_id, task_id, f"{exc.reason}: {exc}")
+                await self._fail_task(job_id, task_id, exc)
                 return True
         status = task.get("status")
         if status in (DONE, FAULTED):
-            await self.store.apply_callbacks([(job_id, task_id, str(status))])
+            await self.store.apply_callbacks([(job_id, task_id, str(status))], "reconcile")
             log.info(
                 "reconciled a task without callback",
                 extra={"job_id": job_id, "task_id": task_id, "status": status},
@@ -217,6 +214,12 @@ class DecodoJobs:
         return False
 
     # -- helpers ------------------------------------------------------------------------
+
+    async def _fail_task(self, job_id: str, task_id: str, exc: Permanent) -> None:
+        # Decodo drops results after its retention window: that is an expiry, not a fault.
+        expired = isinstance(exc, NotFound) and "expired" in str(exc).lower()
+        reason = f"expired: {exc}" if expired else f"{exc.reason}: {exc}"
+        await self.store.fail_task(job_id, task_id, reason, expired=expired)
 
     def _expired(self, job: Mapping[str, Any]) -> bool:
         started = job.get("submitted_at") or job["created_at"]

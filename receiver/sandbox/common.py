@@ -99,8 +99,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> Non
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, dest=field.name, default=None, metavar=field.name.upper(),
-                            help=f"{_type_name(hints[field.name])}, default {field.default!r}")
+        parser.add_argument(
+            flag,
+            dest=field.name,
+            default=None,
+            metavar=field.name.upper(),
+            help=f"{_type_name(hints[field.name])}, default {field.default!r}",
+        )
 
 
 def config_from_arguments(cls: type[C], values: dict[str, Any]) -> C:

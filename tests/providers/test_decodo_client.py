@@ -29,8 +29,10 @@ def client_with(handler: Handler) -> tuple[DecodoClient, list[httpx.Request]]:
 
 async def test_submit_task_sends_basic_auth_and_parses_id() -> None:
     client, seen = client_with(
-        lambda r: httpx.Response(200, json={"id": "7434928397127555073", "status": "pending",
-                                            "url": "https://ip.decodo.com"})
+        lambda r: httpx.Response(
+            200,
+            json={"id": "7434928397127555073", "status": "pending", "url": "https://ip.decodo.com"},
+        )
     )
     task = await client.submit_task({"url": "https://ip.decodo.com", "passthrough": "tok"})
     assert task.id == "7434928397127555073" and task.input == "https://ip.decodo.com"
@@ -66,8 +68,10 @@ async def test_get_results_none_on_204_and_body_on_200() -> None:
 @pytest.mark.parametrize(
     ("response", "error"),
     [
-        (httpx.Response(401, json={"status": "failed", "message": "Username invalid."}),
-         Unauthorized),
+        (
+            httpx.Response(401, json={"status": "failed", "message": "Username invalid."}),
+            Unauthorized,
+        ),
         (httpx.Response(403, json={"message": "forbidden"}), Unauthorized),
         (httpx.Response(404, json={"message": "Task not found"}), NotFound),
         (httpx.Response(422, json={"message": "bad"}), Rejected),
@@ -104,8 +108,11 @@ async def test_rate_limited_carries_retry_after() -> None:
 
 async def test_credentials_never_leave_the_provider_origin() -> None:
     client, seen = client_with(lambda r: httpx.Response(200, json={}))
-    for elsewhere in ("https://evil.example/v3/task", "http://scraper.example/v3/task",
-                      "https://scraper.example:8443/v3/task"):
+    for elsewhere in (
+        "https://evil.example/v3/task",
+        "http://scraper.example/v3/task",
+        "https://scraper.example:8443/v3/task",
+    ):
         with pytest.raises(Rejected):
             await client.request("GET", elsewhere)
     assert seen == []

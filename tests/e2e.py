@@ -1,0 +1,127 @@
+"""End-to-end helpers: the Decodo sandbox and the receiver as real servers on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import redis as sync_redis
+
+from receiver.app import create_app
+from receiver.sandbox import decodo as decodo_sandbox
+from receiver.service import worker_beside
+from receiver.settings import Settings
+from tests.servers import RedisProcess, free_port, serve_app
+
+TOKEN = "e2e-api-token"
+FINAL = ("completed", "failed", "cancelled", "expired")
+
+
+def e2e_settings(redis: RedisProcess, sandbox_url: str, **changes: Any) -> Settings:
+    base = Settings(
+        redis_url=redis.url,
+        secret_keys=("e2e-key",),
+        api_token=TOKEN,
+        decodo_base_url=sandbox_url,
+        decodo_auth=decodo_sandbox.DEFAULT_AUTH,
+        reconcile_after=30.0,
+        retry_base=0.05,
+        retry_cap=0.5,
+        claim_idle=1.0,
+        heartbeat_interval=0.2,
+    )
+    return base.with_changes(**changes)
+
+
+@dataclass
+class Deployment:
+    api: str  # the receiver's base URL
+    sandbox: str  # the Decodo sandbox's base URL
+    redis: sync_redis.Redis
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKEN}"}
+
+    def submit(self, body: dict[str, Any]) -> str:
+        response = httpx.post(
+            f"{self.api}/jobs",
+            json={"provider": "decodo", **body},
+            headers=self.headers(),
+            timeout=10,
+        )
+        assert response.status_code == 202, response.text
+        job_id: str = response.json()["id"]
+        return job_id
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.api}/jobs/{job_id}", headers=self.headers(), timeout=10)
+        assert response.status_code == 200, response.text
+        job: dict[str, Any] = response.json()
+        return job
+
+    def wait(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job["status"] in FINAL:
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not end: {self.job(job_id)}")
+
+    def results(self, job_id: str) -> dict[str, Any]:
+        response = httpx.get(
+            f"{self.api}/jobs/{job_id}/results", headers=self.headers(), timeout=10
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        entries: Any = self.redis.xrange("receiver:stream:events")
+        return [
+            event
+            for _, fields in entries
+            if (event := orjson.loads(fields[b"event"]))["job_id"] == job_id
+        ]
+
+    def sandbox_stats(self) -> dict[str, int]:
+        stats: dict[str, int] = httpx.get(f"{self.sandbox}/_sandbox/stats", timeout=10).json()
+        return stats
+
+    def configure_sandbox(self, **knobs: Any) -> None:
+        response = httpx.patch(f"{self.sandbox}/_sandbox/config", json=knobs, timeout=10)
+        assert response.status_code == 200, response.text
+
+
+@contextlib.contextmanager
+def decodo_sandbox_server(**knobs: Any) -> Iterator[str]:
+    config = decodo_sandbox.DecodoSandboxConfig(seed=7, **knobs)
+    with serve_app(decodo_sandbox.create_app(config)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def deployment(
+    redis: RedisProcess,
+    *,
+    with_worker: bool = True,
+    settings: dict[str, Any] | None = None,
+    **knobs: Any,
+) -> Iterator[Deployment]:
+    """The sandbox and the receiver (web, with a worker in the same process by default)."""
+    client = sync_redis.Redis.from_url(redis.url)
+    client.flushall()
+    with decodo_sandbox_server(**knobs) as sandbox:
+        port = free_port()
+        config = e2e_settings(
+            redis, sandbox, public_url=f"http://127.0.0.1:{port}", **(settings or {})
+        )
+        app = create_app(config, background=worker_beside if with_worker else None)
+        with serve_app(app, port) as api:
+            yield Deployment(api, sandbox, client)
+    client.close()
