@@ -59,10 +59,14 @@ class ProviderError(ReceiverError):
     #: A short machine-readable reason, recorded on failed jobs and tasks.
     reason = "provider_error"
 
-    def __init__(self, message: str, *, status: int = 0, body: str = "") -> None:
+    def __init__(
+        self, message: str, *, status: int = 0, body: str = "", reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body[:2000]  # enough to diagnose, never a whole payload
+        if reason is not None:
+            self.reason = reason
 
 
 class Transient(ProviderError):
@@ -73,9 +77,15 @@ class RateLimited(Transient):
     reason = "rate_limited"
 
     def __init__(
-        self, message: str, *, status: int = 429, body: str = "", retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int = 429,
+        body: str = "",
+        reason: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, status=status, body=body)
+        super().__init__(message, status=status, body=body, reason=reason)
         self.retry_after = retry_after
 
 
