@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -25,11 +26,25 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+def _exit_on_sigterm() -> None:
+    """Unwind on SIGTERM as on Ctrl-C, so the embedded Redis is stopped on the way out.
+
+    uvicorn re-raises the signal it caught once it has shut down; this handler then turns
+    it into SystemExit instead of letting the default action kill the process on the spot.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 @contextlib.contextmanager
 def _prepared(settings: Settings) -> Iterator[Settings]:
     """Settings ready to serve: with an embedded Redis and its secrets when REDIS_URL is unset."""
     from receiver import embedded
 
+    _exit_on_sigterm()
     if not settings.embedded:
         try:
             settings.require_secrets()

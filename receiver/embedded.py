@@ -113,6 +113,8 @@ def embedded_redis(data_dir: Path, password: str) -> Iterator[str]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Its own session: a Ctrl-C meant for us must not kill Redis before we shut down.
+        start_new_session=True,
     )
     marker = data_dir / _REDIS_FILE
     try:

@@ -1,0 +1,181 @@
+"""The `receiver` command as a user runs it: real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from receiver.sandbox.decodo import DEFAULT_AUTH
+from tests.e2e import decodo_sandbox_server
+from tests.servers import RedisProcess, free_port, wait_for_port
+
+
+def receiver_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "RECEIVER_"))}
+    env.update(values)
+    return env
+
+
+@contextlib.contextmanager
+def running(command: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """`receiver COMMAND` as a child process with its stdout piped; stopped at the end."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "receiver", command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as process:
+        try:
+            yield process
+        finally:
+            process.terminate()
+            process.wait(20)
+
+
+def read_until(process: subprocess.Popen[str], pattern: str, timeout: float = 20) -> str:
+    """Lines of the process's stdout up to the one matching pattern; that line's match."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        found = re.search(pattern, line)
+        if found:
+            return found.group(1)
+        if not line and process.poll() is not None:
+            break
+    raise AssertionError(f"no line matched {pattern!r}")
+
+
+def test_run_embedded_serves_the_single_task_flow(tmp_path: Path) -> None:
+    port = free_port()
+    with decodo_sandbox_server() as sandbox:
+        env = receiver_env(
+            PORT=str(port),
+            RECEIVER_DATA_DIR=str(tmp_path / "data"),
+            RECEIVER_PUBLIC_URL=f"http://127.0.0.1:{port}",
+            DECODO_BASE_URL=sandbox,
+            DECODO_AUTH=DEFAULT_AUTH,
+        )
+        with running("run", env) as process:
+            token = read_until(process, r"API token\s+(\S+)")
+            wait_for_port(port)
+            api = f"http://127.0.0.1:{port}"
+            headers = {"Authorization": f"Bearer {token}"}
+            created = httpx.post(
+                f"{api}/jobs",
+                headers=headers,
+                timeout=10,
+                json={"provider": "decodo", "url": "https://ip.decodo.com"},
+            )
+            assert created.status_code == 202, created.text
+            job_id = created.json()["id"]
+            deadline = time.monotonic() + 30
+            while (job := httpx.get(f"{api}/jobs/{job_id}", headers=headers, timeout=10).json())[
+                "status"
+            ] != "completed":
+                assert time.monotonic() < deadline, job
+                time.sleep(0.1)
+            assert httpx.get(f"{api}/readyz", timeout=10).status_code == 200
+            redis_pid = orjson.loads((tmp_path / "data" / "redis.json").read_bytes())["pid"]
+    secrets = orjson.loads((tmp_path / "data" / "secrets.json").read_bytes())
+    assert secrets["api_token"] == token
+    assert (tmp_path / "data" / "secrets.json").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "data" / "redis" / "appendonly.aof").exists()
+    assert not (tmp_path / "data" / "redis.json").exists()
+    with pytest.raises(ProcessLookupError):  # the embedded redis-server stopped with us
+        os.kill(redis_pid, 0)
+
+
+def test_run_embedded_keeps_its_secrets_across_restarts(tmp_path: Path) -> None:
+    tokens = []
+    for _ in range(2):
+        env = receiver_env(PORT=str(free_port()), RECEIVER_DATA_DIR=str(tmp_path))
+        with running("run", env) as process:
+            tokens.append(read_until(process, r"API token\s+(\S+)"))
+    assert tokens[0] == tokens[1]
+
+
+def test_web_and_worker_refuse_to_start_without_secrets(redis_process: RedisProcess) -> None:
+    for command in ("web", "worker"):
+        for missing in ("RECEIVER_SECRET_KEYS", "RECEIVER_API_TOKEN"):
+            values = {
+                "REDIS_URL": redis_process.url,
+                "RECEIVER_SECRET_KEYS": "k",
+                "RECEIVER_API_TOKEN": "t",
+            }
+            del values[missing]
+            result = subprocess.run(
+                [sys.executable, "-m", "receiver", command],
+                env=receiver_env(**values),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert result.returncode != 0
+            assert missing in result.stderr
+            assert "k" not in result.stderr.replace(missing, "").split()
+
+
+def test_submit_and_show_through_the_cli(redis_process: RedisProcess) -> None:
+    port = free_port()
+    env = receiver_env(
+        REDIS_URL=redis_process.url,
+        RECEIVER_SECRET_KEYS="k",
+        RECEIVER_API_TOKEN="cli-token",
+        PORT=str(port),
+    )
+    with running("web", env):
+        wait_for_port(port)
+        submitted = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "receiver",
+                "submit",
+                "decodo",
+                "https://a.example",
+                "https://b.example",
+                "--target",
+                "universal",
+                "--param",
+                "parse=true",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        job = orjson.loads(submitted.stdout)
+        assert job["request"] == {
+            "items": 2,
+            "key": "url",
+            "params": {"target": "universal", "parse": True},
+        }
+        shown = subprocess.run(
+            [sys.executable, "-m", "receiver", "show", job["id"]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert orjson.loads(shown.stdout)["id"] == job["id"]
+        missing = subprocess.run(
+            [sys.executable, "-m", "receiver", "show", "nope"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert missing.returncode != 0 and "404" in missing.stderr
