@@ -6,6 +6,7 @@ one slot of a Redis Cluster.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 # Consumer group of the workers on the work stream.
@@ -53,8 +54,17 @@ class Keys:
 
     @property
     def due(self) -> str:
-        """Sorted set: scheduled work (reconcile, retry, submit, poll) -> unix time it is due."""
+        """Sorted set: scheduled work (reconcile, retry, submit, poll) -> unix time it is due.
+
+        The first shard; with more, `due_shard(i)` names the others."""
         return f"{self.prefix}due"
+
+    def due_shard(self, index: int) -> str:
+        return self.due if index == 0 else f"{self.prefix}due:{{{index}}}"
+
+    def due_for(self, member: str, shards: int) -> str:
+        """The shard a member lives in: stable for the member, spread over the shards."""
+        return self.due_shard(zlib.crc32(member.encode()) % shards if shards > 1 else 0)
 
     @property
     def work(self) -> str:
@@ -78,6 +88,14 @@ class Keys:
     def heartbeats(self) -> str:
         """Sorted set: worker id -> unix time of its last heartbeat."""
         return f"{self.prefix}workers"
+
+    def external(self, provider: str) -> str:
+        """Hash: the provider's own id of a tracked job (batch id) -> our job id."""
+        return f"{self.prefix}external:{provider}"
+
+    def webhook_seen(self, delivery_id: str) -> str:
+        """String with a TTL: a webhook delivery already handled."""
+        return f"{self.prefix}webhook:{delivery_id}"
 
     def rate(self, name: str) -> str:
         """String: the unix time before which the named rate-limited call may not run."""

@@ -39,7 +39,6 @@ local function finish(j, status, reason)
   if (not current) or TERMINAL[current] then return false end
   redis.call('HSET', jkey(j), 'status', status, 'finished_at', NOW, 'updated_at', NOW)
   if reason and reason ~= '' then redis.call('HSET', jkey(j), 'error', reason) end
-  redis.call('ZREM', P .. 'due', 'reconcile:' .. j, 'poll:' .. j)
   local detail = {}
   if reason and reason ~= '' then detail = {reason = reason} end
   emit(j, 'job.' .. status, detail)
@@ -140,7 +139,8 @@ return 'created'
 )
 
 # ARGV[5] job id, ARGV[6] chunk index, ARGV[7] '1' if last chunk, ARGV[8] reconcile delay (s),
-# then pairs (task id, input). Records the provider's task ids, then any early callbacks.
+# ARGV[9] the due key of the job's reconcile member, then pairs (task id, input).
+# Records the provider's task ids, then any early callbacks.
 RECORD_SUBMISSION = (
     PRELUDE
     + r"""
@@ -149,7 +149,7 @@ local h = redis.call('HMGET', jkey(j), 'status', 'chunks')
 if not h[1] then return 'unknown_job' end
 if tonumber(ARGV[6]) < (tonumber(h[2]) or 0) then return 'duplicate' end
 local tasks, inputs = jkey(j) .. ':tasks', jkey(j) .. ':inputs'
-for i = 9, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   redis.call('HSETNX', tasks, ARGV[i], 'pending')
   redis.call('HSET', inputs, ARGV[i], ARGV[i + 1])
 end
@@ -161,7 +161,7 @@ local last = ARGV[7] == '1'
 if last then
   redis.call('HDEL', jkey(j), 'submitting')
   redis.call('HSET', jkey(j), 'total', redis.call('HLEN', tasks))
-  redis.call('ZADD', P .. 'due', tonumber(NOW) + tonumber(ARGV[8]), 'reconcile:' .. j)
+  redis.call('ZADD', ARGV[9], tonumber(NOW) + tonumber(ARGV[8]), 'reconcile:' .. j)
   emit(j, 'job.progress', {submitted = redis.call('HLEN', tasks)})
 end
 local early = jkey(j) .. ':early'
@@ -251,14 +251,17 @@ for _, member in ipairs(items) do redis.call('ZADD', KEYS[1], lease_end, member)
 return items
 """
 
-# KEYS[1] the rate key; ARGV[1] interval (s). Returns '0' when the caller may go now,
-# else the seconds to wait. Uses the server's clock, shared by every worker.
+# KEYS[1] the rate key; ARGV[1] seconds between calls (1 / rate), ARGV[2] burst (calls).
+# A generic cell rate algorithm on the server's clock, shared by every worker: returns '0'
+# when the caller may go now (and counts it), else the seconds to wait.
 ACQUIRE_RATE = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local free_at = tonumber(redis.call('GET', KEYS[1]) or '0')
-if free_at > now then return tostring(free_at - now) end
-local interval = tonumber(ARGV[1])
-redis.call('SET', KEYS[1], tostring(now + interval), 'PX', math.ceil(interval * 1000) + 1000)
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local next_tat = tat + interval
+local wait = next_tat - now - interval * burst
+if wait > 0 then return tostring(wait) end
+redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil((next_tat - now) * 1000) + 1000)
 return '0'
 """

@@ -61,6 +61,22 @@ class Settings:
     # Seconds of backoff: first retry, and the cap.
     retry_base: float = 1.0
     retry_cap: float = 300.0
+    # Seconds between polls of a job: the shortest (while progress moves) and the cap.
+    poll_min: float = 1.0
+    poll_max: float = 60.0
+    # Seconds without progress before a polled job fails as `stalled` (per provider below).
+    stall_after: float = 1800.0
+    firecrawl_stall_after: float | None = None
+    dify_stall_after: float | None = None
+    # Whether the stall timeout also runs while a Dify document is paused.
+    stall_while_paused: bool = False
+    # Requests per second to each polled provider, shared by every worker through Redis.
+    firecrawl_rps: float = 50.0
+    dify_rps: float = 50.0
+    # Concurrent polls per provider in one worker process.
+    poll_concurrency: int = 50
+    # Shards of the due schedule (sorted sets); raise when one Redis slot gets hot.
+    due_shards: int = 1
     log_format: str = "text"
 
     @property
@@ -102,8 +118,24 @@ class Settings:
             ),
             claim_idle=_number(env, "RECEIVER_CLAIM_IDLE", base.claim_idle, float),
             events_maxlen=_number(env, "RECEIVER_EVENTS_MAXLEN", base.events_maxlen, int),
+            poll_min=_number(env, "RECEIVER_POLL_MIN", base.poll_min, float),
+            poll_max=_number(env, "RECEIVER_POLL_MAX", base.poll_max, float),
+            stall_after=_number(env, "RECEIVER_STALL_AFTER", base.stall_after, float),
+            firecrawl_stall_after=_optional(env, "RECEIVER_FIRECRAWL_STALL_AFTER"),
+            dify_stall_after=_optional(env, "RECEIVER_DIFY_STALL_AFTER"),
+            stall_while_paused=env.get("RECEIVER_STALL_WHILE_PAUSED", "").lower()
+            in ("1", "true", "yes"),
+            firecrawl_rps=_number(env, "RECEIVER_FIRECRAWL_RPS", base.firecrawl_rps, float),
+            dify_rps=_number(env, "RECEIVER_DIFY_RPS", base.dify_rps, float),
+            poll_concurrency=_number(env, "RECEIVER_POLL_CONCURRENCY", base.poll_concurrency, int),
+            due_shards=max(1, _number(env, "RECEIVER_DUE_SHARDS", base.due_shards, int)),
             log_format=env.get("RECEIVER_LOG_FORMAT", base.log_format),
         )
+
+    def stall_after_for(self, provider: str) -> float:
+        specific = {"firecrawl": self.firecrawl_stall_after, "dify": self.dify_stall_after}
+        chosen = specific.get(provider)
+        return self.stall_after if chosen is None else chosen
 
     def require_secrets(self) -> None:
         """With an external Redis, refuse to start without the secrets."""
@@ -122,6 +154,10 @@ class Settings:
 
     def with_changes(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _optional(env: Mapping[str, str], name: str) -> float | None:
+    return _number(env, name, -1.0, float) if env.get(name) else None
 
 
 def _number(env: Mapping[str, str], name: str, default: T, kind: type[T]) -> T:

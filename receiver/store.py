@@ -45,9 +45,32 @@ ACCEPTED, DUPLICATE, EARLY, CLOSED = "accepted", "duplicate", "early", "closed"
 UNKNOWN_JOB, UNKNOWN_TASK = "unknown_job", "unknown_task"
 
 # Job hash fields that hold integers.
-_INT_FIELDS = ("total", "completed", "failed", "received", "expired", "chunks")
+_INT_FIELDS = (
+    "total",
+    "completed",
+    "failed",
+    "received",
+    "expired",
+    "chunks",
+    "documents",
+    "segments_completed",
+    "segments_total",
+    "paused",
+    "credits_used",
+)
 # Job hash fields that hold JSON.
-_JSON_FIELDS = ("params", "external")
+_JSON_FIELDS = ("params", "external", "invalid_urls")
+# Job hash fields that hold seconds: unix times or durations.
+_FLOAT_FIELDS = (
+    "created_at",
+    "updated_at",
+    "submitted_at",
+    "finished_at",
+    "polled_at",
+    "moved_at",
+    "poll_interval",
+    "stall_after",
+)
 
 
 def new_job_id() -> str:
@@ -75,11 +98,14 @@ class Store:
         keys: Keys | None = None,
         *,
         events_maxlen: int = 8_640_000,
+        due_shards: int = 1,
         clock: Clock = time.time,
     ) -> None:
         self.redis = redis
         self.keys = keys or Keys()
         self.events_maxlen = events_maxlen
+        self.due_shards = max(1, due_shards)
+        self._next_shard = 0
         self.clock = clock
         self._callbacks = redis.register_script(scripts.CALLBACKS)
         self._create_job = redis.register_script(scripts.CREATE_JOB)
@@ -106,22 +132,72 @@ class Store:
         work: str = "",
         submitting: bool = True,
         external: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
-        fields: list[Any] = [
-            "id",
-            job_id,
-            "provider",
-            provider,
-            "total",
-            total,
-            "params",
-            orjson.dumps(params),
-        ]
+        fields: list[Any] = ["id", job_id, "provider", provider, "total", total]
+        fields += ["params", orjson.dumps(params)]
         if submitting:
             fields += ["submitting", 1]
         if external:
             fields += ["external", orjson.dumps(external)]
+        for name, value in (extra or {}).items():
+            fields += [name, value]
         await self._create_job(args=[*self._common(), job_id, work, *fields])
+
+    async def track_job(
+        self,
+        job_id: str,
+        provider: str,
+        external_id: str,
+        external: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bool]:
+        """A job polling an existing provider job: (job id, created). Tracking the same
+        provider job twice gives the first job back."""
+        index = self.keys.external(provider)
+        if not await self.redis.hsetnx(index, external_id, job_id):
+            existing = _text(await self.redis.hget(index, external_id))
+            if await self.redis.exists(self.keys.job(existing)):
+                return existing, False
+            await self.redis.hset(index, external_id, job_id)
+        await self.create_job(
+            job_id,
+            provider,
+            total=0,
+            params={},
+            submitting=False,
+            external=external,
+            extra={"status": JobStatus.RUNNING.value, **(extra or {})},
+        )
+        await self.schedule(f"poll:{job_id}", self.clock())
+        return job_id, True
+
+    async def job_of(self, provider: str, external_id: str) -> str | None:
+        found = await self.redis.hget(self.keys.external(provider), external_id)
+        return None if found is None else _text(found)
+
+    async def store_documents(
+        self, job_id: str, documents: Mapping[str, bytes], ttl: float
+    ) -> None:
+        """Keep a polled job's result documents, compressed, for `ttl` seconds."""
+        if not documents:
+            return
+        key = self.keys.results(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={k: compress(v) for k, v in documents.items()})
+            pipe.expire(key, int(ttl))
+            await pipe.execute()
+
+    async def record_documents(
+        self, job_id: str, statuses: Mapping[str, str], errors: Mapping[str, str]
+    ) -> None:
+        """A polled job's documents: id -> status, and the errors of the failed ones."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if statuses:
+                pipe.hset(self.keys.tasks(job_id), mapping=dict[Any, Any](statuses))
+            if errors:
+                pipe.hset(self.keys.errors(job_id), mapping=dict[Any, Any](errors))
+            await pipe.execute()
 
     async def apply_callbacks(
         self, callbacks: Sequence[tuple[str, str, str]], source: str = "callback"
@@ -142,7 +218,15 @@ class Store:
         last: bool,
         reconcile_after: float,
     ) -> str:
-        args: list[Any] = [*self._common(), job_id, chunk, "1" if last else "0", reconcile_after]
+        due = self.keys.due_for(f"reconcile:{job_id}", self.due_shards)
+        args: list[Any] = [
+            *self._common(),
+            job_id,
+            chunk,
+            "1" if last else "0",
+            reconcile_after,
+            due,
+        ]
         for task_id, task_input in tasks:
             args += [task_id, task_input]
         return _text(await self._record_submission(args=args))
@@ -178,19 +262,35 @@ class Store:
 
     # -- scheduling ---------------------------------------------------------------------
 
+    def due_key(self, member: str) -> str:
+        return self.keys.due_for(member, self.due_shards)
+
     async def schedule(self, member: str, at: float) -> None:
-        await self.redis.zadd(self.keys.due, {member: at})
+        await self.redis.zadd(self.due_key(member), {member: at})
 
     async def unschedule(self, member: str) -> None:
-        await self.redis.zrem(self.keys.due, member)
+        await self.redis.zrem(self.due_key(member), member)
+
+    async def due_at(self, member: str) -> float | None:
+        score = await self.redis.zscore(self.due_key(member), member)
+        return None if score is None else float(score)
 
     async def claim_due(self, limit: int, lease: float = DUE_LEASE) -> list[str]:
-        items = await self._claim_due(keys=[self.keys.due], args=[repr(self.clock()), limit, lease])
-        return [_text(item) for item in items]
+        """Up to `limit` due members, each leased to the caller for `lease` seconds."""
+        claimed: list[str] = []
+        first = self._next_shard
+        self._next_shard = (first + 1) % self.due_shards  # no shard waits behind another
+        for offset in range(self.due_shards):
+            if len(claimed) >= limit:
+                break
+            key = self.keys.due_shard((first + offset) % self.due_shards)
+            args: list[Any] = [repr(self.clock()), limit - len(claimed), lease]
+            claimed += [_text(m) for m in await self._claim_due(keys=[key], args=args)]
+        return claimed
 
-    async def acquire_rate(self, name: str, interval: float) -> float:
+    async def acquire_rate(self, name: str, interval: float, burst: int = 1) -> float:
         """0 when the caller may make the rate-limited call now, else seconds to wait."""
-        wait = await self._acquire_rate(keys=[self.keys.rate(name)], args=[interval])
+        wait = await self._acquire_rate(keys=[self.keys.rate(name)], args=[interval, burst])
         return float(_text(wait))
 
     async def ensure_group(self) -> None:
@@ -213,6 +313,18 @@ class Store:
         if not raw:
             return None
         return decode_job(raw)
+
+    async def get_state(self, job_id: str) -> dict[str, Any] | None:
+        """The few fields hot paths need (status, provider, times), without the request."""
+        names = ("status", "provider", "created_at", "submitted_at")
+        values = await self.redis.hmget(self.keys.job(job_id), names)
+        if values[0] is None:
+            return None
+        state: dict[str, Any] = {"id": job_id}
+        for name, value in zip(names, values, strict=True):
+            if value is not None:
+                state[name] = float(value) if name.endswith("_at") else _text(value)
+        return state
 
     async def get_tasks(self, job_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.tasks(job_id))
@@ -252,7 +364,7 @@ def decode_job(raw: Mapping[Any, Any]) -> dict[str, Any]:
     for name in _JSON_FIELDS:
         if name in job:
             job[name] = orjson.loads(job[name])
-    for name in ("created_at", "updated_at", "submitted_at", "finished_at"):
+    for name in _FLOAT_FIELDS:
         if name in job:
             job[name] = float(job[name])
     job["progress"] = {

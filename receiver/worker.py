@@ -21,20 +21,18 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from receiver.jobs.decodo import DecodoJobs
+from receiver.dispatch import Dispatcher, UnknownWork
 from receiver.keys import DUE_LEASE, WORK_GROUP
 from receiver.store import Store
 
 log = logging.getLogger(__name__)
-
-Step = Callable[[], Awaitable[float | None]]
 
 
 class Worker:
     def __init__(
         self,
         store: Store,
-        decodo: DecodoJobs,
+        dispatcher: Dispatcher,
         *,
         concurrency: int = 100,
         claim_idle: float = 60.0,
@@ -43,7 +41,7 @@ class Worker:
         name: str | None = None,
     ) -> None:
         self.store = store
-        self.decodo = decodo
+        self.dispatcher = dispatcher
         self.concurrency = concurrency
         self.claim_idle = claim_idle
         self.heartbeat_interval = heartbeat_interval
@@ -149,7 +147,7 @@ class Worker:
             redis, keys = self.store.redis, self.store.keys
             async with redis.pipeline(transaction=True) as pipe:
                 if retry_at is not None:
-                    pipe.zadd(keys.due, {member: retry_at})
+                    pipe.zadd(self.store.due_key(member), {member: retry_at})
                 pipe.xack(keys.work, WORK_GROUP, entry_id)
                 pipe.xdel(keys.work, entry_id)
                 await pipe.execute()
@@ -206,27 +204,17 @@ class Worker:
         """Run the work a member names; when to run it again, or None."""
         kind, _, rest = member.partition(":")
         job_id, _, task_id = rest.partition(":")
-        step = self._steps(kind, job_id, task_id)
-        if step is None:
-            log.error("unknown work", extra={"work": member})
-            return None
         try:
-            return await step()
+            return await self.dispatcher.run(kind, job_id, task_id)
         except asyncio.CancelledError:
             raise
+        except UnknownWork:
+            log.error("unknown work dropped", extra={"work": member})
+            return None
         except Exception:
             # A bug or an outage of Redis: try again later rather than lose the work.
             log.exception("work failed; retrying in 30 s", extra={"work": member})
             return time.time() + 30.0
-
-    def _steps(self, kind: str, job_id: str, task_id: str) -> Step | None:
-        if kind == "fetch":
-            return lambda: self.decodo.fetch(job_id, task_id)
-        if kind == "submit":
-            return lambda: self.decodo.submit(job_id)
-        if kind == "reconcile":
-            return lambda: self.decodo.reconcile(job_id)
-        return None
 
 
 def _text(value: Any) -> str:

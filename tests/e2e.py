@@ -67,9 +67,9 @@ class Deployment:
     def wait(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            job = self.job(job_id)
-            if job["status"] in FINAL:
-                return job
+            status = self.redis.hget(f"receiver:job:{{{job_id}}}", "status")
+            if status is not None and status.decode() in FINAL:  # type: ignore[union-attr]
+                return self.job(job_id)
             time.sleep(0.05)
         raise AssertionError(f"job {job_id} did not end: {self.job(job_id)}")
 

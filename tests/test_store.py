@@ -110,7 +110,6 @@ async def test_stored_results_complete_the_job_once(redis: Redis, store: Store) 
     assert job["progress"] == {"completed": 1, "failed": 1, "total": 2}
     types = [e["type"] for e in await events(redis, store)]
     assert types.count("job.completed") == 1
-    assert await redis.zscore(store.keys.due, "reconcile:j1") is None
 
 
 async def test_all_tasks_failed_fails_the_job(store: Store) -> None:
@@ -180,6 +179,24 @@ async def test_acquire_rate_spaces_calls(store: Store) -> None:
     assert await store.acquire_rate("x", 1.0) == 0
     wait = await store.acquire_rate("x", 1.0)
     assert 0 < wait <= 1.0
+
+
+async def test_acquire_rate_allows_a_burst_then_spaces(store: Store) -> None:
+    allowed = [await store.acquire_rate("y", 0.5, burst=3) == 0 for _ in range(4)]
+    assert allowed == [True, True, True, False]
+
+
+async def test_due_shards_spread_members_and_claim_from_all(redis: Redis) -> None:
+    sharded = Store(redis, due_shards=4)
+    now = sharded.clock()
+    members = [f"poll:job{i}" for i in range(40)]
+    for member in members:
+        await sharded.schedule(member, now - 1)
+    used = {sharded.due_key(m) for m in members}
+    assert len(used) == 4 and all("{" in key or key == sharded.keys.due for key in used)
+    claimed = await sharded.claim_due(100)
+    assert sorted(claimed) == sorted(members)
+    assert await sharded.claim_due(100) == []
 
 
 async def test_ensure_group_is_idempotent(redis: Redis, store: Store) -> None:

@@ -152,7 +152,7 @@ class DecodoJobs:
     # -- fetch results ------------------------------------------------------------------
 
     async def fetch(self, job_id: str, task_id: str) -> float | None:
-        job = await self.store.get_job(job_id)
+        job = await self.store.get_state(job_id)
         if job is None or JobStatus(job["status"]).terminal:
             return None
         if self._expired(job):
@@ -174,7 +174,7 @@ class DecodoJobs:
 
     async def reconcile(self, job_id: str) -> float | None:
         """Poll the tasks still waiting for a callback; a lost callback loses nothing."""
-        job = await self.store.get_job(job_id)
+        job = await self.store.get_state(job_id)
         if job is None or JobStatus(job["status"]).terminal:
             return None
         tasks = await self.store.get_tasks(job_id)

@@ -1,0 +1,170 @@
+"""The job API: create, list, show, results and cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from receiver import store as store_module
+from receiver.errors import InvalidRequest, NotFound, Rejected, UnknownJob
+from receiver.jobs import decodo, dify, firecrawl
+from receiver.store import JobStatus, new_job_id
+from receiver.web import Services, error_response, json_response, parse_json_object, read_body
+
+# Bytes a POST /jobs body may hold (100,000 URLs fit).
+MAX_JOB_BODY = 32 * 1024 * 1024
+PROVIDERS = ("decodo", "firecrawl", "dify")
+# Job hash fields shown as they are.
+_SHOWN = (
+    "id",
+    "provider",
+    "status",
+    "progress",
+    "error",
+    "external",
+    "provider_status",
+    "credits_used",
+    "expires_at",
+    "invalid_urls",
+    "documents",
+    "segments_completed",
+    "segments_total",
+    "paused",
+    "stall_after",
+)
+
+
+async def create_job(request: Request, services: Services) -> Response:
+    body = parse_json_object(await read_body(request, MAX_JOB_BODY))
+    provider = body.get("provider")
+    if provider not in PROVIDERS:
+        raise InvalidRequest(f"provider must be one of: {', '.join(PROVIDERS)}")
+    if provider == "decodo":
+        job_id, created = await _create_decodo(body, services), True
+    elif provider == "firecrawl":
+        job_id, created = await _create_firecrawl(body, services)
+    else:
+        job_id, created = await _create_dify(body, services)
+    job = await services.store.get_job(job_id)
+    status = 202 if created else 200
+    return json_response(public_job(job or {}), status, {"Location": f"/jobs/{job_id}"})
+
+
+async def _create_decodo(body: dict[str, Any], services: Services) -> str:
+    request = decodo.parse_request(body)
+    job_id = new_job_id()
+    await services.store.create_job(
+        job_id, "decodo", total=len(request.items), params=request.as_params(), work="submit"
+    )
+    return job_id
+
+
+async def _create_firecrawl(body: dict[str, Any], services: Services) -> tuple[str, bool]:
+    request = firecrawl.parse_request(body)
+    extra = _stall(request.stall_after)
+    if request.batch_id is not None:
+        return await services.store.track_job(
+            new_job_id(), "firecrawl", request.batch_id, {"batch_id": request.batch_id}, extra
+        )
+    job_id = new_job_id()
+    params = {"urls": request.urls, "options": request.options}
+    await services.store.create_job(
+        job_id,
+        "firecrawl",
+        total=len(request.urls),
+        params=params,
+        work="submit",
+        submitting=False,
+        extra=extra,
+    )
+    return job_id, True
+
+
+async def _create_dify(body: dict[str, Any], services: Services) -> tuple[str, bool]:
+    request = dify.parse_request(body)
+    external = {"dataset_id": request.dataset_id, "batch": request.batch}
+    return await services.store.track_job(
+        new_job_id(),
+        "dify",
+        f"{request.dataset_id}:{request.batch}",
+        external,
+        _stall(request.stall_after),
+    )
+
+
+def _stall(stall_after: float | None) -> dict[str, Any]:
+    return {} if stall_after is None else {"stall_after": stall_after}
+
+
+async def list_jobs(request: Request, services: Services) -> Response:
+    limit = _limit(request, default=100, most=1000)
+    ids = await services.store.list_job_ids(limit)
+    jobs = [await services.store.get_job(job_id) for job_id in ids]
+    return json_response({"jobs": [public_job(job) for job in jobs if job]})
+
+
+def _limit(request: Request, default: int, most: int) -> int:
+    raw = request.query_params.get("limit", str(default))
+    if not raw.isdigit() or not 0 < int(raw) <= most:
+        raise InvalidRequest(f"limit must be a whole number from 1 to {most}")
+    return int(raw)
+
+
+async def get_job(request: Request, services: Services) -> Response:
+    job = await _job(request, services)
+    body = public_job(job)
+    body["tasks"] = await services.store.get_task_details(job["id"])
+    return json_response(body)
+
+
+async def get_results(request: Request, services: Services) -> Response:
+    job = await _job(request, services)
+    results = await services.store.get_results(job["id"])
+    return json_response({"job_id": job["id"], "status": job["status"], "results": results})
+
+
+async def cancel_job(request: Request, services: Services) -> Response:
+    """Cancel at the provider when it can (Firecrawl), and end the job `cancelled`."""
+    job = await _job(request, services)
+    if JobStatus(job["status"]).terminal:
+        return error_response(409, "job_ended", f"the job already ended {job['status']}")
+    batch_id = (job.get("external") or {}).get("batch_id")
+    if job["provider"] == "firecrawl" and batch_id:
+        try:
+            await services.firecrawl.cancel(batch_id)
+        except NotFound as exc:
+            return error_response(404, "provider_not_found", f"firecrawl: {exc}")
+        except Rejected as exc:
+            if exc.status == 409:
+                return error_response(409, "provider_conflict", f"firecrawl: {exc}")
+            raise
+    outcome = await services.store.finish_job(job["id"], JobStatus.CANCELLED, "cancelled by a user")
+    if outcome != "finished":
+        return error_response(409, "job_ended", "the job ended meanwhile")
+    return json_response(public_job(await services.store.get_job(job["id"]) or job))
+
+
+async def _job(request: Request, services: Services) -> dict[str, Any]:
+    job_id = request.path_params["job_id"]
+    job = await services.store.get_job(job_id)
+    if job is None:
+        raise UnknownJob(f"no job {job_id}")
+    return job
+
+
+def public_job(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as the API shows it: no internal counters or request internals."""
+    shown: dict[str, Any] = {key: job[key] for key in _SHOWN if key in job}
+    for key in ("created_at", "updated_at", "submitted_at", "finished_at", "polled_at"):
+        if key in job:
+            shown[key] = store_module.iso(job[key])
+    params = job.get("params") or {}
+    if job.get("provider") == "decodo" and params:
+        shown["request"] = {
+            "items": len(params.get("items", [])),
+            "key": params.get("key"),
+            "params": params.get("params", {}),
+        }
+    return shown

@@ -1,0 +1,184 @@
+"""Firecrawl batch scrape jobs: validate, submit, poll to the end, collect every document."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from receiver.errors import InvalidRequest, Permanent, Transient
+from receiver.jobs.common import optional_stall_after
+from receiver.polling import Observation, Poller, parse_time, signature
+from receiver.providers.firecrawl import FirecrawlClient, document_key
+from receiver.settings import Settings
+from receiver.store import JobStatus, Store
+
+log = logging.getLogger(__name__)
+
+# URLs in one batch: beyond it a request is refused here rather than by Firecrawl.
+MAX_URLS = 1000
+# The scrape and batch options Firecrawl's strict body accepts beside `urls`.
+OPTIONS = frozenset(
+    {
+        "formats",
+        "headers",
+        "includeTags",
+        "excludeTags",
+        "onlyMainContent",
+        "onlyCleanContent",
+        "timeout",
+        "waitFor",
+        "mobile",
+        "parsers",
+        "actions",
+        "location",
+        "skipTlsVerification",
+        "removeBase64Images",
+        "fastMode",
+        "useMock",
+        "blockAds",
+        "proxy",
+        "maxAge",
+        "minAge",
+        "storeInCache",
+        "lockdown",
+        "safeMode",
+        "redactPII",
+        "profile",
+        "origin",
+        "integration",
+        "appendToId",
+        "ignoreInvalidURLs",
+        "maxConcurrency",
+        "zeroDataRetention",
+    }
+)
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# Job outcome for each terminal batch status.
+_FINAL = {
+    "completed": JobStatus.COMPLETED,
+    "failed": JobStatus.FAILED,
+    "cancelled": JobStatus.CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class FirecrawlRequest:
+    batch_id: str | None  # track this existing batch
+    urls: list[str]  # or submit these
+    options: dict[str, Any]
+    stall_after: float | None
+
+
+def parse_request(body: Mapping[str, Any]) -> FirecrawlRequest:
+    """Validate a POST /jobs body for Firecrawl; InvalidRequest says what is wrong."""
+    extra = set(body) - OPTIONS - {"provider", "batch_id", "urls", "stall_after"}
+    if extra:
+        raise InvalidRequest(f"unknown Firecrawl option(s): {', '.join(sorted(extra))}")
+    stall_after = optional_stall_after(body)
+    if ("batch_id" in body) == ("urls" in body):
+        raise InvalidRequest("give either batch_id (to track a batch) or urls (to submit one)")
+    if "batch_id" in body:
+        batch_id = body["batch_id"]
+        if not isinstance(batch_id, str) or not _UUID.match(batch_id):
+            raise InvalidRequest("batch_id must be a Firecrawl batch id (a UUID)")
+        if set(body) & OPTIONS:
+            raise InvalidRequest("scrape options only go with urls, not with batch_id")
+        return FirecrawlRequest(batch_id.lower(), [], {}, stall_after)
+    urls = body["urls"]
+    if not isinstance(urls, list) or not urls:
+        raise InvalidRequest("urls must be a non-empty list of URLs")
+    if len(urls) > MAX_URLS:
+        raise InvalidRequest(f"urls holds {len(urls)} URLs; Firecrawl takes at most {MAX_URLS}")
+    for url in urls:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise InvalidRequest("every url must be a string starting with http:// or https://")
+    options = {k: v for k, v in body.items() if k in OPTIONS}
+    return FirecrawlRequest(None, list(urls), options, stall_after)
+
+
+class FirecrawlJobs(Poller):
+    provider = "firecrawl"
+
+    def __init__(self, store: Store, client: FirecrawlClient, settings: Settings) -> None:
+        super().__init__(store, settings)
+        self.client = client
+
+    @property
+    def rate(self) -> float:
+        return self.settings.firecrawl_rps
+
+    @property
+    def webhook_url(self) -> str:
+        return self.settings.public_url + "/callbacks/firecrawl"
+
+    async def submit(self, job_id: str) -> float | None:
+        """POST /v2/batch/scrape, then the batch is polled like a tracked one."""
+        job = await self.store.get_job(job_id)
+        if job is None or JobStatus(job["status"]).terminal or job.get("external"):
+            return None
+        params = job["params"]
+        webhook = None
+        if self.settings.firecrawl_webhook_secret:
+            webhook = {
+                "url": self.webhook_url,
+                "metadata": {"job_id": job_id},
+                "events": ["completed", "failed"],
+            }
+        try:
+            submitted = await self.client.submit(params["urls"], params["options"], webhook)
+        except Transient as exc:
+            return await self._retry(job_id, exc)
+        except Permanent as exc:
+            await self._fail(job_id, exc)
+            return None
+        await self.store.redis.hset(self.store.keys.external("firecrawl"), submitted.id, job_id)
+        fields = {
+            "external": orjson.dumps({"batch_id": submitted.id}),
+            "status": "running",
+            "invalid_urls": orjson.dumps(submitted.invalid_urls),
+        }
+        await self.store.update_job(
+            job_id,
+            fields,
+            event="job.progress",
+            detail={"batch_id": submitted.id, "invalid_urls": submitted.invalid_urls},
+        )
+        await self.store.schedule(f"poll:{job_id}", self.clock())
+        return None
+
+    async def observe(self, job: Mapping[str, Any]) -> Observation:
+        batch = await self.client.status(job["external"]["batch_id"])
+        seen = Observation(
+            signature=signature(batch.status, batch.completed, batch.total),
+            fields={
+                "completed": batch.completed,
+                "total": batch.total,
+                "provider_status": batch.status,
+            },
+            detail={"provider_status": batch.status},
+            expires_at=parse_time(batch.expires_at),
+        )
+        if batch.credits_used is not None:
+            seen.fields["credits_used"] = batch.credits_used
+        if batch.expires_at:
+            seen.fields["expires_at"] = batch.expires_at
+        if batch.terminal:
+            documents = await self.client.collect(batch)
+            await self.store.store_documents(
+                job["id"],
+                {document_key(d): orjson.dumps(d) for d in documents},
+                self.settings.results_ttl,
+            )
+            seen.fields["documents"] = len(documents)
+            seen.final = _FINAL[batch.status]
+            if batch.status != "completed":
+                seen.reason = f"firecrawl reported the batch {batch.status}"
+        return seen
+
+    async def cancel(self, batch_id: str) -> str:
+        return await self.client.cancel(batch_id)

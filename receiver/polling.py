@@ -1,0 +1,161 @@
+"""Polling a provider job: one observation per due time, and the schedule of the next one.
+
+Each poll is a step of the worker: it reads the job, waits its turn under the provider's
+request rate (shared through Redis: a poll that must wait is rescheduled, never slept on),
+observes the provider, records what moved, and says when to poll again. The interval is
+short while progress moves and backs off with jitter while it does not; a job with no
+progress for the stall timeout fails `stalled`, and one past the provider's own expiry
+ends `expired`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from receiver.backoff import backoff
+from receiver.errors import Permanent, RateLimited, Transient
+from receiver.settings import Settings
+from receiver.store import JobStatus, Store
+
+log = logging.getLogger(__name__)
+
+# Each interval without progress is this much longer than the last, up to Settings.poll_max.
+_SLOWDOWN = 1.6
+
+
+@dataclass
+class Observation:
+    """What one poll saw."""
+
+    signature: str  # changes exactly when progress moved
+    fields: dict[str, Any] = field(default_factory=dict)  # stored on the job hash
+    detail: dict[str, Any] = field(default_factory=dict)  # of the job.progress event
+    final: JobStatus | None = None  # the job ends with this status
+    reason: str = ""  # why it ended, when not completed
+    paused: bool = False  # progress is held on purpose: the stall timeout waits
+    expires_at: float | None = None  # unix time the provider drops the job
+
+
+class Poller:
+    """The provider-independent half of polling; subclasses observe one provider."""
+
+    provider = "provider"
+
+    def __init__(self, store: Store, settings: Settings, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+
+    @property
+    def rate(self) -> float:
+        return 10.0
+
+    async def observe(self, job: Mapping[str, Any]) -> Observation:
+        raise NotImplementedError
+
+    async def submit(self, job_id: str) -> float | None:
+        """Submit a new job to the provider; providers that only get tracked have none."""
+        return None
+
+    async def poll(self, job_id: str) -> float | None:
+        """One poll of the job; when to poll it again, or None once it ended."""
+        job = await self.store.get_job(job_id)
+        if job is None or JobStatus(job["status"]).terminal:
+            return None
+        wait = await self.store.acquire_rate(
+            f"poll:{self.provider}", 1.0 / self.rate, burst=max(1, int(self.rate))
+        )
+        if wait > 0:
+            return self.clock() + wait
+        try:
+            seen = await self.observe(job)
+        except Transient as exc:
+            return await self._retry(job_id, exc)
+        except Permanent as exc:
+            await self._fail(job_id, exc)
+            return None
+        return await self._record(job, seen)
+
+    async def _record(self, job: Mapping[str, Any], seen: Observation) -> float | None:
+        job_id, now = job["id"], self.clock()
+        moved = seen.signature != job.get("signature")
+        last_moved = now if moved else float(job.get("moved_at") or job["created_at"])
+        interval = self._next_interval(job, moved)
+        fields = {
+            **seen.fields,
+            "signature": seen.signature,
+            "moved_at": last_moved,
+            "poll_interval": interval,
+            "polled_at": now,
+        }
+        await self.store.redis.hdel(self.store.keys.attempts(job_id), "poll")
+        await self.store.update_job(
+            job_id, fields, event="job.progress" if moved else "", detail=seen.detail
+        )
+        if seen.final is not None:
+            await self.store.finish_job(job_id, seen.final, seen.reason)
+            return None
+        stall_after = float(job.get("stall_after") or self.settings.stall_after_for(self.provider))
+        holding = seen.paused and not self.settings.stall_while_paused
+        if not holding and now - last_moved > stall_after:
+            reason = f"stalled: no progress for {stall_after:g} s"
+            await self.store.finish_job(job_id, JobStatus.FAILED, reason)
+            return None
+        if seen.expires_at is not None and now > seen.expires_at:
+            reason = f"expired: {self.provider} dropped the job at its expiry"
+            await self.store.finish_job(job_id, JobStatus.EXPIRED, reason)
+            return None
+        return now + interval
+
+    def _next_interval(self, job: Mapping[str, Any], moved: bool) -> float:
+        low, high = self.settings.poll_min, max(self.settings.poll_min, self.settings.poll_max)
+        if moved:
+            return low
+        previous = float(job.get("poll_interval") or low)
+        grown = min(high, previous * _SLOWDOWN)
+        return random.uniform(max(low, grown * 0.8), grown)
+
+    async def _retry(self, job_id: str, exc: Transient) -> float:
+        attempt = await self.store.redis.hincrby(self.store.keys.attempts(job_id), "poll", 1)
+        after = exc.retry_after if isinstance(exc, RateLimited) else None
+        delay = backoff(attempt - 1, self.settings.retry_base, self.settings.retry_cap, after)
+        log.info(
+            "poll failed; retrying later",
+            extra={
+                "job_id": job_id,
+                "provider": self.provider,
+                "reason": exc.reason,
+                "delay_s": round(delay, 3),
+            },
+        )
+        return self.clock() + delay
+
+    async def _fail(self, job_id: str, exc: Permanent) -> None:
+        status = JobStatus.EXPIRED if exc.reason == "expired" else JobStatus.FAILED
+        log.warning(
+            "poll refused; the job ends",
+            extra={"job_id": job_id, "provider": self.provider, "reason": exc.reason},
+        )
+        await self.store.finish_job(job_id, status, f"{exc.reason}: {exc}")
+
+
+def parse_time(value: object) -> float | None:
+    """Unix seconds from an ISO 8601 string (Firecrawl's `expiresAt`), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def signature(*parts: object) -> str:
+    return orjson.dumps(parts).decode()

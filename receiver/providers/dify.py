@@ -1,0 +1,185 @@
+"""Dify's knowledge API: the indexing status of a batch of documents, and what it adds up to.
+
+What a real (1.13.3) server does, and this module allows for:
+- the order of `data[]` changes between polls: documents are matched by `id`;
+- `paused` is a hold, not an end; `cleaning` never appears; progress is not monotonic
+  (`total_segments` grows while splitting and can drop after a resume);
+- a document waiting again after a re-submit shows its previous run's counts and `error`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from receiver.errors import NotFound, RateLimited, Rejected, Unauthorized, Unavailable
+from receiver.providers.base import ProviderClient, error_message, raise_for_status
+
+# Document statuses after which indexing does not move on its own.
+COMPLETED, ERROR, PAUSED = "completed", "error", "paused"
+TERMINAL = frozenset({COMPLETED, ERROR})
+# Batch states `summarize` reports.
+RUNNING, FAILED = "running", "failed"
+
+
+@dataclass(frozen=True)
+class DocumentStatus:
+    id: str
+    indexing_status: str  # waiting, parsing, splitting, indexing, completed, error, paused
+    error: str | None
+    completed_segments: int
+    total_segments: int
+    # Unix seconds, or None.
+    processing_started_at: int | None
+    completed_at: int | None
+    paused_at: int | None
+    stopped_at: int | None
+
+
+@dataclass(frozen=True)
+class Summary:
+    state: str  # running, completed or failed
+    documents: int
+    terminal: int  # completed or error
+    completed_documents: int
+    failed_documents: int
+    paused: int
+    segments_completed: int
+    segments_total: int
+    errors: dict[str, str]  # document id -> Dify's message, for documents in `error`
+
+
+class DifyClient(ProviderClient):
+    name = "dify"
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str) -> None:
+        super().__init__(
+            http, base_url, {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        )
+
+    async def indexing_status(self, dataset_id: str, batch: str) -> list[DocumentStatus]:
+        """GET /datasets/{dataset_id}/documents/{batch}/indexing-status: one per document."""
+        path = f"/datasets/{_path_part(dataset_id)}/documents/{_path_part(batch)}/indexing-status"
+        response = await self.request("GET", self.url(path))
+        data = _json_object(response).get("data")
+        if not isinstance(data, list):
+            raise Rejected(
+                "dify indexing status has no `data` list", body=response.text, reason="bad_answer"
+            )
+        return [_document(item, response) for item in data]
+
+
+def summarize(docs: Sequence[DocumentStatus]) -> Summary:
+    """Where a batch stands; an empty batch is still running, not completed."""
+    completed = sum(d.indexing_status == COMPLETED for d in docs)
+    failed = [d for d in docs if d.indexing_status == ERROR]
+    if not docs or completed + len(failed) < len(docs):
+        state = RUNNING
+    else:
+        state = FAILED if failed else COMPLETED
+    return Summary(
+        state=state,
+        documents=len(docs),
+        terminal=completed + len(failed),
+        completed_documents=completed,
+        failed_documents=len(failed),
+        paused=sum(d.indexing_status == PAUSED for d in docs),
+        segments_completed=sum(d.completed_segments for d in docs),
+        segments_total=sum(d.total_segments for d in docs),
+        errors={d.id: d.error or "indexing failed" for d in failed},
+    )
+
+
+def raise_for_dify_status(response: httpx.Response) -> None:
+    """Turn Dify's non-success answer (`{code, message, status}`) into a ProviderError."""
+    status = response.status_code
+    if status < 300:
+        return
+    body, said = response.text, error_message(response)
+    message = f"dify answered {status}: {said or body[:200]}"
+    if status < 400:
+        raise Rejected(message, status=status, body=body, reason="unexpected_redirect")
+    if status == 400:
+        raise Rejected(message, status=status, body=body, reason="invalid_param")
+    if status == 401:
+        raise Unauthorized(message, status=status, body=body, reason="unauthorized")
+    if status == 403 and "rate limit" in said.lower():  # Dify Cloud's knowledge rate limit
+        raise RateLimited(message, status=status, body=body, reason="rate_limited")
+    if status == 403:
+        raise Unauthorized(message, status=status, body=body, reason="forbidden")
+    if status == 404:
+        raise NotFound(message, status=status, body=body, reason=_not_found_reason(said))
+    raise_for_status("dify", response)  # 429 with its retry-after, 5xx, the rest
+
+
+def _not_found_reason(said: str) -> str:
+    if said.startswith("Documents not found"):
+        return "documents_not_found"
+    if said.startswith("Dataset not found"):
+        return "dataset_not_found"
+    return "not_found"  # e.g. the HTML page for a dataset id that is not a UUID
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    raise_for_dify_status(response)
+    try:
+        answer = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        if _looks_like_html(response):  # a proxy's or gateway's page, not Dify's
+            raise Unavailable(
+                "dify answered an HTML page", status=response.status_code, body=response.text
+            ) from None
+        raise Rejected(
+            "dify answered a body that is not JSON", body=response.text, reason="bad_answer"
+        ) from None
+    if not isinstance(answer, dict):
+        raise Rejected("dify answered JSON that is not an object", reason="bad_answer")
+    return answer
+
+
+def _document(item: object, response: httpx.Response) -> DocumentStatus:
+    if not isinstance(item, Mapping):
+        raise Rejected(
+            "dify indexing status item is not an object", body=response.text, reason="bad_answer"
+        )
+    doc_id, status, error = item.get("id"), item.get("indexing_status"), item.get("error")
+    if not isinstance(doc_id, str) or not isinstance(status, str):
+        raise Rejected(
+            "dify indexing status item lacks id or status", body=response.text, reason="bad_answer"
+        )
+    return DocumentStatus(
+        id=doc_id,
+        indexing_status=status,
+        error=error if isinstance(error, str) else None,
+        completed_segments=_whole(item.get("completed_segments")) or 0,
+        total_segments=_whole(item.get("total_segments")) or 0,
+        processing_started_at=_whole(item.get("processing_started_at")),
+        completed_at=_whole(item.get("completed_at")),
+        paused_at=_whole(item.get("paused_at")),
+        stopped_at=_whole(item.get("stopped_at")),
+    )
+
+
+def _whole(value: object) -> int | None:
+    """An int from an int or a float (the spec says number; the server sends ints)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def _path_part(value: str) -> str:
+    """An untrusted id, quoted for a URL path; one that could leave its segment is refused."""
+    if not value or value.strip(".") == "" or ".." in value or any(c in value for c in "/?#\\"):
+        raise Rejected(f"refusing dify id {value[:60]!r}", reason="bad_id")
+    return quote(value, safe="")
+
+
+def _looks_like_html(response: httpx.Response) -> bool:
+    if "html" in response.headers.get("content-type", ""):
+        return True
+    return response.text.lstrip()[:15].lower().startswith(("<!doctype", "<html"))

@@ -1,0 +1,271 @@
+"""Firecrawl's v2 batch scrape: submit a batch, poll its status, collect documents, cancel.
+
+What a real (self-hosted, Aug 2025) server does, and this client allows for:
+- `next` is present on every `scraping` poll and absent (not null) once all is returned;
+- `skip` and `limit` are ignored, so every page repeats every finished document;
+- `total` shrinks when pages fail outright; documents keep arriving after `cancelled`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from receiver.errors import (
+    NotFound,
+    PaymentRequired,
+    Rejected,
+    Unauthorized,
+    Unavailable,
+)
+from receiver.providers.base import ProviderClient, error_message, raise_for_status
+
+log = logging.getLogger(__name__)
+
+# Batch statuses after which nothing changes but late documents (SDK: completed, failed, cancelled).
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+# Zod issues quoted in a 400's message; the full body stays on the exception.
+_DETAILS_QUOTED = 5
+
+
+@dataclass(frozen=True)
+class Submitted:
+    id: str
+    invalid_urls: list[str]  # dropped by the server when `ignoreInvalidURLs` is true
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    status: str  # scraping, completed, failed or cancelled
+    completed: int
+    total: int  # shrinks as pages fail outright
+    credits_used: int | None
+    expires_at: str | None  # ISO timestamp; moves forward between polls
+    next: str | None  # absent or null both read as None
+    documents: list[dict[str, Any]]
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+class FirecrawlClient(ProviderClient):
+    name = "firecrawl"
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str) -> None:
+        super().__init__(
+            http, base_url, {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        )
+
+    async def submit(
+        self, urls: list[str], options: Mapping[str, Any], webhook: Mapping[str, Any] | None
+    ) -> Submitted:
+        """POST /v2/batch/scrape: `urls`, the scrape options flat beside it, and `webhook`."""
+        if "urls" in options or "webhook" in options:
+            raise ValueError("pass `urls` and `webhook` as arguments, not as options")
+        body: dict[str, Any] = {"urls": list(urls), **options}
+        if webhook is not None:
+            body["webhook"] = dict(webhook)
+        response = await self.request("POST", self.url("/v2/batch/scrape"), json=body)
+        answer = _successful(response)
+        batch_id = answer.get("id")
+        if not isinstance(batch_id, str) or not batch_id:
+            raise Rejected(
+                "firecrawl accepted a batch without an id", body=response.text, reason="bad_answer"
+            )
+        invalid = answer.get("invalidURLs")
+        urls = [u for u in invalid if isinstance(u, str)] if isinstance(invalid, list) else []
+        return Submitted(batch_id, urls)
+
+    async def status(self, batch_id: str) -> BatchStatus:
+        """GET /v2/batch/scrape/{id}: progress and every document finished so far."""
+        return await self._get_status(self.url(f"/v2/batch/scrape/{_path_part(batch_id)}"))
+
+    async def collect(self, first: BatchStatus) -> list[dict[str, Any]]:
+        """Every document of a terminal batch: `first`'s, then its `next` pages', deduplicated.
+
+        Stops when `next` is absent, when a page adds nothing new (servers that ignore
+        `skip` repeat everything) or after `total` pages; refuses a `next` off our origin.
+        """
+        if not first.terminal:
+            raise ValueError(f"collect() needs a terminal batch, not {first.status!r}")
+        documents: dict[str, dict[str, Any]] = {}
+        _add_new(documents, first.documents)
+        url, pages = first.next, 0
+        while url is not None:
+            if pages >= max(1, first.total):
+                log.warning("firecrawl pages capped", extra={"pages": pages, "total": first.total})
+                break
+            if not self.same_origin(url):
+                host = httpx.URL(url).host
+                raise Rejected(f"firecrawl next URL on {host}", reason="foreign_next_url")
+            page = await self._get_status(url)
+            pages += 1
+            if not _add_new(documents, page.documents):
+                break
+            url = page.next
+        return list(documents.values())
+
+    async def cancel(self, batch_id: str) -> str:
+        """DELETE /v2/batch/scrape/{id}: the status it answers ("cancelled")."""
+        url = self.url(f"/v2/batch/scrape/{_path_part(batch_id)}")
+        response = await self.request("DELETE", url)
+        status = _json_object(response).get("status")
+        if not isinstance(status, str):
+            raise Rejected(
+                "firecrawl cancel answered no status", body=response.text, reason="bad_answer"
+            )
+        return status
+
+    async def _get_status(self, url: str) -> BatchStatus:
+        response = await self.request("GET", url)
+        return _batch_status(_successful(response), response)
+
+
+def raise_for_firecrawl_status(response: httpx.Response) -> None:
+    """Turn Firecrawl's non-success answer into the matching ProviderError."""
+    status = response.status_code
+    if status < 300:
+        return
+    body, said = response.text, error_message(response)
+    message = f"firecrawl answered {status}: {said or body[:200]}"
+    if status < 400:
+        raise Rejected(message, status=status, body=body, reason="unexpected_redirect")
+    if status == 400:
+        message = f"firecrawl answered 400: {_describe_bad_request(response) or body[:200]}"
+        raise Rejected(message, status=status, body=body, reason="bad_request")
+    if status in (401, 403):
+        raise Unauthorized(message, status=status, body=body, reason="unauthorized")
+    if status == 402:
+        raise PaymentRequired(message, status=status, body=body, reason="payment_required")
+    if status == 404:
+        reason = "expired" if "expired" in said.lower() else "not_found"
+        raise NotFound(message, status=status, body=body, reason=reason)
+    if status == 408:  # the request timed out at Firecrawl's end: worth another try
+        raise Unavailable(message, status=status, body=body)
+    if status == 409:
+        raise Rejected(message, status=status, body=body, reason="already_completed")
+    raise_for_status("firecrawl", response)  # 429 with its retry-after, 5xx, the rest
+
+
+def _successful(response: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a 2xx answer whose `success` is not false."""
+    answer = _json_object(response)
+    if answer.get("success") is False:
+        said = str(answer.get("error") or "no error given")
+        message = f"firecrawl answered success=false: {said[:200]}"
+        status, body = response.status_code, response.text
+        if "expired" in said.lower():
+            raise NotFound(message, status=status, body=body, reason="expired")
+        if "not found" in said.lower():
+            raise NotFound(message, status=status, body=body, reason="not_found")
+        raise Unavailable(message, status=status, body=body)  # Firecrawl's SDK: a plain error
+    return answer
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    raise_for_firecrawl_status(response)
+    try:
+        answer = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        if _looks_like_html(response):  # a proxy's or gateway's page, not Firecrawl's
+            raise Unavailable(
+                "firecrawl answered an HTML page", status=response.status_code, body=response.text
+            ) from None
+        raise Rejected(
+            "firecrawl answered a body that is not JSON", body=response.text, reason="bad_answer"
+        ) from None
+    if not isinstance(answer, dict):
+        raise Rejected("firecrawl answered JSON that is not an object", reason="bad_answer")
+    return answer
+
+
+def _batch_status(answer: Mapping[str, Any], response: httpx.Response) -> BatchStatus:
+    status = answer.get("status")
+    completed, total = _int(answer.get("completed")), _int(answer.get("total"))
+    if not isinstance(status, str) or completed is None or total is None:
+        raise Rejected(
+            "firecrawl status lacks status, completed or total",
+            body=response.text,
+            reason="bad_answer",
+        )
+    expires, next_url, data = answer.get("expiresAt"), answer.get("next"), answer.get("data")
+    return BatchStatus(
+        status=status,
+        completed=completed,
+        total=total,
+        credits_used=_int(answer.get("creditsUsed")),
+        expires_at=expires if isinstance(expires, str) else None,
+        next=next_url if isinstance(next_url, str) and next_url else None,
+        documents=[d for d in data if isinstance(d, dict)] if isinstance(data, list) else [],
+    )
+
+
+def _add_new(documents: dict[str, dict[str, Any]], page: Iterable[dict[str, Any]]) -> int:
+    """Add the documents not seen yet; the number added."""
+    added = 0
+    for document in page:
+        key = document_key(document)
+        if key not in documents:
+            documents[key] = document
+            added += 1
+    return added
+
+
+def document_key(document: Mapping[str, Any]) -> str:
+    """What makes a document itself: its scrapeId, else its URL, else all of it."""
+    metadata = document.get("metadata")
+    if isinstance(metadata, Mapping):
+        for field, kind in (("scrapeId", "scrape"), ("sourceURL", "url"), ("url", "url")):
+            value = metadata.get(field)
+            if isinstance(value, str) and value:
+                return f"{kind}:{value}"
+    return "json:" + orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _describe_bad_request(response: httpx.Response) -> str:
+    """`error` of a 400, with its code and the first zod issues: `path: message`."""
+    try:
+        answer = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return ""
+    if not isinstance(answer, dict):
+        return ""
+    said = f"{answer.get('code', '')} {answer.get('error', '')}".strip()
+    details = answer.get("details")
+    issues = (
+        [_issue(i) for i in details if isinstance(i, dict)] if isinstance(details, list) else []
+    )
+    if issues:
+        said += " (" + "; ".join(issues[:_DETAILS_QUOTED]) + ")"
+    return said
+
+
+def _issue(issue: Mapping[str, Any]) -> str:
+    path = ".".join(str(p) for p in issue.get("path") or [])
+    keys = issue.get("keys")
+    extra = f" {keys}" if isinstance(keys, list) else ""
+    return f"{path or '<body>'}: {issue.get('message', issue.get('code', '?'))}{extra}"
+
+
+def _path_part(value: str) -> str:
+    """An untrusted id, quoted for a URL path; one that could leave its segment is refused."""
+    if not value or value.strip(".") == "" or ".." in value or any(c in value for c in "/?#\\"):
+        raise Rejected(f"refusing firecrawl id {value[:60]!r}", reason="bad_id")
+    return quote(value, safe="")
+
+
+def _looks_like_html(response: httpx.Response) -> bool:
+    if "html" in response.headers.get("content-type", ""):
+        return True
+    return response.text.lstrip()[:15].lower().startswith(("<!doctype", "<html"))
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

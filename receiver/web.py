@@ -1,0 +1,124 @@
+"""What every route shares: the services opened in the lifespan, JSON answers, errors, auth."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from receiver.errors import InvalidRequest, PayloadTooLarge, ProviderError, ReceiverError
+from receiver.ingest import CallbackCommitter
+from receiver.jobs.firecrawl import FirecrawlJobs
+from receiver.settings import Settings
+from receiver.store import Store
+from receiver.tokens import PassthroughSigner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the routes share, opened in the lifespan."""
+
+    settings: Settings
+    redis: Redis
+    store: Store
+    signer: PassthroughSigner
+    committer: CallbackCommitter
+    http: httpx.AsyncClient
+    firecrawl: FirecrawlJobs
+
+
+Endpoint = Callable[[Request, Services], Awaitable[Response]]
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    return json_response({"error": code, "message": message}, status)
+
+
+def handler(current: Callable[[], Services], endpoint: Endpoint) -> Handler:
+    """An endpoint with the services, and our errors turned into JSON answers."""
+
+    async def handle(request: Request) -> Response:
+        try:
+            return await endpoint(request, current())
+        except ReceiverError as exc:
+            return _error_for(exc)
+        except RedisError as exc:
+            log.warning("redis unavailable", extra={"error": type(exc).__name__})
+            return json_response(
+                {"error": "unavailable", "message": "storage is unavailable; retry later"},
+                503,
+                {"Retry-After": "1"},
+            )
+
+    return handle
+
+
+def authed(current: Callable[[], Services], endpoint: Endpoint) -> Handler:
+    """An endpoint behind `Authorization: Bearer $RECEIVER_API_TOKEN` (constant-time check)."""
+
+    async def check(request: Request, services: Services) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        expected = services.settings.api_token
+        if (
+            scheme.lower() != "bearer"
+            or not expected
+            or not hmac.compare_digest(token.strip().encode(), expected.encode())
+        ):
+            return json_response(
+                {"error": "unauthorized", "message": "Authorization: Bearer <token> required"},
+                401,
+                {"WWW-Authenticate": 'Bearer realm="receiver"'},
+            )
+        return await endpoint(request, services)
+
+    return handler(current, check)
+
+
+def _error_for(exc: ReceiverError) -> Response:
+    if isinstance(exc, ProviderError):
+        status = 503 if exc.status == 0 or exc.status >= 500 or exc.status == 429 else 502
+        return error_response(status, f"provider_{exc.reason}", str(exc))
+    status = getattr(exc, "status_code", 500)
+    code = getattr(exc, "code", "error")
+    return error_response(status, code, str(exc))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything above `limit` bytes without reading the rest."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body over the {limit} byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body over the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("body must be a JSON object")
+    return data

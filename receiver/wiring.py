@@ -1,0 +1,66 @@
+"""Building the long-lived parts from the settings: Redis, the HTTP client, the worker."""
+
+from __future__ import annotations
+
+import httpx
+from redis.asyncio import Redis
+
+from receiver.dispatch import Dispatcher
+from receiver.jobs.decodo import DecodoJobs
+from receiver.jobs.dify import DifyJobs
+from receiver.jobs.firecrawl import FirecrawlJobs
+from receiver.keys import Keys
+from receiver.polling import Poller
+from receiver.providers.base import DEFAULT_TIMEOUT
+from receiver.providers.decodo import DecodoClient
+from receiver.providers.dify import DifyClient
+from receiver.providers.firecrawl import FirecrawlClient
+from receiver.settings import Settings
+from receiver.store import Store
+from receiver.tokens import PassthroughSigner
+from receiver.worker import Worker
+
+
+def open_redis(settings: Settings) -> Redis:
+    return Redis.from_url(settings.redis_url or "", health_check_interval=30)
+
+
+def open_http(settings: Settings) -> httpx.AsyncClient:
+    """The one HTTP client of a worker process; it never follows redirects with our keys."""
+    limits = httpx.Limits(
+        max_connections=settings.fetch_concurrency + 20,
+        max_keepalive_connections=settings.fetch_concurrency + 20,
+    )
+    return httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits, follow_redirects=False)
+
+
+def open_store(settings: Settings, redis: Redis) -> Store:
+    return Store(
+        redis,
+        Keys(settings.key_prefix),
+        events_maxlen=settings.events_maxlen,
+        due_shards=settings.due_shards,
+    )
+
+
+def firecrawl_jobs(settings: Settings, store: Store, http: httpx.AsyncClient) -> FirecrawlJobs:
+    client = FirecrawlClient(http, settings.firecrawl_base_url, settings.firecrawl_api_key)
+    return FirecrawlJobs(store, client, settings)
+
+
+def build_worker(settings: Settings, store: Store, http: httpx.AsyncClient) -> Worker:
+    signer = PassthroughSigner(settings.secret_keys, settings.token_max_age)
+    decodo_client = DecodoClient(http, settings.decodo_base_url, settings.decodo_auth)
+    decodo = DecodoJobs(store, decodo_client, signer, settings)
+    dify_client = DifyClient(http, settings.dify_base_url, settings.dify_api_key)
+    pollers: dict[str, Poller] = {
+        "firecrawl": firecrawl_jobs(settings, store, http),
+        "dify": DifyJobs(store, dify_client, settings),
+    }
+    return Worker(
+        store,
+        Dispatcher(store, decodo, pollers, settings.poll_concurrency),
+        concurrency=settings.fetch_concurrency,
+        claim_idle=settings.claim_idle,
+        heartbeat_interval=settings.heartbeat_interval,
+    )
