@@ -174,13 +174,69 @@ def submit_decodo(
         body["queries" if as_query else "urls"] = list(items)
     if target:
         body["target"] = target
+    body.update(_params(params))
+    _print(_call("POST", "/jobs", body))
+
+
+@submit.command("firecrawl")
+@click.argument("urls", nargs=-1, required=True)
+@click.option("--format", "formats", multiple=True, help="Firecrawl format, e.g. markdown.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Another scrape option; VALUE is JSON when it parses as JSON.",
+)
+def submit_firecrawl(
+    urls: tuple[str, ...], formats: tuple[str, ...], params: tuple[str, ...]
+) -> None:
+    """Submit a Firecrawl batch scrape of URLS and poll it to the end."""
+    body: dict[str, Any] = {"provider": "firecrawl", "urls": list(urls)}
+    if formats:
+        body["formats"] = list(formats)
+    body.update(_params(params))
+    _print(_call("POST", "/jobs", body))
+
+
+@main.group()
+def track() -> None:
+    """Track a job that already runs at a provider."""
+
+
+@track.command("firecrawl")
+@click.argument("batch_id")
+@click.option("--stall-after", type=float, help="Seconds without progress before it fails.")
+def track_firecrawl(batch_id: str, stall_after: float | None) -> None:
+    """Poll the Firecrawl batch scrape BATCH_ID to the end."""
+    body: dict[str, Any] = {"provider": "firecrawl", "batch_id": batch_id}
+    if stall_after is not None:
+        body["stall_after"] = stall_after
+    _print(_call("POST", "/jobs", body))
+
+
+@track.command("dify")
+@click.argument("dataset_id")
+@click.argument("batch")
+@click.option("--stall-after", type=float, help="Seconds without progress before it fails.")
+def track_dify(dataset_id: str, batch: str, stall_after: float | None) -> None:
+    """Poll the indexing of Dify's DATASET_ID documents of BATCH to the end."""
+    body: dict[str, Any] = {"provider": "dify", "dataset_id": dataset_id, "batch": batch}
+    if stall_after is not None:
+        body["stall_after"] = stall_after
+    _print(_call("POST", "/jobs", body))
+
+
+def _params(params: tuple[str, ...]) -> dict[str, Any]:
+    """KEY=VALUE options; VALUE is JSON when it parses as JSON, else a string."""
+    parsed: dict[str, Any] = {}
     for param in params:
         name, _, raw = param.partition("=")
         try:
-            body[name] = orjson.loads(raw)
+            parsed[name] = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            body[name] = raw
-    _print(_call("POST", "/jobs", body))
+            parsed[name] = raw
+    return parsed
 
 
 @main.command()

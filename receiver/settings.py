@@ -54,6 +54,8 @@ class Settings:
     claim_idle: float = 60.0
     # Approximate number of events kept in receiver:stream:events (24 h at 100 events/s).
     events_maxlen: int = 8_640_000
+    # Seconds a worker holds scheduled work it took; a dead worker's comes due after it.
+    lease: float = 120.0
     # Seconds between worker heartbeats; /readyz wants one fresher than 3 of these.
     heartbeat_interval: float = 5.0
     # Seconds between batch submissions to Decodo, across every worker.
@@ -117,6 +119,7 @@ class Settings:
                 env, "RECEIVER_FETCH_CONCURRENCY", base.fetch_concurrency, int
             ),
             claim_idle=_number(env, "RECEIVER_CLAIM_IDLE", base.claim_idle, float),
+            lease=_number(env, "RECEIVER_LEASE", base.lease, float),
             events_maxlen=_number(env, "RECEIVER_EVENTS_MAXLEN", base.events_maxlen, int),
             poll_min=_number(env, "RECEIVER_POLL_MIN", base.poll_min, float),
             poll_max=_number(env, "RECEIVER_POLL_MAX", base.poll_max, float),

@@ -62,5 +62,6 @@ def build_worker(settings: Settings, store: Store, http: httpx.AsyncClient) -> W
         Dispatcher(store, decodo, pollers, settings.poll_concurrency),
         concurrency=settings.fetch_concurrency,
         claim_idle=settings.claim_idle,
+        lease=settings.lease,
         heartbeat_interval=settings.heartbeat_interval,
     )

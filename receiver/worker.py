@@ -38,6 +38,7 @@ class Worker:
         claim_idle: float = 60.0,
         heartbeat_interval: float = 5.0,
         due_interval: float = 0.2,
+        lease: float = DUE_LEASE,
         name: str | None = None,
     ) -> None:
         self.store = store
@@ -46,6 +47,7 @@ class Worker:
         self.claim_idle = claim_idle
         self.heartbeat_interval = heartbeat_interval
         self.due_interval = due_interval
+        self.lease = lease
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._inflight: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
@@ -124,7 +126,7 @@ class Worker:
     async def _due(self) -> None:
         while True:
             room = await self._wait_for_room()
-            members = await self.store.claim_due(room)
+            members = await self.store.claim_due(room, self.lease)
             for member in members:
                 self._spawn(self._run_due(member))
             if len(members) < room:
@@ -189,7 +191,7 @@ class Worker:
 
     @property
     def _renew_every(self) -> float:
-        return max(0.05, min(self.claim_idle, DUE_LEASE) / 3)
+        return max(0.05, min(self.claim_idle, self.lease) / 3)
 
     async def _renew_entry(self, entry_id: Any) -> None:
         # XCLAIM to ourselves with no minimum idle time resets the entry's idle time.
@@ -198,7 +200,7 @@ class Worker:
         )
 
     async def _renew_lease(self, member: str) -> None:
-        await self.store.schedule(member, time.time() + DUE_LEASE)
+        await self.store.schedule(member, time.time() + self.lease)
 
     async def _step(self, member: str) -> float | None:
         """Run the work a member names; when to run it again, or None."""

@@ -125,3 +125,92 @@ def deployment(
         with serve_app(app, port) as api:
             yield Deployment(api, sandbox, client)
     client.close()
+
+
+@dataclass
+class PolledDeployment(Deployment):
+    firecrawl: str = ""  # the Firecrawl sandbox's base URL
+    dify: str = ""  # the Dify sandbox's base URL
+
+    def create(self, body: dict[str, Any], expect: int = 202) -> str:
+        response = httpx.post(f"{self.api}/jobs", json=body, headers=self.headers(), timeout=10)
+        assert response.status_code == expect, response.text
+        job_id: str = response.json()["id"]
+        return job_id
+
+    def firecrawl_batch(self, urls: list[str], **options: Any) -> str:
+        """A batch submitted straight to the Firecrawl sandbox, as another program would."""
+        response = httpx.post(
+            f"{self.firecrawl}/v2/batch/scrape",
+            json={"urls": urls, **options},
+            headers={"Authorization": "Bearer fc-sandbox"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        batch_id: str = response.json()["id"]
+        return batch_id
+
+    def dify_batch(self, documents: list[dict[str, Any]]) -> tuple[str, str, list[str]]:
+        """(dataset id, batch, document ids) of a new multi-document batch in the sandbox."""
+        dataset = httpx.post(f"{self.dify}/_sandbox/datasets", json={"name": "e2e"}, timeout=10)
+        dataset_id: str = dataset.json()["id"]
+        batch = httpx.post(
+            f"{self.dify}/_sandbox/datasets/{dataset_id}/batches",
+            json={"documents": documents},
+            timeout=10,
+        ).json()
+        return dataset_id, batch["batch"], [d["id"] for d in batch["documents"]]
+
+    def configure_firecrawl(self, **knobs: Any) -> None:
+        response = httpx.patch(f"{self.firecrawl}/_sandbox/config", json=knobs, timeout=10)
+        assert response.status_code == 200, response.text
+
+    def stats(self, sandbox: str) -> dict[str, int]:
+        stats: dict[str, int] = httpx.get(f"{sandbox}/_sandbox/stats", timeout=10).json()
+        return stats
+
+
+@contextlib.contextmanager
+def polled_deployment(
+    redis: RedisProcess,
+    *,
+    firecrawl: dict[str, Any] | None = None,
+    dify: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+    with_worker: bool = True,
+) -> Iterator[PolledDeployment]:
+    """The three sandboxes and the receiver, set to poll fast."""
+    from receiver.sandbox import dify as dify_sandbox
+    from receiver.sandbox import firecrawl as firecrawl_sandbox
+
+    client = sync_redis.Redis.from_url(redis.url)
+    client.flushall()
+    fc_config = firecrawl_sandbox.FirecrawlSandboxConfig(
+        **{"seed": 3, "scrape_delay": 0.05, **(firecrawl or {})}
+    )
+    dify_config = dify_sandbox.DifySandboxConfig(
+        **{"seed": 3, "step_seconds": 0.05, "jitter_seconds": 0.0, **(dify or {})}
+    )
+    with (
+        decodo_sandbox_server() as decodo_url,
+        serve_app(firecrawl_sandbox.create_app(fc_config)) as firecrawl_url,
+        serve_app(dify_sandbox.create_app(dify_config)) as dify_url,
+    ):
+        port = free_port()
+        config = e2e_settings(
+            redis,
+            decodo_url,
+            public_url=f"http://127.0.0.1:{port}",
+            firecrawl_base_url=firecrawl_url,
+            firecrawl_api_key="fc-sandbox",
+            dify_base_url=f"{dify_url}/v1",
+            dify_api_key="dataset-sandbox",
+            poll_min=0.05,
+            poll_max=0.3,
+            firecrawl_rps=1000.0,
+            dify_rps=1000.0,
+        ).with_changes(**(settings or {}))
+        app = create_app(config, background=worker_beside if with_worker else None)
+        with serve_app(app, port) as api:
+            yield PolledDeployment(api, decodo_url, client, firecrawl_url, dify_url)
+    client.close()

@@ -179,3 +179,63 @@ def test_submit_and_show_through_the_cli(redis_process: RedisProcess) -> None:
             timeout=30,
         )
         assert missing.returncode != 0 and "404" in missing.stderr
+
+
+def test_sandbox_all_serves_the_three_providers_on_consecutive_ports() -> None:
+    port = free_port()
+    while any(_port_taken(p) for p in (port + 1, port + 2)):
+        port = free_port()
+    with subprocess.Popen(
+        [sys.executable, "-m", "receiver", "sandbox", "all", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as process:
+        try:
+            for offset in range(3):
+                wait_for_port(port + offset)
+            base = "http://127.0.0.1"
+            decodo = httpx.get(f"{base}:{port}/v3/task/1", timeout=10)
+            firecrawl = httpx.get(f"{base}:{port + 1}/v2/batch/scrape/x", timeout=10)
+            dataset = "00000000-0000-4000-8000-000000000000"
+            dify = httpx.get(
+                f"{base}:{port + 2}/v1/datasets/{dataset}/documents/1/indexing-status", timeout=10
+            )
+            assert [decodo.status_code, firecrawl.status_code, dify.status_code] == [401] * 3
+        finally:
+            process.terminate()
+            process.wait(20)
+
+
+def test_sandbox_knobs_reach_the_one_provider() -> None:
+    port = free_port()
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "receiver",
+            "sandbox",
+            "decodo",
+            "--port",
+            str(port),
+            "--drop-rate",
+            "0.25",
+            "--batch-max-items",
+            "7",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as process:
+        try:
+            wait_for_port(port)
+            config = httpx.get(f"http://127.0.0.1:{port}/_sandbox/config", timeout=10).json()
+            assert (config["drop_rate"], config["batch_max_items"]) == (0.25, 7)
+        finally:
+            process.terminate()
+            process.wait(20)
+
+
+def _port_taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

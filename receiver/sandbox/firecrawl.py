@@ -106,6 +106,7 @@ class FirecrawlSandboxConfig:
     webhook_duplicate_rate: float = 0.0  # share of deliveries sent twice, identically
     webhook_retry_delays: str = "60,300,900"  # seconds before each retry of a non-2xx delivery
     webhook_timeout: float = 10.0  # seconds before a webhook delivery is abandoned
+    get_latency: float = 0.0  # seconds a status poll takes to answer
     seed: int | None = None  # seed of the RNG behind every random choice
 
 
@@ -582,6 +583,7 @@ class _FirecrawlSandbox:
         self.credits_spent = 0
         self.client: httpx.AsyncClient | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self._polling: dict[str, int] = {}  # batch id -> status polls in flight
 
     # -------------------------------------------------------- state
 
@@ -772,6 +774,21 @@ class _FirecrawlSandbox:
         batch.changed.set()
 
     async def get_status(self, request: Request) -> Response:
+        # Two polls of one batch at the same time are counted: clients should not do that.
+        batch_id = request.path_params.get("id", "")
+        if batch_id in self._polling:
+            self.stats.requests["overlapping polls"] += 1
+        self._polling[batch_id] = self._polling.get(batch_id, 0) + 1
+        try:
+            if self.config.get_latency > 0:
+                await asyncio.sleep(self.config.get_latency)
+            return self._status_response(request)
+        finally:
+            self._polling[batch_id] -= 1
+            if not self._polling[batch_id]:
+                del self._polling[batch_id]
+
+    def _status_response(self, request: Request) -> Response:
         now = self.clock()
         found = self._lookup(request, now)
         if found is None:

@@ -1,0 +1,117 @@
+"""POST /jobs: every bad request is a clear 400 and writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.e2e import PolledDeployment, polled_deployment
+from tests.servers import RedisProcess, free_port, wait_for_port
+
+BATCH = str(uuid.UUID(int=1))
+MANY = [f"https://site.example/{i}" for i in range(10_000)]
+
+BAD_BODIES: dict[str, Any] = {
+    "not_an_object": [1, 2],
+    "unknown_provider": {"provider": "nope", "url": "https://a.example"},
+    "provider_wrong_type": {"provider": 5, "url": "https://a.example"},
+    "decodo_nothing_to_scrape": {"provider": "decodo"},
+    "decodo_url_and_urls": {"provider": "decodo", "url": "https://a", "urls": ["https://b"]},
+    "decodo_empty_urls": {"provider": "decodo", "urls": []},
+    "decodo_urls_not_a_list": {"provider": "decodo", "urls": "https://a"},
+    "decodo_urls_wrong_types": {"provider": "decodo", "urls": [1, 2]},
+    "decodo_not_http": {"provider": "decodo", "url": "ftp://a"},
+    "decodo_sets_callback_url": {"provider": "decodo", "url": "https://a", "callback_url": "x"},
+    "decodo_target_wrong_type": {"provider": "decodo", "url": "https://a", "target": 5},
+    "firecrawl_no_ids": {"provider": "firecrawl"},
+    "firecrawl_both": {"provider": "firecrawl", "batch_id": BATCH, "urls": ["https://a"]},
+    "firecrawl_batch_not_uuid": {"provider": "firecrawl", "batch_id": "../../etc"},
+    "firecrawl_batch_wrong_type": {"provider": "firecrawl", "batch_id": 42},
+    "firecrawl_urls_wrong_types": {"provider": "firecrawl", "urls": [None]},
+    "firecrawl_10000_urls": {"provider": "firecrawl", "urls": MANY},
+    "firecrawl_unknown_option": {"provider": "firecrawl", "urls": ["https://a"], "bogus": 1},
+    "firecrawl_sets_webhook": {"provider": "firecrawl", "urls": ["https://a"], "webhook": "x"},
+    "firecrawl_bad_stall_after": {"provider": "firecrawl", "batch_id": BATCH, "stall_after": -1},
+    "dify_missing_batch": {"provider": "dify", "dataset_id": "d"},
+    "dify_missing_dataset": {"provider": "dify", "batch": "20261122000000123456"},
+    "dify_ids_wrong_type": {"provider": "dify", "dataset_id": 1, "batch": 2},
+    "dify_path_in_id": {"provider": "dify", "dataset_id": "a/../b", "batch": "1"},
+    "dify_unknown_field": {"provider": "dify", "dataset_id": "d", "batch": "1", "x": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def deployment(redis_process: RedisProcess) -> Iterator[PolledDeployment]:
+    with polled_deployment(redis_process, with_worker=False) as d:
+        yield d
+
+
+@pytest.mark.parametrize("name", sorted(BAD_BODIES))
+def test_bad_job_request_is_refused_and_writes_nothing(
+    deployment: PolledDeployment, name: str
+) -> None:
+    deployment.redis.flushall()
+    response = httpx.post(
+        f"{deployment.api}/jobs",
+        content=orjson.dumps(BAD_BODIES[name]),
+        headers=deployment.headers(),
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_request"
+    assert response.json()["message"]
+    assert deployment.redis.dbsize() == 0
+
+
+def test_malformed_json_job_request(deployment: PolledDeployment) -> None:
+    deployment.redis.flushall()
+    response = httpx.post(
+        f"{deployment.api}/jobs", content=b"{", headers=deployment.headers(), timeout=10
+    )
+    assert response.status_code == 400 and deployment.redis.dbsize() == 0
+
+
+def test_decodo_10000_urls_are_accepted_and_chunked(deployment: PolledDeployment) -> None:
+    job_id = deployment.create({"provider": "decodo", "urls": MANY})
+    assert deployment.job(job_id)["request"]["items"] == 10_000
+
+
+def test_cli_track_commands(deployment: PolledDeployment, redis_process: RedisProcess) -> None:
+    port = free_port()
+    env = {
+        "REDIS_URL": redis_process.url,
+        "RECEIVER_SECRET_KEYS": "k",
+        "PATH": "/usr/bin",
+        "RECEIVER_API_TOKEN": "cli",
+        "PORT": str(port),
+    }
+    with subprocess.Popen(
+        [sys.executable, "-m", "receiver", "web"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as web:
+        try:
+            wait_for_port(port)
+            for args in (["firecrawl", BATCH], ["dify", "dataset-1", "20261122000000123456"]):
+                result = subprocess.run(
+                    [sys.executable, "-m", "receiver", "track", *args, "--stall-after", "60"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                assert result.returncode == 0, result.stderr
+                job = orjson.loads(result.stdout)
+                assert job["provider"] == args[0] and job["status"] == "running"
+                assert job["stall_after"] == 60
+        finally:
+            web.terminate()
+            web.wait(20)

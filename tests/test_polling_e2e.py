@@ -1,0 +1,355 @@
+"""Polled providers end to end: Firecrawl and Dify sandboxes, receiver and worker, for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from receiver.tokens import sign_webhook
+from tests.e2e import PolledDeployment, polled_deployment
+from tests.servers import RedisProcess
+
+
+def urls(count: int) -> list[str]:
+    return [f"https://site.example/page/{i}" for i in range(count)]
+
+
+def events_of(d: PolledDeployment, job_id: str) -> list[dict[str, Any]]:
+    return d.events(job_id)
+
+
+# -- Firecrawl ------------------------------------------------------------------------------
+
+
+def test_firecrawl_submitted_batch_collects_every_next_page(redis_process: RedisProcess) -> None:
+    with polled_deployment(
+        redis_process, firecrawl={"scrape_delay": 0.002, "concurrency": 50, "page_size": 100}
+    ) as d:
+        job_id = d.create({"provider": "firecrawl", "urls": urls(250), "formats": ["markdown"]})
+        job = d.wait(job_id)
+        assert job["status"] == "completed", job
+        assert job["progress"]["completed"] == job["progress"]["total"] == 250
+        assert job["documents"] == 250 and job["credits_used"] == 250
+        assert job["external"]["batch_id"] and job["expires_at"]
+        results = d.results(job_id)["results"]
+        assert len(results) == 250
+        sources = {doc["metadata"]["sourceURL"] for doc in results.values()}
+        assert sources == set(urls(250))
+        stats = d.stats(d.firecrawl)
+        assert stats["GET /v2/batch/scrape/{id} 200"] >= 3  # the first page, then two `next`
+        progress = [e for e in events_of(d, job_id) if e["type"] == "job.progress"]
+        counts = [e["progress"]["completed"] for e in progress if "provider_status" in e["detail"]]
+        assert counts == sorted(set(counts)), "one progress event per change, not per poll"
+
+
+def test_firecrawl_tracked_selfhosted_batch_dedupes_repeated_pages(
+    redis_process: RedisProcess,
+) -> None:
+    firecrawl = {"paging": "selfhosted", "scrape_delay": 0.01, "not_found_rate": 0.3}
+    with polled_deployment(redis_process, firecrawl=firecrawl) as d:
+        batch_id = d.firecrawl_batch(urls(12))
+        job_id = d.create({"provider": "firecrawl", "batch_id": batch_id})
+        again = d.create({"provider": "firecrawl", "batch_id": batch_id}, expect=200)
+        assert again == job_id  # tracking the same batch twice gives the same job
+        job = d.wait(job_id)
+        assert job["status"] == "completed"
+        results = d.results(job_id)["results"]
+        assert len(results) == 12
+        codes = {doc["metadata"]["statusCode"] for doc in results.values()}
+        assert 404 in codes  # a target 404 is a successful document
+
+
+def test_firecrawl_cancel_mid_scrape(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process, firecrawl={"scrape_delay": 5.0}) as d:
+        batch_id = d.firecrawl_batch(urls(20))
+        job_id = d.create({"provider": "firecrawl", "batch_id": batch_id})
+        response = httpx.delete(f"{d.api}/jobs/{job_id}", headers=d.headers(), timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "cancelled"
+        status = httpx.get(
+            f"{d.firecrawl}/v2/batch/scrape/{batch_id}",
+            timeout=10,
+            headers={"Authorization": "Bearer fc-sandbox"},
+        ).json()
+        assert status["status"] == "cancelled"
+        again = httpx.delete(f"{d.api}/jobs/{job_id}", headers=d.headers(), timeout=10)
+        assert again.status_code == 409
+
+
+def test_firecrawl_cancel_reports_provider_404_and_409(redis_process: RedisProcess) -> None:
+    firecrawl = {"scrape_delay": 5.0, "conflict_on_completed_cancel": True}
+    with polled_deployment(
+        redis_process, firecrawl=firecrawl, settings={"poll_min": 30.0, "poll_max": 30.0}
+    ) as d:
+        unknown = d.create({"provider": "firecrawl", "batch_id": str(uuid.uuid4())})
+        response = httpx.delete(f"{d.api}/jobs/{unknown}", headers=d.headers(), timeout=10)
+        assert response.status_code == 404
+        assert response.json()["error"] == "provider_not_found"
+        batch_id = d.firecrawl_batch(urls(1))
+        httpx.post(f"{d.firecrawl}/_sandbox/batches/{batch_id}/finish", timeout=10)
+        finished = d.create({"provider": "firecrawl", "batch_id": batch_id})
+        response = httpx.delete(f"{d.api}/jobs/{finished}", headers=d.headers(), timeout=10)
+        assert response.status_code == 409
+        assert response.json()["error"] == "provider_conflict"
+
+
+def test_firecrawl_unknown_batch_fails_not_found(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process) as d:
+        job = d.wait(d.create({"provider": "firecrawl", "batch_id": str(uuid.uuid4())}))
+        assert job["status"] == "failed" and job["error"].startswith("not_found")
+
+
+def test_firecrawl_402_fails_with_payment_required(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process, firecrawl={"credits": 1}) as d:
+        job = d.wait(d.create({"provider": "firecrawl", "urls": urls(5)}))
+        assert job["status"] == "failed"
+        assert job["error"].startswith("payment_required") and "credits" in job["error"]
+
+
+def test_firecrawl_expired_batch_ends_expired(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process, firecrawl={"scrape_delay": 5.0}) as d:
+        batch_id = d.firecrawl_batch(urls(3))
+        job_id = d.create({"provider": "firecrawl", "batch_id": batch_id})
+        httpx.post(f"{d.firecrawl}/_sandbox/advance", json={"seconds": 90_000}, timeout=10)
+        job = d.wait(job_id)
+        assert job["status"] == "expired" and "expired" in job["error"]
+
+
+@pytest.mark.parametrize("header", [False, True])
+def test_firecrawl_429_is_retried(redis_process: RedisProcess, header: bool) -> None:
+    firecrawl = {
+        "get_429_rate": 0.5,
+        "retry_after": 0,
+        "retry_after_header": header,
+        "scrape_delay": 0.01,
+    }
+    with polled_deployment(redis_process, firecrawl=firecrawl) as d:
+        job = d.wait(d.create({"provider": "firecrawl", "batch_id": d.firecrawl_batch(urls(5))}))
+        assert job["status"] == "completed"
+        assert d.stats(d.firecrawl).get("GET /v2/batch/scrape/{id} 429", 0) > 0
+
+
+def test_firecrawl_5xx_is_retried(redis_process: RedisProcess) -> None:
+    firecrawl = {"get_500_rate": 0.5, "post_500_rate": 0.5, "scrape_delay": 0.01}
+    with polled_deployment(redis_process, firecrawl=firecrawl) as d:
+        job = d.wait(d.create({"provider": "firecrawl", "urls": urls(5)}))
+        assert job["status"] == "completed"
+        assert d.stats(d.firecrawl).get("GET /v2/batch/scrape/{id} 500", 0) > 0
+
+
+def test_firecrawl_next_on_another_origin_is_refused(redis_process: RedisProcess) -> None:
+    firecrawl = {"next_base_url": "http://127.0.0.2:9", "page_size": 2, "scrape_delay": 0.01}
+    with polled_deployment(redis_process, firecrawl=firecrawl) as d:
+        job = d.wait(d.create({"provider": "firecrawl", "urls": urls(5)}))
+        assert job["status"] == "failed"
+        assert job["error"].startswith("foreign_next_url")
+
+
+def test_firecrawl_stalled_batch_fails_stalled(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process, firecrawl={"stall": True, "scrape_delay": 0.01}) as d:
+        batch_id = d.firecrawl_batch(urls(3))
+        job = d.wait(d.create({"provider": "firecrawl", "batch_id": batch_id, "stall_after": 1}))
+        assert job["status"] == "failed" and job["error"].startswith("stalled")
+        assert job["progress"]["completed"] == 2  # the last page never came
+
+
+def test_firecrawl_webhooks_speed_up_the_poll(redis_process: RedisProcess) -> None:
+    secret = "whsec-e2e"
+    settings = {"firecrawl_webhook_secret": secret, "poll_min": 20.0, "poll_max": 20.0}
+    firecrawl = {"webhook_secret": secret, "scrape_delay": 0.05}
+    with polled_deployment(redis_process, firecrawl=firecrawl, settings=settings) as d:
+        started = time.monotonic()
+        job = d.wait(d.create({"provider": "firecrawl", "urls": urls(3)}), timeout=15)
+        assert job["status"] == "completed"
+        assert time.monotonic() - started < 10  # well before the 20 s poll interval
+
+
+def test_firecrawl_webhook_bad_signature_and_duplicates(redis_process: RedisProcess) -> None:
+    secret = "whsec-e2e"
+    with polled_deployment(redis_process, settings={"firecrawl_webhook_secret": secret}) as d:
+        body = orjson.dumps(
+            {
+                "success": True,
+                "type": "batch_scrape.completed",
+                "id": str(uuid.uuid4()),
+                "webhookId": str(uuid.uuid4()),
+                "data": [],
+            }
+        )
+        url = f"{d.api}/callbacks/firecrawl"
+        before = d.redis.dbsize()
+        for header in (None, "sha256=00", sign_webhook("other", body)):
+            headers = {"X-Firecrawl-Signature": header} if header else {}
+            response = httpx.post(url, content=body, headers=headers, timeout=10)
+            assert response.status_code == 401
+            assert d.redis.dbsize() == before
+        signed = {"X-Firecrawl-Signature": sign_webhook(secret, body)}
+        first = httpx.post(url, content=body, headers=signed, timeout=10)
+        second = httpx.post(url, content=body, headers=signed, timeout=10)
+        assert first.status_code == second.status_code == 200
+        assert (first.json()["status"], second.json()["status"]) == ("ignored", "duplicate")
+
+
+# -- Dify -----------------------------------------------------------------------------------
+
+
+def test_dify_batch_with_one_document_in_error(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process) as d:
+        dataset, batch, docs = d.dify_batch(
+            [
+                {"name": "a.txt", "segments": 4},
+                {"name": "b.pdf", "fail": True},
+                {"name": "c.txt", "segments": 2},
+            ]
+        )
+        job = d.wait(d.create({"provider": "dify", "dataset_id": dataset, "batch": batch}))
+        assert job["status"] == "failed"
+        assert docs[1] in job["error"] and "PDFium" in job["error"]
+        statuses = {t["id"]: t["status"] for t in job["tasks"]}
+        assert statuses == {docs[0]: "completed", docs[1]: "error", docs[2]: "completed"}
+        assert job["progress"] == {"completed": 2, "failed": 1, "total": 3}
+        assert job["segments_total"] == 6
+
+
+def test_dify_batch_completes_with_segments(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process) as d:
+        dataset, batch, _ = d.dify_batch(
+            [{"name": "a.txt", "segments": 5}, {"name": "b.txt", "segments": 3}]
+        )
+        job = d.wait(d.create({"provider": "dify", "dataset_id": dataset, "batch": batch}))
+        assert job["status"] == "completed"
+        assert (job["segments_completed"], job["segments_total"]) == (8, 8)
+
+
+def test_dify_paused_does_not_stall_then_resumes(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process, dify={"step_seconds": 0.3}) as d:
+        dataset, batch, (doc,) = d.dify_batch([{"name": "a.txt", "segments": 3}])
+        console = f"{d.dify}/console/api/datasets/{dataset}/documents/{doc}/processing"
+        assert httpx.patch(f"{console}/pause", timeout=10).status_code == 204
+        job_id = d.create(
+            {"provider": "dify", "dataset_id": dataset, "batch": batch, "stall_after": 1}
+        )
+        time.sleep(2.5)  # well past the stall timeout, but paused
+        job = d.job(job_id)
+        assert job["status"] == "running" and job["paused"] == 1
+        assert httpx.patch(f"{console}/resume", timeout=10).status_code == 204
+        assert d.wait(job_id)["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("settings", "batch", "reason"),
+    [
+        ({"dify_api_key": "wrong"}, None, "unauthorized"),
+        ({}, "20261122000000123456", "documents_not_found"),
+    ],
+)
+def test_dify_errors_fail_with_a_reason(
+    redis_process: RedisProcess, settings: dict[str, Any], batch: str | None, reason: str
+) -> None:
+    with polled_deployment(redis_process, settings=settings) as d:
+        dataset, real_batch, _ = d.dify_batch([{"name": "a.txt"}])
+        job = d.wait(
+            d.create({"provider": "dify", "dataset_id": dataset, "batch": batch or real_batch})
+        )
+        assert job["status"] == "failed" and job["error"].startswith(reason)
+
+
+def test_dify_rate_limit_403_is_retried(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process, dify={"rate_limit_403_rate": 0.5}) as d:
+        dataset, batch, _ = d.dify_batch([{"name": "a.txt"}])
+        job = d.wait(d.create({"provider": "dify", "dataset_id": dataset, "batch": batch}))
+        assert job["status"] == "completed"
+
+
+# -- several workers ------------------------------------------------------------------------
+
+
+def worker_env(d: PolledDeployment, redis_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "RECEIVER_SECRET_KEYS": "e2e-key",
+        "RECEIVER_API_TOKEN": "t",
+        "FIRECRAWL_BASE_URL": d.firecrawl,
+        "FIRECRAWL_API_KEY": "fc-sandbox",
+        "RECEIVER_POLL_MIN": "0.05",
+        "RECEIVER_POLL_MAX": "0.3",
+        "RECEIVER_FIRECRAWL_RPS": "2000",
+        "RECEIVER_CLAIM_IDLE": "1",
+        "RECEIVER_LEASE": "2",
+    }
+
+
+def test_two_workers_poll_200_jobs_never_the_same_one_at_once(
+    redis_process: RedisProcess,
+) -> None:
+    firecrawl = {"scrape_delay": 0.5, "get_latency": 0.02, "concurrency": 2}
+    with polled_deployment(redis_process, firecrawl=firecrawl, with_worker=False) as d:
+        env = worker_env(d, redis_process.url)
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "receiver", "worker"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(2)
+        ]
+        try:
+            jobs = [
+                d.create({"provider": "firecrawl", "batch_id": d.firecrawl_batch(urls(2))})
+                for _ in range(200)
+            ]
+            for job_id in jobs:
+                assert d.wait(job_id, timeout=60)["status"] == "completed"
+        finally:
+            for worker in workers:
+                worker.terminate()
+                worker.wait(20)
+        stats = d.stats(d.firecrawl)
+        assert stats.get("overlapping polls", 0) == 0
+        assert stats["GET /v2/batch/scrape/{id} 200"] >= 400  # each job polled more than once
+
+
+def test_killed_worker_poll_lease_is_taken_over(redis_process: RedisProcess) -> None:
+    firecrawl = {"scrape_delay": 0.01, "get_latency": 3.0}
+    with polled_deployment(redis_process, firecrawl=firecrawl, with_worker=False) as d:
+        env = worker_env(d, redis_process.url)
+        first = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        job_id = d.create({"provider": "firecrawl", "batch_id": d.firecrawl_batch(urls(1))})
+        deadline = time.monotonic() + 20
+        # Leased: due past the 0.3 s poll cap, so the first worker's poll is in flight.
+        while (d.redis.zscore("receiver:due", f"poll:{job_id}") or 0) < time.time() + 1:
+            assert time.monotonic() < deadline, "the first worker never took the poll"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        # The dead worker's lease on the poll runs out (2 s) and another worker takes it.
+        lease_end = d.redis.zscore("receiver:due", f"poll:{job_id}")
+        assert lease_end is not None and lease_end > time.time()
+        d.configure_firecrawl(get_latency=0.0)
+        second = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert d.wait(job_id, timeout=30)["status"] == "completed"
+        finally:
+            second.terminate()
+            second.wait(20)
