@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -218,3 +219,28 @@ def test_redis_down_answers_503_so_the_sender_retries(redis_process: RedisProces
         response = httpx.post(f"{url}/callbacks/decodo", content=orjson.dumps(body), timeout=10)
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
+
+
+def test_healthz_lives_and_readyz_wants_a_worker_heartbeat(receiver: Receiver) -> None:
+    assert httpx.get(f"{receiver.url}/healthz", timeout=10).json() == {"status": "ok"}
+    not_ready = httpx.get(f"{receiver.url}/readyz", timeout=10)
+    assert not_ready.status_code == 503
+    assert not_ready.json() == {"ready": False, "reason": "no worker heartbeat"}
+    receiver.redis.zadd("receiver:workers", {"w1": time.time()})
+    ready = httpx.get(f"{receiver.url}/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json()["workers"] == 1
+    receiver.redis.zadd("receiver:workers", {"w1": time.time() - 3600})
+    assert httpx.get(f"{receiver.url}/readyz", timeout=10).status_code == 503
+
+
+def test_readyz_without_redis_is_503_with_a_reason() -> None:
+    from tests.servers import free_port
+
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", secret_keys=KEYS, api_token="t"
+    )
+    with serve_app(create_app(settings)) as url:
+        response = httpx.get(f"{url}/readyz", timeout=30)
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    assert response.status_code == 503
+    assert response.json()["ready"] is False and response.json()["reason"].startswith("redis")
