@@ -99,10 +99,31 @@ def _stall(stall_after: float | None) -> dict[str, Any]:
 
 
 async def list_jobs(request: Request, services: Services) -> Response:
-    limit = _limit(request, default=100, most=1000)
-    ids = await services.store.list_job_ids(limit)
-    jobs = [await services.store.get_job(job_id) for job_id in ids]
-    return json_response({"jobs": [public_job(job) for job in jobs if job]})
+    """Newest first; `status` and `provider` filter; `next_cursor` pages on."""
+    query = request.query_params
+    status, provider = query.get("status"), query.get("provider")
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise InvalidRequest("status must be one of: " + ", ".join(s.value for s in JobStatus))
+    if provider is not None and provider not in PROVIDERS:
+        raise InvalidRequest(f"provider must be one of: {', '.join(PROVIDERS)}")
+    jobs, cursor = await services.store.list_jobs(
+        status=status,
+        provider=provider,
+        limit=_limit(request, default=100, most=1000),
+        cursor=_jobs_cursor(query.get("cursor")),
+    )
+    next_cursor = None if cursor is None else f"{cursor[0]!r}|{cursor[1]}"
+    return json_response({"jobs": [public_job(job) for job in jobs], "next_cursor": next_cursor})
+
+
+def _jobs_cursor(raw: str | None) -> tuple[float, str] | None:
+    if raw is None:
+        return None
+    score, _, job_id = raw.partition("|")
+    try:
+        return float(score), job_id
+    except ValueError:
+        raise InvalidRequest("cursor must be a next_cursor this API gave") from None
 
 
 def _limit(request: Request, default: int, most: int) -> int:
@@ -120,9 +141,31 @@ async def get_job(request: Request, services: Services) -> Response:
 
 
 async def get_results(request: Request, services: Services) -> Response:
+    """One page of results (about `limit`), keyed by task id or document key."""
     job = await _job(request, services)
-    results = await services.store.get_results(job["id"])
-    return json_response({"job_id": job["id"], "status": job["status"], "results": results})
+    raw_cursor = request.query_params.get("cursor", "0")
+    if not raw_cursor.isdigit():
+        raise InvalidRequest("cursor must be a next_cursor this API gave")
+    limit = _limit(request, default=100, most=1000)
+    results, cursor = await services.store.results_page(job["id"], int(raw_cursor), limit)
+    return json_response(
+        {
+            "job_id": job["id"],
+            "status": job["status"],
+            "results": results,
+            "next_cursor": str(cursor) if cursor else None,
+        }
+    )
+
+
+async def retry_job(request: Request, services: Services) -> Response:
+    """Re-drive a failed, expired or cancelled job's unfinished work."""
+    job = await _job(request, services)
+    outcome = await services.store.reopen_job(job["id"])
+    if outcome == "not_ended":
+        return error_response(409, "job_not_ended", f"the job is {job['status']}: nothing to retry")
+    reopened = await services.store.get_job(job["id"])
+    return json_response(public_job(reopened or job), 202)
 
 
 async def cancel_job(request: Request, services: Services) -> Response:

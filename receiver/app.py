@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -13,12 +14,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver import api, callbacks
+from receiver import api, callbacks, metrics, streams
 from receiver.ingest import CallbackCommitter
 from receiver.settings import Settings
 from receiver.tokens import PassthroughSigner
 from receiver.web import Services, authed, handler, json_response
-from receiver.wiring import firecrawl_jobs, open_http, open_store
+from receiver.wiring import firecrawl_jobs, open_http, open_redis, open_store
 
 Background = Callable[[Services], contextlib.AbstractAsyncContextManager[None]]
 
@@ -37,11 +38,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = (
-            redis_factory()
-            if redis_factory
-            else Redis.from_url(settings.redis_url or "", health_check_interval=30)
-        )
+        redis = redis_factory() if redis_factory else open_redis(settings)
         store = open_store(settings, redis)
         signer = PassthroughSigner(settings.secret_keys, settings.token_max_age)
         async with open_http(settings) as http:
@@ -53,6 +50,7 @@ def create_app(
                 CallbackCommitter(store),
                 http,
                 firecrawl_jobs(settings, store, http),
+                metrics.RedisGauges(),
             )
             try:
                 if background is None:
@@ -75,8 +73,24 @@ def create_app(
         Route("/jobs/{job_id}", authed(current, api.get_job), methods=["GET"]),
         Route("/jobs/{job_id}", authed(current, api.cancel_job), methods=["DELETE"]),
         Route("/jobs/{job_id}/results", authed(current, api.get_results), methods=["GET"]),
+        Route("/jobs/{job_id}/retry", authed(current, api.retry_job), methods=["POST"]),
+        Route("/jobs/{job_id}/events", authed(current, streams.job_events), methods=["GET"]),
+        Route("/events", authed(current, streams.all_events), methods=["GET"]),
+        Route("/metrics", handler(current, metrics_endpoint), methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def metrics_endpoint(request: Request, services: Services) -> Response:
+    await services.gauges.refresh(services.store)
+    return Response(metrics.exposition(services.gauges), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi_endpoint(request: Request) -> Response:
+    from receiver.openapi import document
+
+    return json_response(document())
 
 
 async def healthz(request: Request) -> Response:

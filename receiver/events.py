@@ -7,12 +7,13 @@ and published on `receiver:events` and `receiver:events:<job_id>` (live, at most
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from receiver.keys import Keys
 
@@ -79,7 +80,7 @@ async def subscribe(
     *,
     keys: Keys | None = None,
     block_ms: int = 5000,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Events from the stream, oldest first, starting after the event id `after`.
 
     `after=None` yields only events added from now on; `after="0"` replays what the stream
@@ -87,7 +88,7 @@ async def subscribe(
     and nothing twice. With `job_id`, only that job's events are yielded.
     """
     keys = keys or Keys()
-    cursor = after or await _last_id(redis, keys)
+    cursor = after or await last_event_id(redis, keys)
     while True:
         events = await read_events(redis, keys, cursor, block_ms)
         for event in events:
@@ -122,9 +123,57 @@ async def wait(redis: Redis, job_id: str, timeout: float, *, keys: Keys | None =
     raise TimeoutError(f"job {job_id} did not end within {timeout} s")
 
 
-async def _last_id(redis: Redis, keys: Keys) -> str:
+async def last_event_id(redis: Redis, keys: Keys) -> str:
+    """The id of the newest event, or "0" when there is none yet."""
     last = await redis.xrevrange(keys.events, count=1)
     if not last:
         return "0"
     entry_id = last[0][0]
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+async def consume(
+    redis: Redis,
+    group: str,
+    consumer: str,
+    *,
+    job_id: str | None = None,
+    start: str = "$",
+    keys: Keys | None = None,
+    block_ms: int = 5000,
+    claim_idle_ms: int = 60_000,
+    prefetch: int = 1,
+) -> AsyncGenerator[Event, None]:
+    """Events shared by cooperating subscribers through a consumer group.
+
+    Each event goes to one consumer of `group`; it is acknowledged once the consumer asks
+    for the next one, so an event whose consumer died mid-way stays pending and is handed
+    to another consumer after `claim_idle_ms`. `start` is where a new group begins: "$"
+    (only new events) or "0" (everything the stream holds). `prefetch` is how many
+    events a consumer takes at once: more is faster, fewer shares the work more evenly.
+    """
+    keys = keys or Keys()
+    await _ensure_group(redis, keys.events, group, start)
+    while True:
+        claimed: Any = await redis.xautoclaim(
+            keys.events, group, consumer, claim_idle_ms, "0-0", count=prefetch
+        )
+        reply: Any = claimed[1] if claimed[1] else None
+        if not reply:
+            read: Any = await redis.xreadgroup(
+                group, consumer, {keys.events: ">"}, count=prefetch, block=block_ms
+            )
+            reply = [entry for _stream, entries in read or () for entry in entries]
+        for entry_id, fields in reply:
+            event = event_from_entry(entry_id, fields)
+            if job_id is None or event.job_id == job_id:
+                yield event
+            await redis.xack(keys.events, group, entry_id)
+
+
+async def _ensure_group(redis: Redis, stream: str, group: str, start: str) -> None:
+    try:
+        await redis.xgroup_create(stream, group, id=start, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise

@@ -97,6 +97,11 @@ class Keys:
         """String with a TTL: a webhook delivery already handled."""
         return f"{self.prefix}webhook:{delivery_id}"
 
+    @property
+    def stats(self) -> str:
+        """Hash: status:<status> -> number of jobs in it."""
+        return f"{self.prefix}stats"
+
     def rate(self, name: str) -> str:
         """String: the unix time before which the named rate-limited call may not run."""
         return f"{self.prefix}rate:{name}"

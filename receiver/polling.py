@@ -22,6 +22,7 @@ import orjson
 
 from receiver.backoff import backoff
 from receiver.errors import Permanent, RateLimited, Transient
+from receiver.metrics import POLLS
 from receiver.settings import Settings
 from receiver.store import JobStatus, Store
 
@@ -78,10 +79,13 @@ class Poller:
         try:
             seen = await self.observe(job)
         except Transient as exc:
+            POLLS.labels(self.provider, exc.reason).inc()
             return await self._retry(job_id, exc)
         except Permanent as exc:
+            POLLS.labels(self.provider, exc.reason).inc()
             await self._fail(job_id, exc)
             return None
+        POLLS.labels(self.provider, "ok").inc()
         return await self._record(job, seen)
 
     async def _record(self, job: Mapping[str, Any], seen: Observation) -> float | None:

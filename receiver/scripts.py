@@ -16,6 +16,15 @@ local TERMINAL = {completed = true, failed = true, cancelled = true, expired = t
 
 local function jkey(j) return P .. 'job:{' .. j .. '}' end
 
+-- Change a job's status, keeping the count of jobs by status in P .. 'stats'.
+local function set_status(j, status)
+  local old = redis.call('HGET', jkey(j), 'status')
+  if old == status then return end
+  redis.call('HSET', jkey(j), 'status', status)
+  if old then redis.call('HINCRBY', P .. 'stats', 'status:' .. old, -1) end
+  redis.call('HINCRBY', P .. 'stats', 'status:' .. status, 1)
+end
+
 -- Append an event to the stream and publish it with its stream id; returns that id.
 local function emit(j, etype, detail)
   local h = redis.call('HMGET', jkey(j), 'provider', 'status', 'completed', 'failed', 'total')
@@ -37,7 +46,8 @@ end
 local function finish(j, status, reason)
   local current = redis.call('HGET', jkey(j), 'status')
   if (not current) or TERMINAL[current] then return false end
-  redis.call('HSET', jkey(j), 'status', status, 'finished_at', NOW, 'updated_at', NOW)
+  set_status(j, status)
+  redis.call('HSET', jkey(j), 'finished_at', NOW, 'updated_at', NOW)
   if reason and reason ~= '' then redis.call('HSET', jkey(j), 'error', reason) end
   local detail = {}
   if reason and reason ~= '' then detail = {reason = reason} end
@@ -129,6 +139,7 @@ local fields = {}
 for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', jkey(j), 'status', 'submitted', 'completed', 0, 'failed', 0, 'received', 0,
            'expired', 0, 'created_at', NOW, 'updated_at', NOW, unpack(fields))
+redis.call('HINCRBY', P .. 'stats', 'status:' .. redis.call('HGET', jkey(j), 'status'), 1)
 redis.call('ZADD', P .. 'jobs', NOW, j)
 emit(j, 'job.created', {})
 if ARGV[6] ~= '' then
@@ -155,7 +166,8 @@ for i = 10, #ARGV, 2 do
 end
 redis.call('HINCRBY', jkey(j), 'chunks', 1)
 if h[1] == 'submitted' then
-  redis.call('HSET', jkey(j), 'status', 'running', 'submitted_at', NOW)
+  set_status(j, 'running')
+  redis.call('HSET', jkey(j), 'submitted_at', NOW)
 end
 local last = ARGV[7] == '1'
 if last then
@@ -230,13 +242,61 @@ local j = ARGV[5]
 local status = redis.call('HGET', jkey(j), 'status')
 if not status then return 'unknown_job' end
 if TERMINAL[status] then return 'closed' end
-if #ARGV >= 8 then
-  local fields = {}
-  for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
-  redis.call('HSET', jkey(j), 'updated_at', NOW, unpack(fields))
+local fields = {}
+for i = 8, #ARGV, 2 do
+  if ARGV[i] == 'status' then
+    set_status(j, ARGV[i + 1])
+  else
+    fields[#fields + 1] = ARGV[i]
+    fields[#fields + 1] = ARGV[i + 1]
+  end
 end
+redis.call('HSET', jkey(j), 'updated_at', NOW, unpack(fields))
 if ARGV[6] ~= '' then emit(j, ARGV[6], cjson.decode(ARGV[7])) end
 return 'updated'
+"""
+)
+
+# ARGV[5] job id, ARGV[6] the due key of its poll, ARGV[7] the due key of its reconcile.
+# An operator's retry of a failed, expired or cancelled job: its unfinished work runs again
+# through the usual paths (results fetches re-queued, polls and reconciliation due now).
+REOPEN_JOB = (
+    PRELUDE
+    + r"""
+local j = ARGV[5]
+local h = redis.call('HMGET', jkey(j), 'status', 'provider', 'external')
+if not h[1] then return 'unknown_job' end
+if h[1] ~= 'failed' and h[1] ~= 'expired' and h[1] ~= 'cancelled' then return 'not_ended' end
+set_status(j, 'running')
+redis.call('HDEL', jkey(j), 'error', 'finished_at')
+redis.call('HSET', jkey(j), 'updated_at', NOW, 'moved_at', NOW)
+redis.call('DEL', jkey(j) .. ':attempts')
+local refetched = 0
+if h[2] == 'decodo' and redis.call('HEXISTS', jkey(j), 'submitting') == 1 then
+  redis.call('XADD', P .. 'stream:work', '*', 'k', 'submit', 'j', j)
+elseif h[2] == 'decodo' then
+  local tasks = redis.call('HGETALL', jkey(j) .. ':tasks')
+  for i = 1, #tasks, 2 do
+    local t, status = tasks[i], tasks[i + 1]
+    if status == 'failed' or status == 'expired' or status == 'done' then
+      if status ~= 'done' then
+        redis.call('HINCRBY', jkey(j), 'failed', -1)
+        if status == 'expired' then redis.call('HINCRBY', jkey(j), 'expired', -1) end
+        redis.call('HSET', jkey(j) .. ':tasks', t, 'done')
+        redis.call('HDEL', jkey(j) .. ':errors', t)
+      end
+      redis.call('XADD', P .. 'stream:work', '*', 'k', 'fetch', 'j', j, 't', t)
+      refetched = refetched + 1
+    end
+  end
+  redis.call('ZADD', ARGV[7], NOW, 'reconcile:' .. j)
+elseif h[3] then
+  redis.call('ZADD', ARGV[6], NOW, 'poll:' .. j)
+else
+  redis.call('XADD', P .. 'stream:work', '*', 'k', 'submit', 'j', j)
+end
+emit(j, 'job.progress', {retried = true, refetching = refetched})
+return 'reopened'
 """
 )
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import prometheus_client
 import uvicorn
 from starlette.applications import Starlette
 
@@ -17,6 +18,8 @@ from receiver.wiring import build_worker, open_http, open_redis, open_store
 
 async def run_worker(settings: Settings) -> None:
     """`receiver worker`: work until cancelled."""
+    if settings.metrics_port:
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)
     redis = open_redis(settings)
     store = open_store(settings, redis)
     try:

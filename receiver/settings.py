@@ -79,6 +79,10 @@ class Settings:
     poll_concurrency: int = 50
     # Shards of the due schedule (sorted sets); raise when one Redis slot gets hot.
     due_shards: int = 1
+    # Seconds between SSE heartbeat comments, so proxies keep an idle stream open.
+    sse_heartbeat: float = 15.0
+    # Port of a worker's own /metrics (0: none); web processes serve /metrics themselves.
+    metrics_port: int = 0
     log_format: str = "text"
 
     @property
@@ -132,6 +136,8 @@ class Settings:
             dify_rps=_number(env, "RECEIVER_DIFY_RPS", base.dify_rps, float),
             poll_concurrency=_number(env, "RECEIVER_POLL_CONCURRENCY", base.poll_concurrency, int),
             due_shards=max(1, _number(env, "RECEIVER_DUE_SHARDS", base.due_shards, int)),
+            sse_heartbeat=_number(env, "RECEIVER_SSE_HEARTBEAT", base.sse_heartbeat, float),
+            metrics_port=_number(env, "RECEIVER_METRICS_PORT", base.metrics_port, int),
             log_format=env.get("RECEIVER_LOG_FORMAT", base.log_format),
         )
 

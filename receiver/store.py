@@ -114,6 +114,7 @@ class Store:
         self._finish_job = redis.register_script(scripts.FINISH_JOB)
         self._update_job = redis.register_script(scripts.UPDATE_JOB)
         self._claim_due = redis.register_script(scripts.CLAIM_DUE)
+        self._reopen_job = redis.register_script(scripts.REOPEN_JOB)
         self._acquire_rate = redis.register_script(scripts.ACQUIRE_RATE)
 
     def _common(self) -> list[Any]:
@@ -247,6 +248,21 @@ class Store:
         args = [*self._common(), job_id, status.value, reason]
         return _text(await self._finish_job(args=args))
 
+    async def reopen_job(self, job_id: str) -> str:
+        """Re-drive an ended job's unfinished work: reopened, not_ended or unknown_job."""
+        due_poll = self.due_key(f"poll:{job_id}")
+        due_reconcile = self.due_key(f"reconcile:{job_id}")
+        args = [*self._common(), job_id, due_poll, due_reconcile]
+        return _text(await self._reopen_job(args=args))
+
+    async def jobs_by_status(self) -> dict[str, int]:
+        raw: dict[Any, Any] = await self.redis.hgetall(self.keys.stats)
+        return {
+            _text(k).removeprefix("status:"): int(v)
+            for k, v in raw.items()
+            if _text(k).startswith("status:")
+        }
+
     async def update_job(
         self,
         job_id: str,
@@ -350,10 +366,67 @@ class Store:
         raw: dict[Any, Any] = await self.redis.hgetall(self.keys.results(job_id))
         return {_text(k): orjson.loads(decompress(v)) for k, v in raw.items()}
 
-    async def list_job_ids(self, limit: int = 100, before: float | None = None) -> list[str]:
-        top = f"({before}" if before is not None else "+inf"
-        ids = await self.redis.zrevrangebyscore(self.keys.jobs, top, "-inf", start=0, num=limit)
-        return [_text(i) for i in ids]
+    async def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        provider: str | None = None,
+        limit: int = 100,
+        cursor: tuple[float, str] | None = None,
+        scan: int = 10_000,
+    ) -> tuple[list[dict[str, Any]], tuple[float, str] | None]:
+        """Jobs newest first, filtered; and the cursor after the last one looked at.
+
+        Looks at `scan` jobs at most per call, so a rare status never makes one call slow:
+        then fewer than `limit` come back, with a cursor to carry on from.
+        """
+        found: list[dict[str, Any]] = []
+        looked = 0
+        while len(found) < limit and looked < scan:
+            page = await self._jobs_page(cursor, min(500, scan - looked))
+            if not page:
+                return found, None
+            looked += len(page)
+            states = await self._pipeline_hmget([job_id for job_id, _ in page])
+            for (job_id, score), (job_status, job_provider) in zip(page, states, strict=True):
+                cursor = (score, job_id)
+                if (status in (None, job_status)) and (provider in (None, job_provider)):
+                    job = await self.get_job(job_id)
+                    if job is not None:
+                        found.append(job)
+                    if len(found) == limit:
+                        break
+        return found, cursor
+
+    async def _jobs_page(
+        self, cursor: tuple[float, str] | None, count: int
+    ) -> list[tuple[str, float]]:
+        top = "+inf" if cursor is None else repr(cursor[0])
+        extra = 0 if cursor is None else 64  # room for jobs created in the same microsecond
+        raw: Any = await self.redis.zrevrangebyscore(
+            self.keys.jobs, top, "-inf", start=0, num=count + extra, withscores=True
+        )
+        page = [(_text(member), float(score)) for member, score in raw]
+        if cursor is not None:  # ties come in reverse member order: skip what we showed
+            page = [(m, s) for m, s in page if s < cursor[0] or m < cursor[1]]
+        return page[:count]
+
+    async def _pipeline_hmget(self, job_ids: list[str]) -> list[tuple[str, str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(self.keys.job(job_id), ["status", "provider"])
+            rows = await pipe.execute()
+        return [(_text(row[0] or b""), _text(row[1] or b"")) for row in rows]
+
+    async def results_page(
+        self, job_id: str, cursor: int = 0, count: int = 100
+    ) -> tuple[dict[str, Any], int]:
+        """One page of a job's results (HSCAN: `count` is a hint) and the next cursor, 0 at
+        the end."""
+        reply: Any = await self.redis.hscan(self.keys.results(job_id), cursor=cursor, count=count)
+        next_cursor, raw = reply
+        page = {_text(k): orjson.loads(decompress(v)) for k, v in raw.items()}
+        return page, int(next_cursor)
 
 
 def decode_job(raw: Mapping[Any, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from receiver.errors import InvalidRequest, PayloadTooLarge, ProviderError, ReceiverError
 from receiver.ingest import CallbackCommitter
 from receiver.jobs.firecrawl import FirecrawlJobs
+from receiver.metrics import RedisGauges
 from receiver.settings import Settings
 from receiver.store import Store
 from receiver.tokens import PassthroughSigner
@@ -36,6 +37,7 @@ class Services:
     committer: CallbackCommitter
     http: httpx.AsyncClient
     firecrawl: FirecrawlJobs
+    gauges: RedisGauges
 
 
 Endpoint = Callable[[Request, Services], Awaitable[Response]]

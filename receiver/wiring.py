@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import httpx
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from receiver.dispatch import Dispatcher
 from receiver.jobs.decodo import DecodoJobs
@@ -22,7 +22,14 @@ from receiver.worker import Worker
 
 
 def open_redis(settings: Settings) -> Redis:
-    return Redis.from_url(settings.redis_url or "", health_check_interval=30)
+    """A client whose pool waits for a free connection rather than failing when busy."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url or "",
+        max_connections=2 * settings.fetch_concurrency + 2 * settings.poll_concurrency + 64,
+        timeout=10,
+        health_check_interval=30,
+    )
+    return Redis(connection_pool=pool)
 
 
 def open_http(settings: Settings) -> httpx.AsyncClient:

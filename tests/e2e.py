@@ -71,15 +71,29 @@ class Deployment:
             if status is not None and status.decode() in FINAL:  # type: ignore[union-attr]
                 return self.job(job_id)
             time.sleep(0.05)
-        raise AssertionError(f"job {job_id} did not end: {self.job(job_id)}")
+        job = self.job(job_id)
+        tasks: dict[str, int] = {}
+        for task in job.pop("tasks", []):
+            tasks[task["status"]] = tasks.get(task["status"], 0) + 1
+        raise AssertionError(f"job {job_id} did not end: {job}, tasks by status {tasks}")
 
     def results(self, job_id: str) -> dict[str, Any]:
-        response = httpx.get(
-            f"{self.api}/jobs/{job_id}/results", headers=self.headers(), timeout=10
-        )
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
+        """Every page of the job's results, merged."""
+        merged: dict[str, Any] = {}
+        cursor: str | None = "0"
+        page: dict[str, Any] = {}
+        while cursor is not None:
+            response = httpx.get(
+                f"{self.api}/jobs/{job_id}/results",
+                headers=self.headers(),
+                params={"cursor": cursor},
+                timeout=10,
+            )
+            assert response.status_code == 200, response.text
+            page = response.json()
+            merged.update(page["results"])
+            cursor = page["next_cursor"]
+        return {**page, "results": merged}
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         entries: Any = self.redis.xrange("receiver:stream:events")

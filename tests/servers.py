@@ -106,7 +106,10 @@ class ThreadedServer(uvicorn.Server):
 def serve_app(app: Any, port: int | None = None) -> Iterator[str]:
     """Run an ASGI app under a real uvicorn on loopback; yield its base URL."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # The asyncio loop: uvloop's close() can fail with EBUSY in a thread at test teardown.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
+    )
     server = ThreadedServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

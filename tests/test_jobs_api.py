@@ -115,3 +115,49 @@ def test_cli_track_commands(deployment: PolledDeployment, redis_process: RedisPr
         finally:
             web.terminate()
             web.wait(20)
+
+
+def test_list_jobs_filters_and_pages_with_a_cursor(deployment: PolledDeployment) -> None:
+    deployment.redis.flushall()
+    created = [
+        deployment.create({"provider": "firecrawl", "batch_id": str(uuid.uuid4())})
+        for _ in range(7)
+    ]
+    created += [
+        deployment.create({"provider": "dify", "dataset_id": "d", "batch": f"b{i}"})
+        for i in range(3)
+    ]
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, str] = {"provider": "firecrawl", "limit": "3"}
+        if cursor:
+            params["cursor"] = cursor
+        page = httpx.get(
+            f"{deployment.api}/jobs", params=params, headers=deployment.headers(), timeout=10
+        ).json()
+        seen += [job["id"] for job in page["jobs"]]
+        assert all(job["provider"] == "firecrawl" for job in page["jobs"])
+        cursor = page["next_cursor"]
+        if not page["jobs"] or cursor is None:
+            break
+    assert seen == list(reversed(created[:7]))  # newest first, each once
+    running = httpx.get(
+        f"{deployment.api}/jobs",
+        params={"status": "running"},
+        headers=deployment.headers(),
+        timeout=10,
+    ).json()
+    assert len(running["jobs"]) == 10
+    done = httpx.get(
+        f"{deployment.api}/jobs",
+        params={"status": "completed"},
+        headers=deployment.headers(),
+        timeout=10,
+    ).json()
+    assert done == {"jobs": [], "next_cursor": None}
+    for bad in ({"status": "nope"}, {"provider": "x"}, {"limit": "0"}, {"cursor": "abc"}):
+        response = httpx.get(
+            f"{deployment.api}/jobs", params=bad, headers=deployment.headers(), timeout=10
+        )
+        assert response.status_code == 400, bad

@@ -353,3 +353,32 @@ def test_killed_worker_poll_lease_is_taken_over(redis_process: RedisProcess) -> 
         finally:
             second.terminate()
             second.wait(20)
+
+
+def test_retry_redrives_a_stalled_job_to_completion(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process, firecrawl={"stall": True, "scrape_delay": 0.01}) as d:
+        batch_id = d.firecrawl_batch(urls(3))
+        job_id = d.create({"provider": "firecrawl", "batch_id": batch_id, "stall_after": 1})
+        assert d.wait(job_id)["status"] == "failed"
+        d.configure_firecrawl(stall=False)
+        response = httpx.post(f"{d.api}/jobs/{job_id}/retry", headers=d.headers(), timeout=10)
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "running" and "error" not in response.json()
+        job = d.wait(job_id)
+        assert job["status"] == "completed" and len(d.results(job_id)["results"]) == 3
+        again = httpx.post(f"{d.api}/jobs/{job_id}/retry", headers=d.headers(), timeout=10)
+        assert again.status_code == 409
+
+
+def test_retry_resubmits_a_decodo_job_refused_at_submission(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process) as d:
+        # The sandbox refuses our credentials for a while: the submission fails with 401.
+        d.configure_sandbox(auth="cmVqZWN0OnJlamVjdA==")
+        job_id = d.submit({"url": "https://example.com"})
+        job = d.wait(job_id)
+        assert job["status"] == "failed" and job["error"].startswith("unauthorized")
+        d.configure_sandbox(auth="c2FuZGJveDpzYW5kYm94")
+        response = httpx.post(f"{d.api}/jobs/{job_id}/retry", headers=d.headers(), timeout=10)
+        assert response.status_code == 202, response.text
+        job = d.wait(job_id)
+        assert job["status"] == "completed" and job["progress"]["completed"] == 1

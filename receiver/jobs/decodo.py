@@ -17,6 +17,7 @@ from receiver.errors import (
     RateLimited,
     Transient,
 )
+from receiver.metrics import FETCH_SECONDS, FETCHES
 from receiver.providers.decodo import BATCH_LIMIT, DONE, FAULTED, DecodoClient, SubmittedTask
 from receiver.settings import Settings
 from receiver.store import JobStatus, Store, TaskStatus
@@ -158,15 +159,22 @@ class DecodoJobs:
         if self._expired(job):
             await self.store.fail_task(job_id, task_id, self._expiry_reason(), expired=True)
             return None
+        started = time.perf_counter()
         try:
             body = await self.client.get_results(task_id)
         except Transient as exc:
+            FETCHES.labels("decodo", exc.reason).inc()
             return await self._retry(job_id, f"fetch:{task_id}", exc)
         except Permanent as exc:
+            FETCHES.labels("decodo", exc.reason).inc()
             await self._fail_task(job_id, task_id, exc)
             return None
+        finally:
+            FETCH_SECONDS.labels("decodo").observe(time.perf_counter() - started)
         if body is None:  # 204: not ready yet
+            FETCHES.labels("decodo", "not_ready").inc()
             return await self._retry(job_id, f"fetch:{task_id}", None)
+        FETCHES.labels("decodo", "stored").inc()
         await self.store.store_results(job_id, task_id, body, self.settings.results_ttl)
         return None
 

@@ -1,0 +1,123 @@
+"""Prometheus metrics: counters kept in each process, gauges read from Redis at scrape time.
+
+With several processes on one host, set PROMETHEUS_MULTIPROC_DIR (an empty directory shared
+by them) and every web process's /metrics adds up all of them; a lone `receiver worker` can
+serve its own with RECEIVER_METRICS_PORT.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector
+
+from receiver.keys import WORK_GROUP
+from receiver.store import Store
+
+CALLBACKS = Counter(
+    "receiver_callbacks_total",
+    "Provider callbacks, by provider and outcome (accepted, duplicate, or why rejected).",
+    ["provider", "outcome"],
+)
+FETCHES = Counter(
+    "receiver_fetches_total", "Results fetches, by provider and outcome.", ["provider", "outcome"]
+)
+FETCH_SECONDS = Histogram(
+    "receiver_fetch_seconds",
+    "Seconds one results fetch took, by provider.",
+    ["provider"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+POLLS = Counter("receiver_polls_total", "Polls, by provider and outcome.", ["provider", "outcome"])
+
+
+class RedisGauges(Collector):
+    """Values read from Redis just before a scrape: queues, jobs by status, events."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    async def refresh(self, store: Store) -> None:
+        redis, keys = store.redis, store.keys
+        work = await redis.xlen(keys.work)
+        events = await redis.xlen(keys.events)
+        pending, oldest = await _pending(store)
+        self.values = {
+            "work": work,
+            "events": events,
+            "pending": pending,
+            "oldest": oldest,
+            "jobs": await store.jobs_by_status(),
+        }
+
+    def collect(self) -> list[Metric]:
+        if not self.values:
+            return []
+        metrics: list[Metric] = [
+            GaugeMetricFamily(
+                "receiver_work_stream_length",
+                "Entries in the work stream.",
+                value=self.values["work"],
+            ),
+            GaugeMetricFamily(
+                "receiver_work_pending",
+                "Work read by a worker, not yet done.",
+                value=self.values["pending"],
+            ),
+            GaugeMetricFamily(
+                "receiver_work_oldest_pending_seconds",
+                "Age of the oldest unfinished piece of work.",
+                value=self.values["oldest"],
+            ),
+            GaugeMetricFamily(
+                "receiver_event_stream_length",
+                "Events kept in the stream.",
+                value=self.values["events"],
+            ),
+        ]
+        jobs = GaugeMetricFamily("receiver_jobs", "Jobs by status.", labels=["status"])
+        for status, count in sorted(self.values["jobs"].items()):
+            jobs.add_metric([status], count)
+        metrics.append(jobs)
+        return metrics
+
+
+async def _pending(store: Store) -> tuple[int, float]:
+    """Pending entries of the work group, and the age in seconds of the oldest entry."""
+    redis, keys = store.redis, store.keys
+    if not await redis.exists(keys.work):
+        return 0, 0.0
+    try:
+        summary: Any = await redis.xpending(keys.work, WORK_GROUP)
+    except Exception:  # no worker has created the group yet
+        summary = {"pending": 0}
+    oldest: Any = await redis.xrange(keys.work, count=1)
+    age = 0.0
+    if oldest:
+        entry_id = oldest[0][0]
+        millis = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0])
+        age = max(0.0, time.time() - millis / 1000)
+    return int(summary["pending"]), age
+
+
+def exposition(gauges: RedisGauges) -> bytes:
+    """The text of /metrics: this process's (or every process's) counters, and the gauges."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        counters = generate_latest(registry)
+    else:
+        counters = generate_latest(REGISTRY)
+    extra = CollectorRegistry()
+    extra.register(gauges)
+    return counters + generate_latest(extra)
