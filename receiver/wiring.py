@@ -29,7 +29,7 @@ def open_redis(settings: Settings) -> Redis:
         timeout=10,
         health_check_interval=30,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # closing the client closes the pool too
 
 
 def open_http(settings: Settings) -> httpx.AsyncClient:

@@ -164,7 +164,7 @@ def test_submit_and_show_through_the_cli(redis_process: RedisProcess) -> None:
             "params": {"target": "universal", "parse": True},
         }
         shown = subprocess.run(
-            [sys.executable, "-m", "receiver", "show", job["id"]],
+            [sys.executable, "-m", "receiver", "show", job["id"], "--json"],
             env=env,
             capture_output=True,
             text=True,

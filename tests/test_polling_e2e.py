@@ -175,7 +175,8 @@ def test_firecrawl_webhooks_speed_up_the_poll(redis_process: RedisProcess) -> No
 
 def test_firecrawl_webhook_bad_signature_and_duplicates(redis_process: RedisProcess) -> None:
     secret = "whsec-e2e"
-    with polled_deployment(redis_process, settings={"firecrawl_webhook_secret": secret}) as d:
+    settings = {"firecrawl_webhook_secret": secret}
+    with polled_deployment(redis_process, settings=settings, with_worker=False) as d:
         body = orjson.dumps(
             {
                 "success": True,
