@@ -8,7 +8,8 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import quote
 
 import click
 import httpx
@@ -17,6 +18,9 @@ import orjson
 from receiver.errors import ConfigError
 from receiver.logs import configure_logging
 from receiver.settings import Settings
+
+if TYPE_CHECKING:
+    from receiver.watch import EventSource
 
 
 def _settings() -> Settings:
@@ -124,23 +128,33 @@ def _api() -> tuple[str, dict[str, str]]:
     return base, {"Authorization": f"Bearer {token}"}
 
 
-def _call(method: str, path: str, body: Any = None) -> Any:
+def _call(method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
     base, headers = _api()
     try:
         response = httpx.request(
             method,
             base + path,
             headers=headers,
+            params=params,
             content=orjson.dumps(body) if body is not None else None,
             timeout=30,
         )
     except httpx.HTTPError as exc:
         raise click.ClickException(f"cannot reach receiver at {base}: {exc}") from None
-    data = orjson.loads(response.content) if response.content else {}
     if response.status_code >= 400:
-        message = data.get("message", response.text) if isinstance(data, dict) else response.text
-        raise click.ClickException(f"{response.status_code}: {message}")
-    return data
+        from receiver.watch import EXIT_UNKNOWN_JOB, api_error
+
+        code, message = api_error(response)
+        _fail(
+            f"{response.status_code}: {message}", EXIT_UNKNOWN_JOB if code == "unknown_job" else 1
+        )
+    return orjson.loads(response.content) if response.content else {}
+
+
+def _fail(message: str, exit_code: int) -> NoReturn:
+    """Stop with an error message, as click.ClickException does, and an exit code of our own."""
+    click.echo(f"Error: {message}", err=True)
+    raise click.exceptions.Exit(exit_code)
 
 
 def _print(data: Any) -> None:
@@ -239,24 +253,182 @@ def _params(params: tuple[str, ...]) -> dict[str, Any]:
     return parsed
 
 
-@main.command()
-def jobs() -> None:
-    """List jobs."""
-    _print(_call("GET", "/jobs"))
+# -- operators' commands ----------------------------------------------------------------
+
+_STATUSES = ("submitted", "running", "completed", "failed", "cancelled", "expired")
+_IN_FLIGHT = ("submitted", "running")
+# Most jobs `GET /jobs` returns in one page.
+_PAGE_MOST = 1000
+# Seconds without a byte (heartbeats come every 15) before a stream counts as dropped.
+_STREAM_READ_TIMEOUT = 60.0
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 
 
 @main.command()
-@click.argument("job_id")
-def show(job_id: str) -> None:
-    """Show one job with its tasks."""
-    _print(_call("GET", f"/jobs/{job_id}"))
+@click.argument("job_id", metavar="[JOB]", required=False)
+@click.option(
+    "--retries",
+    type=click.IntRange(0),
+    default=5,
+    show_default=True,
+    help="Reconnections in a row (with backoff) before giving up on a dropped stream.",
+)
+@click.pass_context
+def watch(ctx: click.Context, job_id: str | None, retries: int) -> None:
+    """Follow JOB live until it ends; without JOB, every job in flight until Ctrl-C.
+
+    Driven by the job's events (GET /jobs/JOB/events): a progress bar on a terminal, one
+    line per event when piped. A dropped stream is resumed where it stopped.
+
+    \b
+    Exit codes with JOB:
+      0    the job completed
+      1    the job failed
+      2    the job was cancelled (click's usage errors also exit 2)
+      3    the job expired
+      4    no such job
+      5    the receiver is unreachable or refused the request, or the stream
+           dropped and did not come back after --retries reconnections
+      130  interrupted (Ctrl-C)
+    Without JOB: 0 on Ctrl-C, 5 as above.
+    """
+    from receiver.watch import EXIT_INTERRUPTED, WatchError
+
+    base, headers = _api()
+    timeout = httpx.Timeout(10.0, read=_STREAM_READ_TIMEOUT)
+    with httpx.Client(headers=headers, timeout=timeout) as client:
+        try:
+            if job_id is None:
+                _watch_all(client, base, retries)
+                code = 0  # pragma: no cover - it only ends by Ctrl-C or an error
+            else:
+                code = _watch_job(client, base, job_id, retries)
+        except WatchError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            code = 0 if job_id is None else EXIT_INTERRUPTED
+    ctx.exit(code)
+
+
+def _watch_job(client: httpx.Client, base: str, job_id: str, retries: int) -> int:
+    from receiver import tables, watch
+
+    source = _event_source(client, f"{base}/jobs/{quote(job_id, safe='')}/events", retries)
+    console = tables.make_console()
+    if console.is_terminal:
+        with watch.BarsView(console) as view:
+            job = watch.watch_job(source, view)
+        console.print(watch.outcome_text(job))
+    else:
+        job = watch.watch_job(source, watch.LineView())
+        click.echo(job.outcome(), err=True)
+    return job.exit_code or 0
+
+
+def _watch_all(client: httpx.Client, base: str, retries: int) -> None:
+    """Every job in flight, from the list of running ones and then the events of all."""
+    from receiver import tables, watch
+
+    source = _event_source(client, f"{base}/events", retries)
+    with contextlib.closing(source):
+        source.connect()  # before listing: no event is lost between the list and the stream
+        listed = [job for status in _IN_FLIGHT for job in _list_jobs(status, None, _PAGE_MOST)]
+        snapshots = {job["id"]: watch.snapshot(job) for job in listed}.values()
+        console = tables.make_console()
+        if not console.is_terminal:
+            watch.watch_all(source, snapshots, watch.LineView(with_job=True))
+            return
+        with watch.BarsView(console, with_job=True) as view:
+            watch.watch_all(source, snapshots, view)
+
+
+def _event_source(client: httpx.Client, url: str, retries: int) -> EventSource:
+    from receiver.watch import EventSource
+
+    return EventSource(
+        client,
+        url,
+        {},
+        retries=retries,
+        notify=lambda message: click.echo(message, err=True),
+    )
+
+
+def _list_jobs(status: str | None, provider: str | None, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` jobs, newest first, following the pages' cursors."""
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while len(found) < limit:
+        params = {"status": status, "provider": provider, "cursor": cursor}
+        params = {key: value for key, value in params.items() if value}
+        page = _call(
+            "GET", "/jobs", params={**params, "limit": min(limit - len(found), _PAGE_MOST)}
+        )
+        found.extend(page.get("jobs") or [])
+        if not page.get("next_cursor") or page["next_cursor"] == cursor:
+            break
+        cursor = page["next_cursor"]
+    return found[:limit]
 
 
 @main.command()
-@click.argument("job_id")
-def cancel(job_id: str) -> None:
-    """Cancel a job."""
-    _print(_call("DELETE", f"/jobs/{job_id}"))
+@click.option("--status", type=click.Choice(_STATUSES), help="Only jobs with this status.")
+@click.option("--provider", help="Only jobs of this provider (decodo, firecrawl, dify).")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@_JSON
+def jobs(status: str | None, provider: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first."""
+    found = _list_jobs(status, provider, limit)
+    if as_json:
+        _print(found)
+        return
+    from receiver import tables
+
+    tables.print_jobs(tables.make_console(), found)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--all", "show_all", is_flag=True, help="List every task, not the first 50.")
+@_JSON
+def show(job_id: str, show_all: bool, as_json: bool) -> None:
+    """Show one job with its tasks (or documents) and their errors.
+
+    Exits 4 when there is no such job.
+    """
+    _show_job(_call("GET", f"/jobs/{quote(job_id, safe='')}"), as_json, None if show_all else 50)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@_JSON
+def retry(job_id: str, as_json: bool) -> None:
+    """Retry JOB, a job that failed, expired or was cancelled: its unfinished work again.
+
+    Exits 4 when there is no such job, 1 when the receiver refuses (409: the job runs or
+    completed).
+    """
+    _show_job(_call("POST", f"/jobs/{quote(job_id, safe='')}/retry"), as_json)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@_JSON
+def cancel(job_id: str, as_json: bool) -> None:
+    """Cancel JOB; the job as it ended.
+
+    Exits 4 when there is no such job, 1 when the receiver refuses (409: it already ended).
+    """
+    _show_job(_call("DELETE", f"/jobs/{quote(job_id, safe='')}"), as_json)
+
+
+def _show_job(job: Any, as_json: bool, most: int | None = 50) -> None:
+    if as_json:
+        _print(job)
+        return
+    from receiver import tables
+
+    tables.print_job(tables.make_console(), job, most)
 
 
 # -- sandboxes --------------------------------------------------------------------------

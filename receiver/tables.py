@@ -1,0 +1,134 @@
+"""Jobs shown to people: rich tables on a terminal, plain aligned text when piped."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from rich import box
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from receiver.watch import STATUS_STYLES
+
+# Columns of piped output: wide enough that a job id and a timestamp never wrap.
+_PIPED_WIDTH = 200
+# Job fields `show` puts first, in this order; the others follow as they come.
+_HEAD = ("id", "provider", "status", "progress", "error", "created_at", "updated_at")
+_ITEMS = ("tasks", "documents")
+
+
+def make_console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=_PIPED_WIDTH)
+
+
+def print_jobs(console: Console, jobs: Sequence[Mapping[str, Any]]) -> None:
+    table = _table(console, "id", "provider", "status", "progress", "created (UTC)", "error")
+    for job in jobs:
+        table.add_row(
+            str(job.get("id", "")),
+            str(job.get("provider", "")),
+            _status(job.get("status")),
+            format_progress(job.get("progress")),
+            format_time(job.get("created_at")),
+            str(job.get("error") or ""),
+        )
+    emit(console, table)
+
+
+def print_job(console: Console, job: Mapping[str, Any], most: int | None = 50) -> None:
+    """One job: its fields, then its tasks (or documents), the failed ones first."""
+    keys = [k for k in (*_HEAD, *job) if k in job and k not in _ITEMS]
+    width = max(map(len, keys), default=0)
+    for key in dict.fromkeys(keys):
+        emit(console, Text.assemble((key.ljust(width), "bold"), "  ", _field(key, job[key])))
+    for key in _ITEMS:
+        items = job.get(key)
+        if isinstance(items, list) and items:
+            name = "documents" if job.get("provider") == "dify" else key
+            _print_items(console, name, items, most)
+
+
+def _print_items(console: Console, name: str, items: list[Any], most: int | None) -> None:
+    rows = [item for item in items if isinstance(item, Mapping)]
+    counts: dict[str, int] = {}
+    for item in rows:
+        counts[str(item.get("status"))] = counts.get(str(item.get("status")), 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    emit(console, f"\n[bold]{name}[/] ({len(rows)}): {summary}")
+    rows.sort(key=lambda item: not item.get("error"))  # stable: errors first, else as given
+    table = _table(console, "id", "status", "input", "error")
+    for item in rows[:most]:
+        table.add_row(
+            str(item.get("id", "")),
+            _status(item.get("status")),
+            str(item.get("input") or ""),
+            str(item.get("error") or ""),
+        )
+    emit(console, table)
+    if most is not None and len(rows) > most:
+        emit(console, f"... and {len(rows) - most} more {name} (--all lists them, --json too)")
+
+
+def emit(console: Console, renderable: RenderableType) -> None:
+    """Print; piped, without the spaces rich pads lines with."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as capture:
+        console.print(renderable)
+    console.file.write("".join(line.rstrip() + "\n" for line in capture.get().splitlines()))
+
+
+def _table(console: Console, *columns: str) -> Table:
+    plain = not console.is_terminal
+    table = Table(
+        box=None if plain else box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        header_style="" if plain else "bold",
+    )
+    for column in columns:
+        wraps = column in ("error", "input")
+        table.add_column(column, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
+    return table
+
+
+def _status(status: object) -> Text:
+    return Text(str(status or ""), style=STATUS_STYLES.get(str(status), ""))
+
+
+def _field(key: str, value: Any) -> Text | str:
+    if key == "status":
+        return _status(value)
+    if key == "progress":
+        return format_progress(value)
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def format_progress(progress: object) -> str:
+    """`7/10` with `(1 failed)` when some failed: done and failed count toward the total."""
+    if not isinstance(progress, Mapping):
+        return ""
+    completed, failed = progress.get("completed", 0), progress.get("failed", 0)
+    shown = f"{completed}/{progress.get('total', 0)}"
+    return f"{shown} ({failed} failed)" if failed else shown
+
+
+def format_time(value: object) -> str:
+    """An ISO 8601 time as `2026-11-22 21:40:56` in UTC; anything else as it is."""
+    if not isinstance(value, str):
+        return "" if value is None else str(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")

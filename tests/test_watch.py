@@ -1,0 +1,589 @@
+"""The operators' commands (watch, jobs, show, retry, cancel) as a user runs them, and the SSE
+parser and line format under them.
+
+End to end, `python -m receiver ...` runs as a child process against a real deployment (the
+Decodo sandbox, the receiver and a worker under uvicorn); `watch` under a pseudo-terminal for
+its bar, piped for its lines. Drops and pages are scripted by a stand-in server, also real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from receiver.events import Event
+from receiver.sse import ServerSentEvent, parse_events, split_lines
+from receiver.watch import Change, JobProgress, format_line, read_change
+from tests.e2e import TOKEN, Deployment, deployment
+from tests.servers import RedisProcess, serve_app
+
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+
+
+def cli_env(api: str, **values: str) -> dict[str, str]:
+    """The environment of a user of the CLI: our receiver, our token, no forced rich modes."""
+    dropped = ("REDIS_", "RECEIVER_", "FORCE_COLOR", "NO_COLOR", "TTY_", "COLUMNS", "LINES")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    env.update({"RECEIVER_URL": api, "RECEIVER_API_TOKEN": TOKEN, "TERM": "xterm-256color"})
+    env.update(values)
+    return env
+
+
+def receiver(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`receiver ARGS` with stdout and stderr piped."""
+    return subprocess.run(
+        [sys.executable, "-m", "receiver", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@dataclass
+class Child:
+    """A `receiver` child process whose output is read from `fd` (a terminal or a pipe)."""
+
+    process: subprocess.Popen[bytes]
+    fd: int
+    output: str = ""
+    errors: str = ""  # stderr, when piped
+
+    def read_until(self, text: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if not self._read(deadline - time.monotonic()):
+                raise AssertionError(f"{text!r} never came; output so far:\n{self.output}")
+        return self.output
+
+    def finish(self, timeout: float = 30) -> int:
+        """Read to the end of the output; the exit code."""
+        deadline = time.monotonic() + timeout
+        while self._read(deadline - time.monotonic()):
+            pass
+        assert time.monotonic() < deadline, f"the command did not end:\n{self.output}"
+        return self.process.wait(timeout)
+
+    def _read(self, left: float) -> bool:
+        if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+            return False
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:  # EIO: the child closed its terminal
+            return False
+        self.output += _ANSI.sub("", data.decode("utf-8", "replace"))
+        return bool(data)
+
+
+@contextlib.contextmanager
+def in_terminal(env: dict[str, str], *args: str) -> Iterator[Child]:
+    """`receiver ARGS` under a 120x30 pseudo-terminal (stdout and stderr)."""
+    main, tty = pty.openpty()
+    fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    command = [sys.executable, "-m", "receiver", *args]
+    with subprocess.Popen(command, env=env, stdin=tty, stdout=tty, stderr=tty) as process:
+        os.close(tty)
+        try:
+            yield Child(process, main)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            os.close(main)
+
+
+@contextlib.contextmanager
+def piped(env: dict[str, str], *args: str) -> Iterator[Child]:
+    """`receiver ARGS` with stdout piped; stderr is kept in `Child.errors` at the end."""
+    command = [sys.executable, "-m", "receiver", *args]
+    with (
+        tempfile.TemporaryFile() as errors,
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=errors) as process,
+    ):
+        assert process.stdout is not None
+        child = Child(process, process.stdout.fileno())
+        try:
+            yield child
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+            errors.seek(0)
+            child.errors = errors.read().decode()
+
+
+def held_job(d: Deployment, count: int) -> tuple[str, list[str]]:
+    """A job of `count` URLs whose tasks wait at the sandbox (its completion_delay is long)
+    until finish_tasks: its id and its task ids."""
+    job_id = d.submit({"urls": urls(count)})
+    deadline = time.monotonic() + 10
+    while len(tasks := d.job(job_id).get("tasks", [])) < count:
+        assert time.monotonic() < deadline, d.job(job_id)
+        time.sleep(0.05)
+    return job_id, [task["id"] for task in tasks]
+
+
+def finish_tasks(d: Deployment, task_ids: list[str], status: str = "done") -> None:
+    """The sandbox finishes these tasks now (and calls back)."""
+    for task_id in task_ids:
+        response = httpx.post(
+            f"{d.sandbox}/_sandbox/tasks/{task_id}/complete", json={"status": status}, timeout=10
+        )
+        assert response.status_code == 200, response.text
+
+
+def urls(count: int) -> list[str]:
+    return [f"https://example.com/{i}" for i in range(count)]
+
+
+def expected_line(event: dict[str, Any], with_job: bool = False) -> str:
+    """The line the brief specifies for an event of the stream."""
+    progress = event["progress"]
+    who = f" {event['job_id']} {event['provider']}" if with_job else ""
+    line = f"{event['at']} {event['type']}{who} {event['status']}"
+    line += f" {progress['completed']}/{progress['total']} failed={progress['failed']}"
+    if event["detail"].get("reason"):
+        line += f" reason={orjson.dumps(event['detail']['reason']).decode()}"
+    return line
+
+
+def sse_frame(event_id: str, kind: str, body: dict[str, Any]) -> bytes:
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+        event_id.encode(),
+        kind.encode(),
+        orjson.dumps(body),
+    )
+
+
+def scripted_event(event_id: str, kind: str, status: str, completed: int) -> bytes:
+    body = {
+        "type": kind,
+        "job_id": "j1",
+        "provider": "decodo",
+        "status": status,
+        "progress": {"completed": completed, "failed": 0, "total": 4},
+        "at": f"2026-11-22T22:30:0{completed}.000+00:00",
+        "detail": {},
+    }
+    return sse_frame(event_id, kind, body)
+
+
+SCRIPTED_STATE = sse_frame(
+    "1-0",
+    "job.state",
+    {
+        "id": "j1",
+        "provider": "decodo",
+        "status": "running",
+        "progress": {"completed": 1, "failed": 0, "total": 4},
+        "created_at": "2026-11-22T22:30:00.000+00:00",
+        "updated_at": "2026-11-22T22:30:01.000+00:00",
+    },
+)
+DROP = b""  # in a script: the connection breaks here, mid-response
+
+
+@dataclass
+class Script:
+    """What a stand-in receiver answers on each connection: frames, or an HTTP status."""
+
+    answers: list[list[bytes] | int]
+    last_ids: list[str | None] = field(default_factory=list)  # Last-Event-ID of each request
+    queries: list[dict[str, str]] = field(default_factory=list)
+
+    async def job_events(self, request: Request) -> Response:
+        self.last_ids.append(request.headers.get("last-event-id"))
+        answer = self.answers[min(len(self.last_ids), len(self.answers)) - 1]
+        if isinstance(answer, int):
+            return JSONResponse({"error": "unavailable", "message": "try later"}, answer)
+        return StreamingResponse(self._send(answer), media_type="text/event-stream")
+
+    async def _send(self, frames: list[bytes]) -> Any:
+        for frame in frames:
+            if frame == DROP:
+                raise ConnectionAbortedError("scripted drop")
+            yield frame
+
+    async def jobs(self, request: Request) -> Response:
+        """Pages of two jobs, then a cursor, up to six jobs."""
+        self.queries.append(dict(request.query_params))
+        start = int(request.query_params.get("cursor", "0"))
+        ids = range(start, min(start + 2, 6), 1)
+        page = [{"id": f"job{i}", "provider": "decodo", "status": "completed"} for i in ids]
+        more = start + 2 < 6
+        return JSONResponse({"jobs": page, "next_cursor": str(start + 2) if more else None})
+
+
+@contextlib.contextmanager
+def stand_in(script: Script) -> Iterator[str]:
+    app = Starlette(
+        routes=[
+            Route("/jobs/{job_id}/events", script.job_events),
+            Route("/jobs", script.jobs),
+        ]
+    )
+    with serve_app(app) as url:
+        yield url
+
+
+# -- the SSE parser -------------------------------------------------------------------------
+
+
+def test_sse_parser_follows_the_standard() -> None:
+    body = (
+        "\ufeff: a comment\n"
+        "retry: 3000\n"
+        'id: 1-0\nevent: job.progress\ndata: {"a": 1}\n\n'  # a whole message
+        "data:first\ndata: second\n\n"  # no space after the colon; two lines; id kept
+        "id\ndata\n\n"  # fields without a colon: the id resets, the data is one empty line
+        "event: ignored\n\n"  # no data: nothing dispatched, and the event type is reset
+        "id: 2\0\ndata: x\n\n"  # an id with NUL is ignored
+        "data: never finished\n"
+    )
+    messages = list(parse_events(split_lines([body.encode()])))
+    assert messages == [
+        ServerSentEvent("1-0", "job.progress", '{"a": 1}'),
+        ServerSentEvent("1-0", "message", "first\nsecond"),
+        ServerSentEvent("", "message", ""),
+        ServerSentEvent("", "message", "x"),
+    ]
+
+
+def test_sse_lines_end_at_crlf_lf_or_cr_wherever_the_chunks_are_cut() -> None:
+    body = 'id: 7-1\r\nevent: e\rdata: {"text": "a\u2028b\u0085c"}\r\n\r\ndata: z\r\r'.encode()
+    expected = [
+        ServerSentEvent("7-1", "e", '{"text": "a\u2028b\u0085c"}'),
+        ServerSentEvent("7-1", "message", "z"),
+    ]
+    for cut in range(len(body) + 1):
+        for second in range(cut, len(body) + 1):
+            chunks = [body[:cut], body[cut:second], body[second:]]
+            assert list(parse_events(split_lines(chunks))) == expected, (cut, second)
+
+
+def test_sse_ending_in_a_lone_cr_still_ends_the_line() -> None:
+    assert list(split_lines([b"a\r", b"b\r"])) == ["a", "b"]
+    assert list(split_lines([b"a\r", b"\nb"])) == ["a"]
+
+
+# -- what the lines say ---------------------------------------------------------------------
+
+
+def test_format_line_is_one_plain_line_per_event() -> None:
+    event = Event(
+        id="1-0",
+        type="job.progress",
+        job_id="j1",
+        provider="decodo",
+        status="running",
+        progress={"completed": 3, "failed": 0, "total": 10},
+        at="2026-11-22T22:30:00.000+00:00",
+    )
+    change = Change(JobProgress.from_event(event), event.type, event.at)
+    assert format_line(change) == "2026-11-22T22:30:00.000+00:00 job.progress running 3/10 failed=0"
+    assert format_line(change, with_job=True) == (
+        "2026-11-22T22:30:00.000+00:00 job.progress j1 decodo running 3/10 failed=0"
+    )
+
+
+def test_read_change_follows_the_snapshot_then_the_events_to_the_outcome() -> None:
+    jobs: dict[str, JobProgress] = {}
+    state = {"id": "j1", "provider": "decodo", "status": "running", "progress": {"total": 2}}
+    first = read_change(jobs, ServerSentEvent("5-0", "job.state", orjson.dumps(state).decode()))
+    assert first is not None and first.job.exit_code is None
+    assert read_change(jobs, ServerSentEvent("5-0", "message", "not json")) is None
+    final = {
+        "type": "job.failed",
+        "job_id": "j1",
+        "provider": "decodo",
+        "status": "failed",
+        "progress": {"completed": 0, "failed": 2, "total": 2},
+        "at": "2026-11-22T22:30:02.000+00:00",
+        "detail": {"reason": "every task failed"},
+    }
+    last = read_change(jobs, ServerSentEvent("6-0", "job.failed", orjson.dumps(final).decode()))
+    assert last is not None and last.job is first.job
+    assert (last.job.exit_code, last.reason) == (1, "every task failed")
+    assert last.job.outcome() == "job j1 failed: every task failed (0 done, 2 failed of 2)"
+    assert format_line(last).endswith(' failed 0/2 failed=2 reason="every task failed"')
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [("completed", 0), ("failed", 1), ("cancelled", 2), ("expired", 3), ("running", None)],
+)
+def test_exit_code_per_status(status: str, code: int | None) -> None:
+    assert JobProgress("j", "decodo", status).exit_code == code
+
+
+# -- watch, end to end ----------------------------------------------------------------------
+
+
+def test_watch_in_a_terminal_shows_the_bar_and_exits_0_when_the_job_completes(
+    redis_process: RedisProcess,
+) -> None:
+    with deployment(redis_process, completion_delay=60) as d:
+        job_id, tasks = held_job(d, 3)
+        with in_terminal(cli_env(d.api), "watch", job_id) as child:
+            child.read_until("0 done 0 failed of 3")
+            finish_tasks(d, tasks[:1])
+            child.read_until("1 done 0 failed of 3")
+            finish_tasks(d, tasks[1:])
+            code = child.finish()
+    assert code == 0, child.output
+    assert re.search(r"decodo running +━+", child.output)  # the bar
+    assert f"job {job_id} completed (3 done, 0 failed of 3)" in child.output
+
+
+def test_watch_in_a_terminal_exits_1_with_the_reason_when_the_job_fails(
+    redis_process: RedisProcess,
+) -> None:
+    with deployment(redis_process, completion_delay=60) as d:
+        job_id, tasks = held_job(d, 2)
+        with in_terminal(cli_env(d.api), "watch", job_id) as child:
+            child.read_until("decodo")
+            finish_tasks(d, tasks, "faulted")
+            code = child.finish()
+    assert code == 1, child.output
+    assert f"job {job_id} failed: every task failed (0 done, 2 failed of 2)" in child.output
+
+
+def test_watch_interrupted_exits_130(redis_process: RedisProcess) -> None:
+    with deployment(redis_process, completion_delay=60) as d:
+        job_id, _ = held_job(d, 1)
+        with in_terminal(cli_env(d.api), "watch", job_id) as child:
+            child.read_until("0 done 0 failed of 1")
+            child.process.send_signal(signal.SIGINT)
+            assert child.finish() == 130
+
+
+def test_watch_piped_prints_one_line_per_event(redis_process: RedisProcess) -> None:
+    with deployment(redis_process, completion_delay=60) as d:
+        job_id, tasks = held_job(d, 4)
+        with piped(cli_env(d.api), "watch", job_id) as child:
+            child.read_until(" job.state ")
+            finish_tasks(d, tasks[:2], "faulted")
+            finish_tasks(d, tasks[2:])
+            code = child.finish()
+        events = d.events(job_id)
+    lines = child.output.splitlines()
+    assert re.fullmatch(r"\S+ job\.state running 0/4 failed=0", lines[0]), lines
+    assert lines[1:] == [expected_line(e) for e in events[-len(lines) + 1 :]]
+    kinds = [line.split()[1] for line in lines]
+    assert (kinds.count("task.failed"), kinds.count("task.completed")) == (2, 2)
+    assert lines[-1].endswith(" job.completed completed 2/4 failed=2")
+    assert code == 0, child.errors
+    assert f"job {job_id} completed (2 done, 2 failed of 4)" in child.errors
+
+
+def test_watch_piped_exits_1_and_prints_the_reason_when_every_task_fails(
+    redis_process: RedisProcess,
+) -> None:
+    with deployment(redis_process, completion_delay=60) as d:
+        job_id, tasks = held_job(d, 1)
+        with piped(cli_env(d.api), "watch", job_id) as child:
+            child.read_until(" job.state ")
+            finish_tasks(d, tasks, "faulted")
+            code = child.finish()
+    assert code == 1
+    assert child.output.splitlines()[-1].endswith(
+        'job.failed failed 0/1 failed=1 reason="every task failed"'
+    )
+    assert f"job {job_id} failed: every task failed" in child.errors
+
+
+def test_watch_of_an_ended_job_exits_at_once_with_its_outcome(
+    redis_process: RedisProcess,
+) -> None:
+    with deployment(redis_process) as d:
+        env = cli_env(d.api)
+        done = d.submit({"urls": urls(2)})
+        d.wait(done)
+        started = time.monotonic()
+        watched = receiver(env, "watch", done)
+        assert time.monotonic() - started < 5
+        assert watched.returncode == 0, watched.stderr
+        assert re.fullmatch(r"\S+ job\.state completed 2/2 failed=0\n", watched.stdout)
+
+        d.configure_sandbox(completion_delay=30)
+        running = d.submit({"url": "https://example.com"})
+        assert receiver(env, "cancel", running).returncode == 0
+        cancelled = receiver(env, "watch", running)
+        assert cancelled.returncode == 2
+        assert "cancelled: cancelled by a user" in cancelled.stderr
+
+
+def test_watch_refusals_have_their_own_exit_codes(redis_process: RedisProcess) -> None:
+    with deployment(redis_process) as d:
+        unknown = receiver(cli_env(d.api), "watch", "nope")
+        wrong_token = receiver(cli_env(d.api, RECEIVER_API_TOKEN="wrong"), "watch", "nope")
+    assert unknown.returncode == 4 and "404: no job nope" in unknown.stderr
+    assert wrong_token.returncode == 5 and "401" in wrong_token.stderr
+
+
+def test_watch_resumes_after_drops_with_the_last_event_id() -> None:
+    script = Script(
+        [
+            [SCRIPTED_STATE, scripted_event("2-0", "job.progress", "running", 2), DROP],
+            503,
+            [scripted_event("3-0", "job.progress", "running", 3)],  # then ends early
+            [scripted_event("4-0", "job.completed", "completed", 4)],
+        ]
+    )
+    with stand_in(script) as url:
+        watched = receiver(cli_env(url), "watch", "j1")
+    assert watched.returncode == 0, watched.stderr
+    assert script.last_ids == [None, "2-0", "2-0", "3-0"]
+    assert [line.split()[1:3] for line in watched.stdout.splitlines()] == [
+        ["job.state", "running"],
+        ["job.progress", "running"],
+        ["job.progress", "running"],
+        ["job.completed", "completed"],
+    ]
+    assert watched.stderr.count("reconnecting in") == 3
+
+
+def test_watch_gives_up_when_the_stream_does_not_come_back() -> None:
+    script = Script([[SCRIPTED_STATE]])  # every connection: the state, then the end
+    with stand_in(script) as url:
+        watched = receiver(cli_env(url), "watch", "j1", "--retries", "2")
+    assert watched.returncode == 5
+    assert "the stream ended early; gave up after 2 reconnections" in watched.stderr
+    assert script.last_ids == [None, "1-0", "1-0"]
+
+
+def test_watch_without_a_job_follows_every_job_until_ctrl_c(
+    redis_process: RedisProcess,
+) -> None:
+    with deployment(redis_process, completion_delay=60) as d:
+        env = cli_env(d.api)
+        ended = d.submit({"url": "https://example.com"})
+        assert receiver(env, "cancel", ended).returncode == 0
+        first, first_tasks = held_job(d, 2)
+        with piped(env, "watch") as child:
+            child.read_until(f" job.state {first} decodo running 0/2 failed=0\n")
+            finish_tasks(d, first_tasks)
+            child.read_until(f" job.completed {first} decodo completed 2/2 failed=0\n")
+            second, second_tasks = held_job(d, 1)
+            child.read_until(f" job.created {second} decodo ")
+            child.process.send_signal(signal.SIGINT)
+            assert child.finish() == 0
+        assert ended not in child.output
+        with in_terminal(env, "watch") as child:
+            child.read_until(f"{second[:12]} decodo running")
+            finish_tasks(d, second_tasks)
+            child.read_until(f"job {second} completed (1 done, 0 failed of 1)")
+            child.process.send_signal(signal.SIGINT)
+            assert child.finish() == 0
+
+
+# -- jobs, show, retry, cancel --------------------------------------------------------------
+
+
+def _ended_jobs(d: Deployment) -> tuple[str, str, str]:
+    """(completed, failed, running) jobs, submitted in this order."""
+    done = d.submit({"urls": urls(2)})
+    d.wait(done)
+    d.configure_sandbox(fault_rate=1.0)
+    failed = d.submit({"url": "https://example.com/bad"})
+    d.wait(failed)
+    d.configure_sandbox(fault_rate=0.0, completion_delay=60)
+    running = d.submit({"url": "https://example.com/slow"})
+    return done, failed, running
+
+
+def test_jobs_lists_filters_and_limits(redis_process: RedisProcess) -> None:
+    with deployment(redis_process) as d:
+        done, failed, running = _ended_jobs(d)
+        env = cli_env(d.api)
+        listed = receiver(env, "jobs")
+        only_failed = receiver(env, "jobs", "--status", "failed")
+        newest = receiver(env, "jobs", "--limit", "2", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in listed.stdout.splitlines()[1:]}
+    assert rows[done][:3] == ["decodo", "completed", "2/2"]
+    assert rows[failed][:4] == ["decodo", "failed", "0/1", "(1"]
+    assert listed.stdout.splitlines()[0].split() == [
+        "id",
+        "provider",
+        "status",
+        "progress",
+        "created",
+        "(UTC)",
+        "error",
+    ]
+    assert "every task failed" in listed.stdout
+    assert [line.split()[0] for line in only_failed.stdout.splitlines()[1:]] == [failed]
+    assert [job["id"] for job in orjson.loads(newest.stdout)] == [running, failed]
+
+
+def test_jobs_follows_the_cursor_up_to_the_limit() -> None:
+    script = Script([])
+    with stand_in(script) as url:
+        listed = receiver(cli_env(url), "jobs", "--limit", "5", "--status", "completed", "--json")
+    assert [job["id"] for job in orjson.loads(listed.stdout)] == [f"job{i}" for i in range(5)]
+    assert script.queries == [
+        {"status": "completed", "limit": "5"},
+        {"status": "completed", "cursor": "2", "limit": "3"},
+        {"status": "completed", "cursor": "4", "limit": "1"},
+    ]
+
+
+def test_show_prints_the_job_its_tasks_and_errors(redis_process: RedisProcess) -> None:
+    with deployment(redis_process) as d:
+        done, failed, _ = _ended_jobs(d)
+        env = cli_env(d.api)
+        shown = receiver(env, "show", failed)
+        raw = receiver(env, "show", done, "--json")
+        missing = receiver(env, "show", "nope")
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(rf"^id\s+{failed}$", shown.stdout, re.M)
+    assert re.search(r"^status\s+failed$", shown.stdout, re.M)
+    assert re.search(r"^error\s+every task failed$", shown.stdout, re.M)
+    assert "tasks (1): 1 failed" in shown.stdout
+    assert re.search(r"failed\s+https://example.com/bad\s+faulted", shown.stdout)
+    job = orjson.loads(raw.stdout)
+    assert job["id"] == done and len(job["tasks"]) == 2
+    assert not any("error" in task for task in job["tasks"])
+    assert missing.returncode == 4 and "404: no job nope" in missing.stderr
+
+
+def test_retry_and_cancel(redis_process: RedisProcess) -> None:
+    with deployment(redis_process) as d:
+        done, failed, running = _ended_jobs(d)
+        env = cli_env(d.api)
+        retried = receiver(env, "retry", failed, "--json")
+        refused = [receiver(env, "retry", job_id) for job_id in (done, running)]
+        unknown = receiver(env, "retry", "nope")
+        cancelled = receiver(env, "cancel", running)
+        again = receiver(env, "cancel", running)
+    assert retried.returncode == 0, retried.stderr
+    assert orjson.loads(retried.stdout)["status"] in ("submitted", "running")
+    for answer in refused:
+        assert answer.returncode == 1 and "409" in answer.stderr
+    assert unknown.returncode == 4 and "404" in unknown.stderr
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert re.search(r"^status\s+cancelled$", cancelled.stdout, re.M)
+    assert re.search(r"^error\s+cancelled by a user$", cancelled.stdout, re.M)
+    assert again.returncode == 1 and "409" in again.stderr
