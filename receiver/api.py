@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -16,6 +18,8 @@ from receiver.web import Services, error_response, json_response, parse_json_obj
 # Bytes a POST /jobs body may hold (100,000 URLs fit).
 MAX_JOB_BODY = 32 * 1024 * 1024
 PROVIDERS = ("decodo", "firecrawl", "dify")
+# A whole number in ASCII digits (str.isdigit also takes "²").
+_WHOLE = re.compile(r"[0-9]{1,19}")
 # Job hash fields shown as they are.
 _SHOWN = (
     "id",
@@ -121,14 +125,17 @@ def _jobs_cursor(raw: str | None) -> tuple[float, str] | None:
         return None
     score, _, job_id = raw.partition("|")
     try:
-        return float(score), job_id
+        value = float(score)
     except ValueError:
-        raise InvalidRequest("cursor must be a next_cursor this API gave") from None
+        value = math.nan
+    if not math.isfinite(value) or not job_id:
+        raise InvalidRequest("cursor must be a next_cursor this API gave")
+    return value, job_id
 
 
 def _limit(request: Request, default: int, most: int) -> int:
     raw = request.query_params.get("limit", str(default))
-    if not raw.isdigit() or not 0 < int(raw) <= most:
+    if not _WHOLE.fullmatch(raw) or not 0 < int(raw) <= most:
         raise InvalidRequest(f"limit must be a whole number from 1 to {most}")
     return int(raw)
 
@@ -144,7 +151,7 @@ async def get_results(request: Request, services: Services) -> Response:
     """One page of results (about `limit`), keyed by task id or document key."""
     job = await _job(request, services)
     raw_cursor = request.query_params.get("cursor", "0")
-    if not raw_cursor.isdigit():
+    if not _WHOLE.fullmatch(raw_cursor) or int(raw_cursor) >= 2**63:
         raise InvalidRequest("cursor must be a next_cursor this API gave")
     limit = _limit(request, default=100, most=1000)
     results, cursor = await services.store.results_page(job["id"], int(raw_cursor), limit)

@@ -86,7 +86,7 @@ def _resume_from(request: Request) -> str | None:
     last = request.headers.get("last-event-id")
     if last is None or last == "":
         return None
-    if not _STREAM_ID.match(last):
+    if not _STREAM_ID.fullmatch(last):
         raise InvalidRequest("Last-Event-ID must be an event id such as 1795383656390-0")
     return last
 

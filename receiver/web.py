@@ -104,7 +104,7 @@ def _error_for(exc: ReceiverError) -> Response:
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing (413) anything above `limit` bytes without reading the rest."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body over the {limit} byte limit")
     chunks: list[bytes] = []
     size = 0

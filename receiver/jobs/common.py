@@ -24,6 +24,6 @@ def optional_stall_after(body: Mapping[str, Any]) -> float | None:
 
 def safe_id(body: Mapping[str, Any], name: str) -> str:
     value = body.get(name)
-    if not isinstance(value, str) or not _SAFE_ID.match(value) or ".." in value:
+    if not isinstance(value, str) or not _SAFE_ID.fullmatch(value) or ".." in value:
         raise InvalidRequest(f"{name} must be an id of letters, digits, - and _")
     return value

@@ -84,7 +84,7 @@ def parse_request(body: Mapping[str, Any]) -> FirecrawlRequest:
         raise InvalidRequest("give either batch_id (to track a batch) or urls (to submit one)")
     if "batch_id" in body:
         batch_id = body["batch_id"]
-        if not isinstance(batch_id, str) or not _UUID.match(batch_id):
+        if not isinstance(batch_id, str) or not _UUID.fullmatch(batch_id):
             raise InvalidRequest("batch_id must be a Firecrawl batch id (a UUID)")
         if set(body) & OPTIONS:
             raise InvalidRequest("scrape options only go with urls, not with batch_id")
