@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from receiver import __version__
 from receiver.api import MAX_JOB_BODY, PROVIDERS
 from receiver.jobs.decodo import MAX_ITEMS
 from receiver.jobs.firecrawl import MAX_URLS, OPTIONS
@@ -25,12 +27,17 @@ EVENT_TYPES = (
 # An id receiver puts in a provider's URL path (Dify's dataset id and batch); ".." is refused.
 _SAFE_ID = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_HTTP_URL = "^https?://"
 # A Decodo task id as a callback carries it: 1 to 64 printable ASCII characters.
 _TASK_ID = "^[ -~]{1,64}$"
 # The JSON integers the callback parser reads as integers (wider ones become floats).
 _INT_RANGE = {"minimum": -(2**63), "maximum": 2**64 - 1}
+# A next_cursor of GET /jobs: the last job's creation time (unix seconds) and its id.
+_JOBS_CURSOR = r"^-?[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?\|[0-9a-f]{32}$"
 # An event id of the durable stream, as SSE's `id:` and `Last-Event-ID` carry it.
 _EVENT_ID = r"^\d{1,20}-\d{1,20}$"
+# The `error` of a provider's failure passed on: provider_<reason>.
+_PROVIDER_ERROR = "^provider_[a-z_]+$"
 
 
 def document() -> dict[str, Any]:
@@ -39,19 +46,15 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "receiver",
-            "version": "1",
+            "version": __version__,
             "description": "Provider callbacks, a job API, health, metrics and events. "
-            "Errors are JSON {error, message}.",
+            "Every error is JSON {error, message}.",
         },
         "paths": {**_callback_paths(), **_service_paths(), **_job_paths(), **_event_paths()},
         "components": {
             "schemas": {**_job_schemas(), **_request_schemas(), **_answer_schemas()},
             "securitySchemes": {
-                "bearer": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "RECEIVER_API_TOKEN",
-                }
+                "bearer": {"type": "http", "scheme": "bearer", "description": "RECEIVER_API_TOKEN"}
             },
         },
     }
@@ -64,49 +67,46 @@ def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: Schema) -> dict[str, Any]:
-    return {"application/json": {"schema": schema}}
+def _object(properties: Schema, required: Sequence[str] = (), **more: Any) -> Schema:
+    """An object with exactly these properties, unless `more` sets additionalProperties."""
+    base = {"type": "object", "required": list(required), "properties": properties}
+    return {**base, "additionalProperties": False, **more}
+
+
+def _enum(values: Sequence[str]) -> Schema:
+    return {"type": "string", "enum": list(values)}
+
+
+def _statuses() -> Schema:
+    return _enum([s.value for s in JobStatus])
 
 
 def _answer(description: str, schema: Schema, headers: Schema | None = None) -> Schema:
-    answer: Schema = {"description": description, "content": _json(schema)}
-    if headers:
-        answer["headers"] = headers
-    return answer
+    answer: Schema = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    return {**answer, "headers": headers} if headers else answer
 
 
-def _error(description: str, *codes: str, pattern: str | None = None) -> Schema:
-    """An error answer whose `error` is one of `codes` (or matches `pattern`)."""
+def _error(
+    description: str, *codes: str, pattern: str = "", headers: Schema | None = None
+) -> Schema:
+    """An error answer whose `error` is one of `codes`, or matches `pattern`."""
     choices: list[Schema] = [{"enum": list(codes)}] if codes else []
-    if pattern:
-        choices.append({"pattern": pattern})
+    choices += [{"pattern": pattern}] if pattern else []
     code = choices[0] if len(choices) == 1 else {"anyOf": choices}
-    return _answer(description, {"allOf": [_ref("Error"), {"properties": {"error": code}}]})
+    schema = {"allOf": [_ref("Error"), {"properties": {"error": code}}]}
+    return _answer(description, schema, headers)
 
 
 def _header(description: str, required: bool = True) -> Schema:
     return {"description": description, "required": required, "schema": {"type": "string"}}
 
 
-def _unauthorized() -> Schema:
-    answer = _error("No valid `Authorization: Bearer` token.", "unauthorized")
-    answer["headers"] = {"WWW-Authenticate": _header('Bearer realm="receiver"')}
-    return answer
-
-
-def _unavailable(*, providers: bool = False) -> Schema:
-    """503: Redis is unreachable (retry after `Retry-After`), or a provider's transient error."""
-    if not providers:
-        answer = _error("Redis is unreachable; retry later.", "unavailable")
-        answer["headers"] = {"Retry-After": _header("Seconds to wait.")}
-        return answer
-    answer = _error(
-        "Redis is unreachable, or the provider failed transiently (5xx, 429, no answer).",
-        "unavailable",
-        pattern="^provider_[a-z_]+$",
-    )
-    answer["headers"] = {"Retry-After": _header("Seconds to wait (Redis only).", False)}
-    return answer
+def _unavailable() -> Schema:
+    retry_after = {"Retry-After": _header("Seconds to wait.")}
+    return _error("Redis is unreachable; retry later.", "unavailable", headers=retry_after)
 
 
 def _too_large(limit: str) -> Schema:
@@ -117,29 +117,48 @@ def _bad_request(description: str) -> Schema:
     return _error(description, "invalid_request")
 
 
-def _query(name: str, schema: Schema, description: str) -> Schema:
+def _unknown_job() -> Schema:
+    return _error("No such job.", "unknown_job")
+
+
+def _parameter(where: str, name: str, schema: Schema, description: str) -> Schema:
+    required = where == "path"
     return {
         "name": name,
-        "in": "query",
-        "required": False,
+        "in": where,
+        "required": required,
         "schema": schema,
         "description": description,
     }
 
 
 def _job_id() -> Schema:
-    return {
-        "name": "job_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "minLength": 1},
-        "description": "A job id as POST /jobs gives it; any other is 404.",
-    }
+    schema = {"type": "string", "minLength": 1}
+    return _parameter("path", "job_id", schema, "A job id as POST /jobs gave it; any other is 404.")
 
 
 def _limit(default: int, most: int) -> Schema:
     schema = {"type": "integer", "minimum": 1, "maximum": most, "default": default}
-    return _query("limit", schema, f"How many to return, 1 to {most}.")
+    return _parameter("query", "limit", schema, f"How many to return, 1 to {most}.")
+
+
+def _operation(tag: str, name: str, summary: str, responses: Schema, **more: Any) -> Schema:
+    return {"operationId": name, "tags": [tag], "summary": summary, **more, "responses": responses}
+
+
+def _bearer(name: str, summary: str, responses: Schema, **more: Any) -> Schema:
+    """An operation behind the API token, with its 401 and (unless given) 503 answers."""
+    unauthorized = _error(
+        "No valid `Authorization: Bearer` token.",
+        "unauthorized",
+        headers={"WWW-Authenticate": _header('Bearer realm="receiver"')},
+    )
+    answers = {"401": unauthorized, "503": _unavailable(), **responses}
+    return _operation("jobs", name, summary, answers, security=[{"bearer": []}], **more)
+
+
+def _body(name: str) -> Schema:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
 
 
 # -- paths --------------------------------------------------------------------------------
@@ -153,100 +172,81 @@ def _callback_paths() -> dict[str, Any]:
 
 
 def _decodo_callback() -> Schema:
-    return {
-        "operationId": "decodo_callback",
-        "tags": ["callbacks"],
-        "summary": "Decodo's task callback, authenticated by the passthrough token it echoes.",
-        "security": [],
-        "requestBody": {"required": True, "content": _json(_ref("DecodoCallback"))},
-        "responses": {
-            "202": _answer(
-                "Recorded in Redis (or nothing left to record).",
-                _status_answer("accepted", "duplicate", "early", "closed"),
-            ),
-            "400": _bad_request("Not a JSON object, no task id, or an unknown status."),
-            "401": _error(
-                "The passthrough token is missing, forged, tampered or expired.",
-                "invalid_token",
-                "expired_token",
-            ),
-            "404": _error(
-                "No such job, or a task that is not the job's.", "unknown_job", "unknown_task"
-            ),
-            "413": _too_large("RECEIVER_MAX_BODY"),
-            "503": _unavailable(),
-        },
+    acknowledged = _status_answer("accepted", "duplicate", "early", "closed")
+    responses = {
+        "202": _answer("Recorded in Redis, or nothing is left to record.", acknowledged),
+        "400": _bad_request("Not a JSON object, no task id, or an unknown status."),
+        "401": _error(
+            "The token is missing, forged, tampered or expired.", "invalid_token", "expired_token"
+        ),
+        "404": _error("No such job, or not one of its tasks.", "unknown_job", "unknown_task"),
+        "413": _too_large("RECEIVER_MAX_BODY"),
+        "503": _unavailable(),
     }
+    summary = "Decodo's task callback, authenticated by the passthrough token it echoes."
+    return _operation(
+        "callbacks",
+        "decodo_callback",
+        summary,
+        responses,
+        security=[],
+        requestBody=_body("DecodoCallback"),
+    )
 
 
 def _firecrawl_webhook() -> Schema:
     signature = {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"}
-    return {
-        "operationId": "firecrawl_webhook",
-        "tags": ["callbacks"],
-        "summary": "Firecrawl's webhook: a signed hint that a batch moved; it speeds up the poll.",
-        "security": [],
-        "parameters": [
-            {
-                "name": "X-Firecrawl-Signature",
-                "in": "header",
-                "required": True,
-                "schema": signature,
-                "description": "HMAC-SHA256 of the raw body, hex.",
-            },
-        ],
-        "requestBody": {"required": True, "content": _json(_ref("FirecrawlWebhook"))},
-        "responses": {
-            "200": _answer(
-                "Taken, already seen, or about a batch no job tracks.",
-                _status_answer("accepted", "duplicate", "ignored"),
-            ),
-            "400": _bad_request("Not a JSON object, or no string webhookId, id and type."),
-            "401": _error("The signature is missing or does not match.", "invalid_token"),
-            "404": _error("FIRECRAWL_WEBHOOK_SECRET is not set.", "not_configured"),
-            "413": _too_large("RECEIVER_MAX_BODY"),
-            "503": _unavailable(),
-        },
+    header = _parameter(
+        "header", "X-Firecrawl-Signature", signature, "HMAC-SHA256 of the raw body."
+    )
+    responses = {
+        "200": _answer(
+            "Taken, already seen, or about a batch no job tracks.",
+            _status_answer("accepted", "duplicate", "ignored"),
+        ),
+        "400": _bad_request("Not a JSON object, or no string webhookId, id and type."),
+        "401": _error("The signature is missing or does not match.", "invalid_token"),
+        "404": _error("FIRECRAWL_WEBHOOK_SECRET is not set.", "not_configured"),
+        "413": _too_large("RECEIVER_MAX_BODY"),
+        "503": _unavailable(),
     }
+    return _operation(
+        "callbacks",
+        "firecrawl_webhook",
+        "Firecrawl's webhook: a signed hint that a batch moved; it hastens the next poll.",
+        responses,
+        security=[],
+        parameters=[{**header, "required": True}],
+        requestBody=_body("FirecrawlWebhook"),
+    )
 
 
 def _service_paths() -> dict[str, Any]:
-    text = {"text/plain": {"schema": {"type": "string"}}}
+    text = {
+        "description": "Prometheus text format.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    readiness = {
+        "200": _answer("Ready.", _ref("Ready")),
+        "503": _answer("Not ready, and why.", _ref("NotReady")),
+    }
     return {
         "/healthz": {
-            "get": {
-                "operationId": "healthz",
-                "tags": ["service"],
-                "summary": "Liveness.",
-                "responses": {"200": _answer("The process lives.", _status_answer("ok"))},
-            }
+            "get": _operation(
+                "service", "healthz", "Liveness.", {"200": _answer("Alive.", _status_answer("ok"))}
+            )
         },
         "/readyz": {
-            "get": {
-                "operationId": "readyz",
-                "tags": ["service"],
-                "summary": "Readiness: Redis answers and a worker heartbeat is fresh.",
-                "responses": {
-                    "200": _answer("Ready.", _ref("Ready")),
-                    "503": _answer("Not ready, and why.", _ref("NotReady")),
-                },
-            }
+            "get": _operation("service", "readyz", "Redis answers and a worker beats.", readiness)
         },
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "tags": ["service"],
-                "summary": "Prometheus metrics, text exposition format.",
-                "responses": {"200": {"description": "The metrics.", "content": text}},
-            }
-        },
+        "/metrics": {"get": _operation("service", "metrics", "Prometheus metrics.", {"200": text})},
         "/openapi.json": {
-            "get": {
-                "operationId": "openapi",
-                "tags": ["service"],
-                "summary": "This document.",
-                "responses": {"200": _answer("The OpenAPI document.", _ref("OpenAPIDocument"))},
-            }
+            "get": _operation(
+                "service",
+                "openapi",
+                "This document.",
+                {"200": _answer("The document.", _ref("OpenAPI"))},
+            )
         },
     }
 
@@ -260,301 +260,223 @@ def _job_paths() -> dict[str, Any]:
     }
 
 
-def _bearer(operation_id: str, summary: str, responses: Schema, **rest: Any) -> Schema:
-    """An operation behind the API token, with its 401 and (unless given) 503 answers."""
-    return {
-        "operationId": operation_id,
-        "tags": ["jobs"],
-        "summary": summary,
-        "security": [{"bearer": []}],
-        **rest,
-        "responses": {"401": _unauthorized(), "503": _unavailable(), **responses},
-    }
-
-
 def _create_job() -> Schema:
     location = {"Location": _header("/jobs/{id} of the job.")}
-    return _bearer(
-        "create_job",
-        "Create a job (Decodo), or track a provider's batch (Firecrawl, Dify).",
-        {
-            "202": _answer("Created.", _ref("Job"), location),
-            "200": _answer("That batch is tracked already: its job.", _ref("Job"), location),
-            "400": _bad_request("The body is not a valid job request; `message` says why."),
-            "413": _too_large(f"{MAX_JOB_BODY} bytes"),
-        },
-        requestBody={"required": True, "content": _json(_ref("JobRequest"))},
-    )
+    responses = {
+        "202": _answer("Created.", _ref("Job"), location),
+        "200": _answer("That batch is tracked already: its job.", _ref("Job"), location),
+        "400": _bad_request("Not a valid job request; `message` says why."),
+        "413": _too_large(f"{MAX_JOB_BODY} bytes"),
+    }
+    summary = "Create a job (Decodo, Firecrawl), or track a batch (Firecrawl, Dify)."
+    return _bearer("create_job", summary, responses, requestBody=_body("JobRequest"))
 
 
 def _list_jobs() -> Schema:
-    statuses = {"type": "string", "enum": [s.value for s in JobStatus]}
-    cursor = {"type": "string", "description": "The next_cursor of the previous page."}
-    return _bearer(
-        "list_jobs",
-        "Jobs, newest first.",
-        {
-            "200": _answer("One page of jobs.", _ref("JobList")),
-            "400": _bad_request("A bad limit, status, provider or cursor."),
-        },
-        parameters=[
-            _query("status", statuses, "Only jobs with this status."),
-            _query("provider", {"type": "string", "enum": list(PROVIDERS)}, "Only this one's."),
-            _limit(100, 1000),
-            _query("cursor", cursor, "Carry on after the previous page."),
-        ],
-    )
+    responses = {
+        "200": _answer("One page of jobs.", _ref("JobList")),
+        "400": _bad_request("A bad limit, status, provider or cursor."),
+    }
+    parameters = [
+        _parameter("query", "status", _statuses(), "Only jobs with this status."),
+        _parameter("query", "provider", _enum(PROVIDERS), "Only this provider's jobs."),
+        _limit(100, 1000),
+        _parameter(
+            "query",
+            "cursor",
+            {"type": "string", "pattern": _JOBS_CURSOR},
+            "The previous page's next_cursor.",
+        ),
+    ]
+    return _bearer("list_jobs", "Jobs, newest first.", responses, parameters=parameters)
 
 
 def _show_job() -> Schema:
-    return _bearer(
-        "show_job",
-        "A job with its tasks (Decodo) or documents (Dify).",
-        {
-            "200": _answer("The job.", _ref("JobDetail")),
-            "404": _error("No such job.", "unknown_job"),
-        },
-        parameters=[_job_id()],
-    )
+    responses = {"200": _answer("The job.", _ref("JobDetail")), "404": _unknown_job()}
+    summary = "A job with its tasks (Decodo) or documents (Dify)."
+    return _bearer("show_job", summary, responses, parameters=[_job_id()])
 
 
 def _cancel_job() -> Schema:
-    provider = "^provider_[a-z_]+$"
-    return _bearer(
-        "cancel_job",
-        "Cancel a job, at the provider too when it can (Firecrawl).",
-        {
-            "200": _answer("Cancelled.", _ref("Job")),
-            "404": _error(
-                "No such job, or the provider no longer knows the batch.",
-                "unknown_job",
-                "provider_not_found",
-            ),
-            "409": _error(
-                "The job already ended, or the provider refused to cancel.",
-                "job_ended",
-                "provider_conflict",
-            ),
-            "502": _error("The provider refused the cancellation.", pattern=provider),
-            "503": _unavailable(providers=True),
-        },
-        parameters=[_job_id()],
-    )
+    responses = {
+        "200": _answer("Cancelled.", _ref("Job")),
+        "404": _error(
+            "No such job, or the provider no longer knows the batch.",
+            "unknown_job",
+            "provider_not_found",
+        ),
+        "409": _error(
+            "The job already ended, or the provider refused to cancel.",
+            "job_ended",
+            "provider_conflict",
+        ),
+        "502": _error("The provider refused the cancellation.", pattern=_PROVIDER_ERROR),
+        "503": _error(
+            "Redis is unreachable (with Retry-After), or the provider failed transiently.",
+            "unavailable",
+            pattern=_PROVIDER_ERROR,
+            headers={"Retry-After": _header("Seconds to wait (Redis only).", False)},
+        ),
+    }
+    summary = "Cancel a job, at the provider too when it can (Firecrawl)."
+    return _bearer("cancel_job", summary, responses, parameters=[_job_id()])
 
 
 def _retry_job() -> Schema:
-    return _bearer(
-        "retry_job",
-        "Re-drive a failed, expired or cancelled job's unfinished work.",
-        {
-            "202": _answer("Running again.", _ref("Job")),
-            "404": _error("No such job.", "unknown_job"),
-            "409": _error("The job is not failed, expired or cancelled.", "job_not_ended"),
-        },
-        parameters=[_job_id()],
-    )
+    responses = {
+        "202": _answer("Running again.", _ref("Job")),
+        "404": _unknown_job(),
+        "409": _error("The job is not failed, expired or cancelled.", "job_not_ended"),
+    }
+    summary = "Re-drive a failed, expired or cancelled job's unfinished work."
+    return _bearer("retry_job", summary, responses, parameters=[_job_id()])
 
 
 def _job_results() -> Schema:
+    responses = {
+        "200": _answer("One page of results.", _ref("Results")),
+        "400": _bad_request("A bad limit or cursor."),
+        "404": _unknown_job(),
+    }
     cursor = {"type": "string", "pattern": "^[0-9]+$"}
-    return _bearer(
-        "job_results",
-        "One page of a job's results, keyed by task id (Decodo) or document key (Firecrawl).",
-        {
-            "200": _answer("Results.", _ref("Results")),
-            "400": _bad_request("A bad limit or cursor."),
-            "404": _error("No such job.", "unknown_job"),
-        },
-        parameters=[
-            _job_id(),
-            _limit(100, 1000),
-            _query("cursor", cursor, "The next_cursor of the previous page."),
-        ],
-    )
+    parameters = [
+        _job_id(),
+        _limit(100, 1000),
+        _parameter("query", "cursor", cursor, "The previous page's next_cursor."),
+    ]
+    summary = "A job's results, keyed by task id (Decodo) or document key (Firecrawl)."
+    return _bearer("job_results", summary, responses, parameters=parameters)
 
 
 def _event_paths() -> dict[str, Any]:
+    every = "Every job's events, from now or after Last-Event-ID."
+    one = (
+        "One job's events: first `job.state` (`data` is the Job), then its events to the final one."
+    )
     return {
-        "/events": {"get": _events("all_events", "Every job's events, live.", per_job=False)},
-        "/jobs/{job_id}/events": {
-            "get": _events(
-                "job_events",
-                "One job's events: `job.state` (the job now) first, then its events until the "
-                "final one.",
-                per_job=True,
-            )
-        },
+        "/events": {"get": _events("all_events", every, per_job=False)},
+        "/jobs/{job_id}/events": {"get": _events("job_events", one, per_job=True)},
     }
 
 
-def _events(operation_id: str, summary: str, *, per_job: bool) -> Schema:
+def _events(name: str, summary: str, *, per_job: bool) -> Schema:
     stream = {
-        "description": "Server-Sent Events: `id: <event id>`, `event: <type>`, "
-        "`data: <Event JSON>`; comment lines keep an idle stream open.",
+        "description": "Server-Sent Events: `id: <event id>`, `event: <type>`, `data: <Event>`; "
+        "comment lines keep an idle stream open.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
-    resume = {
-        "name": "Last-Event-ID",
-        "in": "header",
-        "required": False,
-        "schema": {"type": "string", "pattern": _EVENT_ID},
-        "description": "Resume after this event: every later one, none twice.",
-    }
-    responses: Schema = {
-        "200": stream,
-        "400": _bad_request("Last-Event-ID is not an event id."),
-    }
-    if per_job:
-        responses["404"] = _error("No such job.", "unknown_job")
-    operation = _bearer(
-        operation_id,
-        summary,
-        responses,
-        parameters=[_job_id(), resume] if per_job else [resume],
+    resume = _parameter(
+        "header",
+        "Last-Event-ID",
+        {"type": "string", "pattern": _EVENT_ID},
+        "Resume after this event: every later one, none twice.",
     )
-    operation["tags"] = ["events"]
-    return operation
+    responses: Schema = {"200": stream, "400": _bad_request("Last-Event-ID is not an event id.")}
+    if per_job:
+        responses["404"] = _unknown_job()
+    parameters = [_job_id(), resume] if per_job else [resume]
+    return {**_bearer(name, summary, responses, parameters=parameters), "tags": ["events"]}
 
 
 # -- schemas ------------------------------------------------------------------------------
 
 
+def _count() -> Schema:
+    return {"type": "integer", "minimum": 0}
+
+
 def _job_schemas() -> dict[str, Schema]:
-    count = {"type": "integer", "minimum": 0}
-    time = {"type": "string", "format": "date-time"}
+    count = _count()
+    cursor = {"type": ["string", "null"], "description": "null: no more."}
+    tasks = _object(
+        {"tasks": {"type": "array", "items": _ref("Task")}}, ["tasks"], additionalProperties=True
+    )
     return {
-        "Progress": {
-            "type": "object",
-            "required": ["completed", "failed", "total"],
-            "properties": {"completed": count, "failed": count, "total": count},
-            "description": "completed: tasks with stored results; failed: failed or expired.",
-        },
-        "Job": _job(count, time),
-        "JobDetail": {
-            "allOf": [
-                _ref("Job"),
-                {
-                    "type": "object",
-                    "required": ["tasks"],
-                    "properties": {"tasks": {"type": "array", "items": _ref("Task")}},
+        "Progress": _object(
+            {"completed": count, "failed": count, "total": count},
+            ["completed", "failed", "total"],
+            description="completed: tasks with stored results; failed: failed or expired.",
+        ),
+        "Job": _job(),
+        "JobDetail": {"allOf": [_ref("Job"), tasks]},
+        "Task": _object(
+            {
+                "id": {"type": "string"},
+                "status": {
+                    "type": "string",
+                    "description": "Decodo: pending, done, stored, failed or expired; "
+                    "Dify: the document's indexing status.",
                 },
-            ]
-        },
-        "Task": _task(),
-        "JobList": {
-            "type": "object",
-            "required": ["jobs", "next_cursor"],
-            "properties": {
-                "jobs": {"type": "array", "items": _ref("Job")},
-                "next_cursor": {"type": ["string", "null"], "description": "null: no more."},
+                "input": {"type": "string", "description": "The URL or query it was for."},
+                "error": {"type": "string"},
             },
-            "additionalProperties": False,
-        },
-        "Results": _results(),
-        "Event": _event(count),
+            ["id", "status"],
+        ),
+        "JobList": _object(
+            {"jobs": {"type": "array", "items": _ref("Job")}, "next_cursor": cursor},
+            ["jobs", "next_cursor"],
+        ),
+        "Results": _object(
+            {
+                "job_id": {"type": "string"},
+                "status": _statuses(),
+                "results": {
+                    "type": "object",
+                    "description": "Task id or document key -> the provider's JSON.",
+                },
+                "next_cursor": cursor,
+            },
+            ["job_id", "status", "results", "next_cursor"],
+        ),
+        "Event": _event(),
     }
 
 
-def _job(count: Schema, time: Schema) -> Schema:
-    return {
-        "type": "object",
-        "required": ["id", "provider", "status", "progress"],
-        "properties": {
-            "id": {"type": "string"},
-            "provider": {"type": "string", "enum": list(PROVIDERS)},
-            "status": {"type": "string", "enum": [s.value for s in JobStatus]},
-            "progress": _ref("Progress"),
-            "error": {"type": "string", "description": "Why it failed or was cancelled."},
-            "external": {"type": "object", "description": "The provider's ids of the job."},
-            "provider_status": {"type": "string"},
-            "credits_used": {"type": "integer"},
-            "expires_at": {"type": "string", "description": "When the provider drops it."},
-            "invalid_urls": {"type": "array", "items": {"type": "string"}},
-            "documents": count,
-            "segments_completed": count,
-            "segments_total": count,
-            "paused": count,
-            "stall_after": {"type": "number", "exclusiveMinimum": 0},
-            "created_at": time,
-            "updated_at": time,
-            "submitted_at": time,
-            "finished_at": time,
-            "polled_at": time,
-            "request": _decodo_summary(),
-        },
-        # Fields may be added; clients should ignore the ones they do not know.
-        "additionalProperties": True,
-    }
-
-
-def _decodo_summary() -> Schema:
-    return {
-        "type": "object",
-        "description": "A Decodo job's request: how many items, url or query, the parameters.",
-        "required": ["items", "key", "params"],
-        "properties": {
+def _job() -> Schema:
+    count, time = _count(), {"type": "string", "format": "date-time"}
+    request = _object(
+        {
             "items": {"type": "integer", "minimum": 1},
-            "key": {"type": "string", "enum": ["url", "query"]},
-            "params": {"type": "object"},
+            "key": _enum(["url", "query"]),
+            "params": {"type": "object", "description": "Decodo's own parameters, as given."},
         },
-        "additionalProperties": False,
+        ["items", "key", "params"],
+        description="A Decodo job's request: how many items, url or query, the parameters.",
+    )
+    properties = {
+        "id": {"type": "string"},
+        "provider": _enum(PROVIDERS),
+        "status": _statuses(),
+        "progress": _ref("Progress"),
+        "error": {"type": "string", "description": "Why it failed or was cancelled."},
+        "external": {"type": "object", "description": "The provider's ids of the job."},
+        "provider_status": {"type": "string"},
+        "credits_used": {"type": "integer"},
+        "expires_at": {"type": "string", "description": "When the provider drops it."},
+        "invalid_urls": {"type": "array", "items": {"type": "string"}},
+        **dict.fromkeys(("documents", "segments_completed", "segments_total", "paused"), count),
+        "stall_after": {"type": "number", "exclusiveMinimum": 0},
+        **dict.fromkeys(
+            ("created_at", "updated_at", "submitted_at", "finished_at", "polled_at"), time
+        ),
+        "request": request,
     }
+    # Fields may be added: clients ignore the ones they do not know.
+    return _object(properties, ["id", "provider", "status", "progress"], additionalProperties=True)
 
 
-def _task() -> Schema:
-    return {
-        "type": "object",
-        "required": ["id", "status"],
-        "properties": {
-            "id": {"type": "string"},
-            "status": {
-                "type": "string",
-                "description": "Decodo: pending, done, stored, failed or expired; "
-                "Dify: the document's indexing status.",
-            },
-            "input": {"type": "string", "description": "The URL or query it was for."},
-            "error": {"type": "string"},
-        },
-        "additionalProperties": False,
+def _event() -> Schema:
+    properties = {
+        "id": {"type": "string", "pattern": _EVENT_ID},
+        "type": _enum(EVENT_TYPES),
+        "job_id": {"type": "string"},
+        "provider": _enum(PROVIDERS),
+        "status": _statuses(),
+        "progress": _ref("Progress"),
+        "at": {"type": "string", "format": "date-time"},
+        "detail": {"type": "object", "description": "What changed: task_id, reason, source."},
     }
-
-
-def _results() -> Schema:
-    return {
-        "type": "object",
-        "required": ["job_id", "status", "results", "next_cursor"],
-        "properties": {
-            "job_id": {"type": "string"},
-            "status": {"type": "string", "enum": [s.value for s in JobStatus]},
-            "results": {
-                "type": "object",
-                "description": "Task id or document key -> the provider's JSON, as fetched.",
-                "additionalProperties": True,
-            },
-            "next_cursor": {"type": ["string", "null"], "description": "null: no more."},
-        },
-        "additionalProperties": False,
-    }
-
-
-def _event(count: Schema) -> Schema:
-    return {
-        "type": "object",
-        "required": ["id", "type", "job_id", "provider", "status", "progress", "at", "detail"],
-        "properties": {
-            "id": {"type": "string", "pattern": _EVENT_ID},
-            "type": {"type": "string", "enum": list(EVENT_TYPES)},
-            "job_id": {"type": "string"},
-            "provider": {"type": "string", "enum": list(PROVIDERS)},
-            "status": {"type": "string", "enum": [s.value for s in JobStatus]},
-            "progress": _ref("Progress"),
-            "at": {"type": "string", "format": "date-time"},
-            "detail": {
-                "type": "object",
-                "description": "What changed: task_id, reason, source (callback, reconcile).",
-            },
-        },
-    }
+    return _object(properties, list(properties), additionalProperties=True)
 
 
 def _request_schemas() -> dict[str, Schema]:
@@ -568,11 +490,24 @@ def _request_schemas() -> dict[str, Schema]:
             ]
         },
         "DecodoJobRequest": _decodo_request(),
-        "FirecrawlTrackRequest": _firecrawl_track(),
+        "FirecrawlTrackRequest": _object(
+            {
+                "provider": {"const": "firecrawl"},
+                "batch_id": {"type": "string", "pattern": _UUID},
+                "stall_after": _stall_after(),
+            },
+            ["provider", "batch_id"],
+            description="Track a batch scrape submitted elsewhere.",
+        ),
         "FirecrawlSubmitRequest": _firecrawl_submit(),
         "DifyJobRequest": _dify_request(),
         "DecodoCallback": _decodo_callback_body(),
-        "FirecrawlWebhook": _firecrawl_webhook_body(),
+        "FirecrawlWebhook": _object(
+            dict.fromkeys(("webhookId", "id", "type"), {"type": "string", "minLength": 1}),
+            ["webhookId", "id", "type"],
+            additionalProperties=True,
+            description="Firecrawl's webhook event; only webhookId, id and type are read.",
+        ),
     }
 
 
@@ -585,76 +520,62 @@ def _stall_after() -> Schema:
 
 
 def _decodo_request() -> Schema:
-    url = {"type": "string", "pattern": "^https?://"}
-    query = {"type": "string", "pattern": r"\S"}
+    url, query = {"type": "string", "pattern": _HTTP_URL}, {"type": "string", "pattern": r"\S"}
     many = {"type": "array", "minItems": 1, "maxItems": MAX_ITEMS}
-    return {
-        "type": "object",
-        "description": "Exactly one of url, query, urls, queries; other keys are Decodo's "
-        "own parameters, passed through.",
-        "required": ["provider"],
-        "properties": {
-            "provider": {"const": "decodo"},
-            "url": url,
-            "query": query,
-            "urls": {**many, "items": url},
-            "queries": {**many, "items": query},
-            "target": {"type": "string"},
-            # receiver sets these itself.
-            "callback_url": False,
-            "passthrough": False,
-            "passtrough": False,
-        },
-        "oneOf": [{"required": [key]} for key in ("url", "query", "urls", "queries")],
-        "additionalProperties": True,
+    properties = {
+        "provider": {"const": "decodo"},
+        "url": url,
+        "query": query,
+        "urls": {**many, "items": url},
+        "queries": {**many, "items": query},
+        "target": {"type": "string"},
+        # receiver sets these itself.
+        **dict.fromkeys(("callback_url", "passthrough", "passtrough"), False),
     }
-
-
-def _firecrawl_track() -> Schema:
-    return {
-        "type": "object",
-        "description": "Track a batch scrape submitted elsewhere.",
-        "required": ["provider", "batch_id"],
-        "properties": {
-            "provider": {"const": "firecrawl"},
-            "batch_id": {"type": "string", "pattern": _UUID},
-            "stall_after": _stall_after(),
-        },
-        "additionalProperties": False,
-    }
+    return _object(
+        properties,
+        ["provider"],
+        oneOf=[{"required": [key]} for key in ("url", "query", "urls", "queries")],
+        additionalProperties=True,
+        description="Exactly one of url, query, urls, queries; other keys are Decodo's own "
+        "parameters, passed on as given.",
+    )
 
 
 def _firecrawl_submit() -> Schema:
-    url = {"type": "string", "pattern": "^https?://"}
-    options = {name: {"description": "Passed to Firecrawl as given."} for name in sorted(OPTIONS)}
-    return {
-        "type": "object",
-        "description": "Submit a batch scrape (POST /v2/batch/scrape) with Firecrawl's options.",
-        "required": ["provider", "urls"],
-        "properties": {
+    options = {
+        name: {"description": "Passed on to Firecrawl as given."} for name in sorted(OPTIONS)
+    }
+    urls = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_URLS,
+        "items": {"type": "string", "pattern": _HTTP_URL},
+    }
+    return _object(
+        {
             "provider": {"const": "firecrawl"},
-            "urls": {"type": "array", "minItems": 1, "maxItems": MAX_URLS, "items": url},
+            "urls": urls,
             "stall_after": _stall_after(),
             **options,
         },
-        "additionalProperties": False,
-    }
+        ["provider", "urls"],
+        description="Submit a batch scrape (POST /v2/batch/scrape) with Firecrawl's options.",
+    )
 
 
 def _dify_request() -> Schema:
     safe_id = {"type": "string", "pattern": _SAFE_ID, "not": {"pattern": r"\.\."}}
-    return {
-        "type": "object",
-        "description": "Track the indexing of a batch of documents in a dataset.",
-        "required": ["provider", "dataset_id", "batch"],
-        "properties": {
+    return _object(
+        {
             "provider": {"const": "dify"},
             "dataset_id": safe_id,
             "batch": safe_id,
             "stall_after": _stall_after(),
         },
-        "additionalProperties": False,
-    }
+        ["provider", "dataset_id", "batch"],
+        description="Track the indexing of a batch of documents in a dataset.",
+    )
 
 
 def _decodo_callback_body() -> Schema:
@@ -662,68 +583,42 @@ def _decodo_callback_body() -> Schema:
         "oneOf": [{"type": "string", "pattern": _TASK_ID}, {"type": "integer", **_INT_RANGE}]
     }
     token = {"type": "string", "minLength": 1}
-    return {
-        "type": "object",
-        "description": "Decodo's task, echoing our passthrough token. `id` wins over `task_id`, "
-        "`passthrough` over the docs' spelling `passtrough`; other keys are ignored.",
-        "properties": {
-            "id": task_id,
-            "task_id": task_id,
-            "status": {"enum": ["done", "faulted", "failed", None]},
-            "passthrough": token,
-            "passtrough": token,
-        },
-        "allOf": [
+    properties = {
+        "id": task_id,
+        "task_id": task_id,
+        "status": {"enum": ["done", "faulted", "failed", None]},
+        "passthrough": token,
+        "passtrough": token,
+    }
+    return _object(
+        properties,
+        allOf=[
             {"anyOf": [{"required": ["passthrough"]}, {"required": ["passtrough"]}]},
             {"anyOf": [{"required": ["id"]}, {"required": ["task_id"]}]},
         ],
-        "additionalProperties": True,
-    }
-
-
-def _firecrawl_webhook_body() -> Schema:
-    text = {"type": "string", "minLength": 1}
-    return {
-        "type": "object",
-        "description": "Firecrawl's webhook event; only webhookId, id and type are read.",
-        "required": ["webhookId", "id", "type"],
-        "properties": {"webhookId": text, "id": text, "type": text},
-        "additionalProperties": True,
-    }
+        additionalProperties=True,
+        description="Decodo's task, echoing our passthrough token. `id` wins over `task_id` and "
+        "`passthrough` over the docs' spelling `passtrough`; other keys are not read.",
+    )
 
 
 def _answer_schemas() -> dict[str, Schema]:
     return {
-        "Error": {
-            "type": "object",
-            "required": ["error", "message"],
-            "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-            "additionalProperties": False,
-        },
-        "Ready": {
-            "type": "object",
-            "required": ["ready", "workers"],
-            "properties": {"ready": {"const": True}, "workers": {"type": "integer", "minimum": 1}},
-            "additionalProperties": False,
-        },
-        "NotReady": {
-            "type": "object",
-            "required": ["ready", "reason"],
-            "properties": {"ready": {"const": False}, "reason": {"type": "string"}},
-            "additionalProperties": False,
-        },
-        "OpenAPIDocument": {
-            "type": "object",
-            "required": ["openapi", "info", "paths"],
-            "properties": {"openapi": {"type": "string"}},
-        },
+        "Error": _object(
+            {"error": {"type": "string"}, "message": {"type": "string"}}, ["error", "message"]
+        ),
+        "Ready": _object(
+            {"ready": {"const": True}, "workers": {"type": "integer", "minimum": 1}},
+            ["ready", "workers"],
+        ),
+        "NotReady": _object(
+            {"ready": {"const": False}, "reason": {"type": "string"}}, ["ready", "reason"]
+        ),
+        "OpenAPI": _object(
+            {"openapi": {"type": "string"}}, ["openapi", "info", "paths"], additionalProperties=True
+        ),
     }
 
 
 def _status_answer(*statuses: str) -> Schema:
-    return {
-        "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"type": "string", "enum": list(statuses)}},
-        "additionalProperties": False,
-    }
+    return _object({"status": _enum(statuses)}, ["status"])
