@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -61,8 +62,9 @@ def create_app(
             finally:
                 await redis.aclose()
 
+    decodo_callbacks = callbacks.DecodoCallbacks(current)
     routes = [
-        Route("/callbacks/decodo", handler(current, callbacks.decodo_callback), methods=["POST"]),
+        Route("/callbacks/decodo", decodo_callbacks, methods=["POST"]),
         Route(
             "/callbacks/firecrawl", handler(current, callbacks.firecrawl_webhook), methods=["POST"]
         ),
@@ -79,7 +81,9 @@ def create_app(
         Route("/metrics", handler(current, metrics_endpoint), methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    # The callback path skips routing: it is the one that must be fast.
+    fast_path = Middleware(callbacks.CallbackFastPath, endpoint=decodo_callbacks)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[fast_path])
 
 
 async def metrics_endpoint(request: Request, services: Services) -> Response:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+import orjson
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import store as codes
 from receiver.errors import (
@@ -21,20 +24,34 @@ from receiver.errors import (
 from receiver.metrics import CALLBACKS
 from receiver.tokens import verify_webhook
 from receiver.web import (
-    Endpoint,
     Services,
     error_response,
     json_response,
     parse_json_object,
+    read_asgi_body,
     read_body,
 )
 
 log = logging.getLogger(__name__)
 
-# Codes of the callbacks script that mean "recorded, or nothing left to record": 202.
-_ACKNOWLEDGED = frozenset({codes.ACCEPTED, codes.DUPLICATE, codes.EARLY, codes.CLOSED})
-# Outcomes answered without an exception that are still refusals.
-_REFUSED = frozenset({"unknown_task"})
+# Codes of the callbacks script that mean "recorded, or nothing left to record": 202,
+# with their answers encoded once.
+_ACKNOWLEDGED = {
+    code: orjson.dumps({"status": code})
+    for code in (codes.ACCEPTED, codes.DUPLICATE, codes.EARLY, codes.CLOSED)
+}
+# Outcomes that are not refusals (the webhook's "ignored" included).
+_ACCEPTED_OUTCOMES = frozenset({*_ACKNOWLEDGED, "ignored"})
+_UNKNOWN_TASK = orjson.dumps(
+    {"error": "unknown_task", "message": "the task is not one of this job's tasks"}
+)
+_UNAVAILABLE = orjson.dumps(
+    {"error": "unavailable", "message": "storage is unavailable; retry later"}
+)
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_RETRY_HEADERS = [*_JSON_HEADERS, (b"retry-after", b"1")]
+# prometheus children by (provider, outcome), so counting costs a dict lookup.
+_COUNTERS: dict[tuple[str, str], Any] = {}
 # Task statuses a Decodo callback may carry, mapped to what we record.
 _CALLBACK_STATUS = {"done": "done", "faulted": "faulted", "failed": "faulted"}
 # Seconds a Firecrawl webhook delivery id is remembered, to drop its retries.
@@ -58,61 +75,70 @@ def _rejection(exc: Exception) -> str:
     return "malformed"
 
 
-def _counted(provider: str, endpoint: Endpoint) -> Endpoint:
-    """Count every answer of a callback endpoint; log each refusal once, with its reason
-    but never the token or the body."""
+def count(provider: str, outcome: str) -> None:
+    """Count a callback's outcome; log a refusal once, with its reason but never the token
+    or the body."""
+    counter = _COUNTERS.get((provider, outcome))
+    if counter is None:
+        counter = _COUNTERS[(provider, outcome)] = CALLBACKS.labels(provider, outcome)
+    counter.inc()
+    if outcome not in _ACCEPTED_OUTCOMES:
+        log.warning("callback rejected", extra={"provider": provider, "reason": outcome})
 
-    async def count(request: Request, services: Services) -> Response:
+
+class DecodoCallbacks:
+    """POST /callbacks/decodo as a bare ASGI app: the hot path, with nothing on it but
+    reading, verifying, one shared Redis round trip and the answer."""
+
+    def __init__(self, current: Callable[[], Services]) -> None:
+        self._current = current
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status, body, outcome = await self._answer(scope, receive, self._current())
+        count("decodo", outcome)
+        headers = _RETRY_HEADERS if status == 503 else _JSON_HEADERS
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, services: Services
+    ) -> tuple[int, bytes, str]:
         try:
-            response = await endpoint(request, services)
-        except (ReceiverError, RedisError) as exc:
-            reason = _rejection(exc)
-            CALLBACKS.labels(provider, reason).inc()
-            log.warning("callback rejected", extra={"provider": provider, "reason": reason})
-            raise
-        outcome = response.headers.get("x-receiver-outcome", "accepted")
-        CALLBACKS.labels(provider, outcome).inc()
-        if outcome in _REFUSED:
-            log.warning("callback rejected", extra={"provider": provider, "reason": outcome})
-        return response
+            raw = await read_asgi_body(scope, receive, services.settings.max_body)
+            body = parse_json_object(raw)
+            token = body.get("passthrough", body.get("passtrough"))
+            if token is None:
+                raise InvalidToken("missing passthrough token")
+            job_id = services.signer.verify(token)
+            code = await services.committer.commit((job_id, _task_id(body), _status(body)))
+        except ReceiverError as exc:
+            return _refusal(exc)
+        except RedisError:
+            return 503, _UNAVAILABLE, "unavailable"
+        if code in _ACKNOWLEDGED:
+            return 202, _ACKNOWLEDGED[code], code
+        if code == codes.UNKNOWN_JOB:
+            return _refusal(UnknownJob("no such job"))
+        return 404, _UNKNOWN_TASK, "unknown_task"
 
-    return count
 
-
-async def decodo_callback(request: Request, services: Services) -> Response:
-    return await _decodo(request, services)
-
-
-async def _decodo_callback(request: Request, services: Services) -> Response:
-    """Verify, then record in one atomic step; 202 only once Redis has it."""
-    body = parse_json_object(await read_body(request, services.settings.max_body))
-    token = body.get("passthrough", body.get("passtrough"))
-    if token is None:
-        raise InvalidToken("missing passthrough token")
-    job_id = services.signer.verify(token)
-    task_id = _task_id(body)
-    status = _callback_status(body)
-    code = await services.committer.commit((job_id, task_id, status))
-    if code in _ACKNOWLEDGED:
-        return json_response({"status": code}, 202, {"x-receiver-outcome": code})
-    if code == codes.UNKNOWN_JOB:
-        raise UnknownJob("no such job")
-    refused = error_response(404, "unknown_task", "the task is not one of this job's tasks")
-    refused.headers["x-receiver-outcome"] = "unknown_task"
-    return refused
+def _refusal(exc: ReceiverError) -> tuple[int, bytes, str]:
+    status = getattr(exc, "status_code", 400)
+    code = getattr(exc, "code", "invalid_request")
+    return status, orjson.dumps({"error": code, "message": str(exc)}), _rejection(exc)
 
 
 def _task_id(body: dict[str, Any]) -> str:
     raw = body.get("id", body.get("task_id"))
     if isinstance(raw, bool) or not isinstance(raw, str | int) or raw == "":
         raise InvalidRequest("the callback has no task id (id or task_id)")
-    task_id = str(raw)
+    task_id = raw if isinstance(raw, str) else str(raw)
     if len(task_id) > 64 or not task_id.isascii() or not task_id.isprintable():
         raise InvalidRequest("the task id is not a Decodo task id")
     return task_id
 
 
-def _callback_status(body: dict[str, Any]) -> str:
+def _status(body: dict[str, Any]) -> str:
     raw = body.get("status")
     if raw is None:  # the short variant {task_id, status_code}: the results will tell
         return "done"
@@ -121,8 +147,38 @@ def _callback_status(body: dict[str, Any]) -> str:
     return _CALLBACK_STATUS[raw]
 
 
+class CallbackFastPath:
+    """Middleware that hands POST /callbacks/decodo straight to its ASGI app, past routing."""
+
+    def __init__(self, app: ASGIApp, endpoint: ASGIApp) -> None:
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/callbacks/decodo"
+            and scope["method"] == "POST"
+        ):
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 async def firecrawl_webhook(request: Request, services: Services) -> Response:
-    return await _firecrawl(request, services)
+    try:
+        response = await _firecrawl_webhook(request, services)
+    except (ReceiverError, RedisError) as exc:
+        count("firecrawl", _rejection(exc))
+        raise
+    count("firecrawl", _outcome(response))
+    return response
+
+
+def _outcome(response: Response) -> str:
+    if response.status_code == 404:
+        return "not_configured"
+    return str(orjson.loads(bytes(response.body)).get("status", "accepted"))
 
 
 async def _firecrawl_webhook(request: Request, services: Services) -> Response:
@@ -141,15 +197,11 @@ async def _firecrawl_webhook(request: Request, services: Services) -> Response:
         store.keys.webhook_seen(str(delivery)), 1, nx=True, ex=_WEBHOOK_DEDUPE_TTL
     )
     if not first:
-        return json_response({"status": "duplicate"}, headers={"x-receiver-outcome": "duplicate"})
+        return json_response({"status": "duplicate"})
     job_id = await store.job_of("firecrawl", str(batch_id))
     if job_id is None:
-        return json_response({"status": "ignored"}, headers={"x-receiver-outcome": "ignored"})
+        return json_response({"status": "ignored"})
     if kind in _FINAL_WEBHOOKS:
         await store.schedule(f"poll:{job_id}", store.clock())
     log.info("firecrawl webhook", extra={"job_id": job_id, "type": kind})
     return json_response({"status": "accepted"})
-
-
-_decodo = _counted("decodo", _decodo_callback)
-_firecrawl = _counted("firecrawl", _firecrawl_webhook)

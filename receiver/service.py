@@ -55,6 +55,7 @@ def serve(app: Starlette, settings: Settings) -> None:
         log_level="warning",
         lifespan="on",
         proxy_headers=False,
+        access_log=False,
         server_header=False,
     )
     uvicorn.Server(config).run()

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from receiver.errors import InvalidRequest, PayloadTooLarge, ProviderError, ReceiverError
 from receiver.ingest import CallbackCommitter
@@ -103,17 +104,29 @@ def _error_for(exc: ReceiverError) -> Response:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing (413) anything above `limit` bytes without reading the rest."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body over the {limit} byte limit")
+    return await read_asgi_body(request.scope, request.receive, limit)
+
+
+async def read_asgi_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The raw body, refusing (413) anything above `limit` bytes without reading the rest."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise PayloadTooLarge(f"body over the {limit} byte limit")
+            break
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("the client went away before the body was read")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body over the {limit} byte limit")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
