@@ -7,6 +7,7 @@ from redis.asyncio import Redis
 
 from receiver.keys import Keys
 from receiver.store import Store
+from tests.receiver_app import Receiver, running_receiver
 from tests.servers import RedisProcess, run_redis
 
 
@@ -34,3 +35,10 @@ async def redis(redis_process: RedisProcess) -> AsyncIterator[Redis]:
 @pytest.fixture
 def store(redis: Redis) -> Store:
     return Store(redis, Keys(), events_maxlen=10_000)
+
+
+@pytest.fixture
+def receiver(redis_process: RedisProcess) -> Iterator[Receiver]:
+    """The web app (no worker) under uvicorn on the session's Redis, emptied first."""
+    with running_receiver(redis_process) as running:
+        yield running

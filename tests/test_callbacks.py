@@ -4,88 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import orjson
 import pytest
-import redis as sync_redis
 
 from receiver.app import create_app
 from receiver.settings import Settings
 from receiver.tokens import PassthroughSigner
+from tests.receiver_app import KEYS, SEED_CALLBACK, Receiver, make_job
 from tests.servers import RedisProcess, serve_app
-
-# The seed's example callback body; tests add the passthrough note and their own task id.
-SEED_CALLBACK = {
-    "id": "7039164056019693569",
-    "status": "done",
-    "target": "universal",
-    "query": "",
-    "url": "https://ip.decodo.com",
-    "domain": "com",
-    "limit": 10,
-    "locale": None,
-    "geo": None,
-    "device_type": "desktop",
-    "page_from": 1,
-    "parse": 0,
-    "output_schema": None,
-    "headless": None,
-    "priority": 0,
-    "persist": True,
-    "content_encoding": "utf-8",
-    "created_at": "2023-03-08 09:24:52",
-    "updated_at": "2023-03-08 09:24:52",
-}
-KEYS = ("new-key", "old-key")
-
-
-@dataclass
-class Receiver:
-    url: str
-    redis: sync_redis.Redis
-    signer: PassthroughSigner
-
-    def post(self, body: object, **kwargs: object) -> httpx.Response:
-        content = body if isinstance(body, bytes) else orjson.dumps(body)
-        return httpx.post(f"{self.url}/callbacks/decodo", content=content, timeout=10, **kwargs)  # type: ignore[arg-type]
-
-    def snapshot(self) -> dict[Any, Any]:
-        """Every key with its serialized value: equal snapshots mean nothing was written."""
-        keys: Any = self.redis.keys("*")
-        return {key: self.redis.dump(key) for key in sorted(keys)}
-
-
-@pytest.fixture
-def receiver(redis_process: RedisProcess) -> Iterator[Receiver]:
-    client = sync_redis.Redis.from_url(redis_process.url)
-    client.flushall()
-    settings = Settings(redis_url=redis_process.url, secret_keys=KEYS, api_token="t", max_body=4096)
-    with serve_app(create_app(settings)) as url:
-        yield Receiver(url, client, PassthroughSigner(KEYS, settings.token_max_age))
-    client.close()
-
-
-def make_job(receiver: Receiver, job_id: str, tasks: list[str]) -> None:
-    """A running job with pending tasks, written as the submission step writes it."""
-    import asyncio
-
-    from redis.asyncio import Redis
-
-    from receiver.store import Store
-
-    async def write() -> None:
-        client = Redis(port=receiver.redis.connection_pool.connection_kwargs["port"])
-        store = Store(client)
-        await store.create_job(job_id, "decodo", total=len(tasks), params={}, work="")
-        await store.record_submission(
-            job_id, 0, [(t, "u") for t in tasks], last=True, reconcile_after=300
-        )
-        await client.aclose()
-
-    asyncio.run(write())
 
 
 def callback(receiver: Receiver, job_id: str, task_id: str, **changes: object) -> dict[str, object]:
