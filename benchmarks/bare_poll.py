@@ -1,0 +1,93 @@
+"""The poll baseline: the worker's GETs and nothing else, in a process of its own.
+
+`python -m benchmarks.bare_poll SPEC.json` reads a `PollSpec` and, for at most
+`seconds`, runs `concurrency` loops per provider on one shared httpx.AsyncClient (the
+worker's limits and timeout; or spread over `clients` smaller ones), each GETting the status
+of the next batch round-robin and parsing the JSON answer. It runs on asyncio's own loop,
+as `receiver worker` does. The caller counts the requests at the sandboxes; this prints
+how many it made when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+
+from receiver.providers.base import DEFAULT_TIMEOUT
+
+
+@dataclass
+class PollSpec:
+    firecrawl: str  # base URL of the Firecrawl sandbox
+    dify: str  # base URL of the Dify API, with its /v1
+    batch_ids: list[str]  # Firecrawl batch scrapes
+    dify_batches: list[tuple[str, str]]  # (dataset id, batch) pairs
+    concurrency: int  # loops per provider
+    pool: int  # connections the clients may hold in all (the worker's: fetch concurrency + 20)
+    seconds: float
+    clients: int = 1  # httpx clients the loops are spread over (1: the worker's one client)
+
+
+async def poll_loop(
+    http: httpx.AsyncClient, urls: Iterator[str], headers: dict[str, str], until: float
+) -> int:
+    polls = 0
+    while time.monotonic() < until:
+        response = await http.get(next(urls), headers=headers)
+        orjson.loads(response.content)
+        polls += 1
+    return polls
+
+
+async def poll(spec: PollSpec) -> int:
+    firecrawl_urls = itertools.cycle(
+        [f"{spec.firecrawl}/v2/batch/scrape/{batch}" for batch in spec.batch_ids]
+    )
+    dify_urls = itertools.cycle(
+        [
+            f"{spec.dify}/datasets/{dataset}/documents/{batch}/indexing-status"
+            for dataset, batch in spec.dify_batches
+        ]
+    )
+    accept = {"Accept": "application/json"}
+    firecrawl_headers = {"Authorization": "Bearer fc-sandbox", **accept}
+    dify_headers = {"Authorization": "Bearer dataset-sandbox", **accept}
+    per_client = -(-spec.pool // spec.clients)
+    limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+    until = time.monotonic() + spec.seconds
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits)
+            )
+            for _ in range(spec.clients)
+        ]
+        loops = []
+        for i in range(spec.concurrency):
+            http = clients[i % len(clients)]
+            loops.append(poll_loop(http, firecrawl_urls, firecrawl_headers, until))
+            loops.append(poll_loop(http, dify_urls, dify_headers, until))
+        return sum(await asyncio.gather(*loops))
+
+
+def main() -> None:
+    raw = json.loads(Path(sys.argv[1]).read_text())
+    raw["dify_batches"] = [tuple(pair) for pair in raw["dify_batches"]]
+    spec = PollSpec(**raw)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    print(json.dumps({"polls": asyncio.run(poll(spec))}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Decodo callbacks to post: one prepared job, its task ids, and the seed's callback body."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+from redis.asyncio import Redis
+
+from benchmarks.common import CALLBACK_PATH, SECRET_KEY, say
+from benchmarks.loadgen import LoadResult, Spec
+from receiver.store import Store, new_job_id
+from receiver.tokens import PassthroughSigner
+
+# Task ids look like Decodo's: 19 digits. Task i of a prepared job is FIRST_TASK_ID + i.
+FIRST_TASK_ID = 7_100_000_000_000_000_000
+# Task ids recorded per RECORD_SUBMISSION script call.
+_CHUNK = 5000
+_PLACEHOLDER = "__TASK_ID__"
+
+
+def task_id(index: int) -> str:
+    return str(FIRST_TASK_ID + index)
+
+
+def callback_body(task: str, token: str) -> dict[str, object]:
+    """The seed's callback for a finished task, as Decodo posts it."""
+    return {
+        "id": task,
+        "status": "done",
+        "target": "universal",
+        "query": "",
+        "url": "https://ip.decodo.com",
+        "domain": "com",
+        "limit": 10,
+        "locale": None,
+        "geo": None,
+        "device_type": "desktop",
+        "page_from": 1,
+        "parse": 0,
+        "output_schema": None,
+        "headless": None,
+        "priority": 0,
+        "persist": True,
+        "content_encoding": "utf-8",
+        "created_at": "2023-03-08 09:24:52",
+        "updated_at": "2023-03-08 09:24:52",
+        "passthrough": token,
+    }
+
+
+@dataclass
+class PreparedJob:
+    """A running Decodo job with `tasks` pending tasks, and a cursor over unused task ids."""
+
+    job_id: str
+    token: str
+    tasks: int
+    used: int = 0
+
+    def take(self, count: int) -> int:
+        """Reserve `count` task ids never posted before; the index of the first."""
+        if self.used + count > self.tasks:
+            raise ValueError(f"the job has {self.tasks - self.used} unused tasks, not {count}")
+        first, self.used = self.used, self.used + count
+        return first
+
+    def spec(
+        self, port: int, count: int, *, connections: int, duration: float, rate: float = 0.0
+    ) -> Spec:
+        """A load of `count` distinct callbacks of this job."""
+        body = orjson.dumps(callback_body(_PLACEHOLDER, self.token)).decode()
+        head, tail = body.split(_PLACEHOLDER)
+        first = FIRST_TASK_ID + self.take(count)
+        return Spec(port, CALLBACK_PATH, head, tail, first, count, connections, duration, rate)
+
+
+async def prepare_job(redis: Redis, tasks: int) -> PreparedJob:
+    """Create the job in Redis with `tasks` pending task ids, as a submission would."""
+    store = Store(redis)
+    job_id = new_job_id()
+    started = time.monotonic()
+    await store.create_job(job_id, "decodo", total=tasks, params={}, work="")
+    chunks = range(0, tasks, _CHUNK)
+    for number, start in enumerate(chunks):
+        pairs = [
+            (task_id(i), "https://ip.decodo.com") for i in range(start, min(start + _CHUNK, tasks))
+        ]
+        await store.record_submission(
+            job_id, number, pairs, last=number == len(chunks) - 1, reconcile_after=86400
+        )
+    token = PassthroughSigner([SECRET_KEY], 48 * 3600.0).sign(job_id)
+    say(f"prepared job {job_id} with {tasks} pending tasks in {time.monotonic() - started:.1f} s")
+    return PreparedJob(job_id, token, tasks)
+
+
+async def count_done(redis: Redis, job: PreparedJob) -> int:
+    """Tasks recorded `done` (HVALS of the job's task hash)."""
+    values = await redis.hvals(Store(redis).keys.tasks(job.job_id))
+    return sum(1 for value in values if value == b"done")
+
+
+async def count_missing(redis: Redis, job: PreparedJob, loads: Sequence[LoadResult]) -> int:
+    """Callbacks answered 2xx whose task is not `done` in Redis: what was acknowledged, lost.
+
+    Each task id was posted at most once, so the `done` tasks are among the posted ones; the
+    posted ones left without a 2xx (unanswered, refused) are looked up one by one."""
+    acknowledged = sum(load.accepted for load in loads)
+    unacknowledged = [str(i) for load in loads for i in (*load.unanswered, *load.refused)]
+    done = await count_done(redis, job)
+    if unacknowledged:
+        key = Store(redis).keys.tasks(job.job_id)
+        states = await redis.hmget(key, unacknowledged)
+        done -= sum(1 for state in states if state == b"done")
+    return max(0, acknowledged - done)

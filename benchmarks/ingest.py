@@ -1,0 +1,253 @@
+"""Ingest: validly signed Decodo callbacks posted at full speed to one `receiver web` process.
+
+Against a real redis-server with AOF (fsync every second), with no worker running. The
+baseline is a bare Starlette endpoint under the same uvicorn settings (benchmarks/bare.py).
+Rounds alternate bare, receiver, bare, receiver, ...; each receiver round posts task ids never
+posted before. Then the acknowledgement latency at a fixed offered rate (open loop), and the
+check that every callback answered 202 is recorded `done` in Redis.
+
+    python -m benchmarks.ingest [--quick]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from benchmarks.callbacks import PreparedJob, count_done, count_missing, prepare_job
+from benchmarks.common import (
+    PYTHON,
+    Child,
+    arguments,
+    child,
+    cpu_seconds,
+    emit,
+    free_port,
+    median,
+    receiver_env,
+    redis_server,
+    run,
+    say,
+    workdir,
+)
+from benchmarks.loadgen import LoadResult, Spec, run_load
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int  # of each kind
+    seconds: float  # of one throughput round
+    receiver_cap: int  # most callbacks in one receiver round (task ids are reserved for it)
+    bare_cap: int  # most requests in one bare round
+    warmup: int  # requests to each server before the rounds
+    latency_rate: float  # offered callbacks per second for the latency figure
+    latency_seconds: float
+    connections: int = 64
+
+    @property
+    def tasks(self) -> int:
+        latency = int(self.latency_rate * self.latency_seconds)
+        return self.warmup + self.rounds * self.receiver_cap + latency
+
+
+# Caps are far above the rates seen (receiver ~15,000/s, bare ~32,000/s on 2 cores), so a
+# round ends by time, not by running out of task ids.
+FULL = Sizes(3, 5.0, 150_000, 300_000, 3000, 2000.0, 5.0)
+QUICK = Sizes(3, 1.0, 30_000, 60_000, 1000, 2000.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Round:
+    target: str  # bare | receiver
+    rps: float
+    answered: int
+    server_cpu_pct: float  # of one core
+    server_cpu_us_per_answer: float
+    redis_cpu_pct: float
+    loadgen_cpu_pct: float
+
+
+@dataclass
+class Servers:
+    bare: Child
+    bare_port: int
+    receiver: Child
+    receiver_port: int
+    redis: Child
+
+
+def bare_spec(job: PreparedJob, port: int, count: int, sizes: Sizes, duration: float) -> Spec:
+    """The same callbacks, byte for byte, for the bare app (which reads and drops them): a
+    copy of the job with its own cursor, so no task id of the job is used up."""
+    copy = PreparedJob(job.job_id, job.token, count)
+    return copy.spec(port, count, connections=sizes.connections, duration=duration)
+
+
+def round_on(servers: Servers, target: str, spec: Spec) -> tuple[LoadResult, float, float]:
+    """One load; with the server's and Redis' share of a core while it ran, in percent."""
+    server = servers.bare if target == "bare" else servers.receiver
+    before = cpu_seconds(server.pid), cpu_seconds(servers.redis.pid)
+    result = run_load(spec)
+    if not result.answered:
+        raise RuntimeError(f"no answer from {target}: {result.errors or result.statuses}")
+    after = cpu_seconds(server.pid), cpu_seconds(servers.redis.pid)
+    server_pct = 100 * (after[0] - before[0]) / result.elapsed
+    redis_pct = 100 * (after[1] - before[1]) / result.elapsed
+    return result, round(server_pct, 1), round(redis_pct, 1)
+
+
+def throughput_rounds(
+    servers: Servers, job: PreparedJob, sizes: Sizes
+) -> tuple[list[Round], list[LoadResult]]:
+    rounds: list[Round] = []
+    loads: list[LoadResult] = []
+    for number in range(sizes.rounds):
+        for target in ("bare", "receiver"):
+            if target == "bare":
+                spec = bare_spec(job, servers.bare_port, sizes.bare_cap, sizes, sizes.seconds)
+            else:
+                spec = job.spec(
+                    servers.receiver_port,
+                    sizes.receiver_cap,
+                    connections=sizes.connections,
+                    duration=sizes.seconds,
+                )
+            result, server_pct, redis_pct = round_on(servers, target, spec)
+            if target == "receiver":
+                loads.append(result)
+            say(
+                f"round {number + 1} {target:8}: {result.rps:8.0f} answers/s  "
+                f"({result.answered} in {result.elapsed:.2f} s, statuses {result.statuses}; "
+                f"cpu: server {server_pct}%, redis {redis_pct}%, load generator "
+                f"{result.cpu_pct}%; latency p50 {result.latency_ms.get('p50')} ms)"
+            )
+            rounds.append(
+                Round(
+                    target,
+                    result.rps,
+                    result.answered,
+                    server_pct,
+                    round(10_000 * server_pct * result.elapsed / max(result.answered, 1), 1),
+                    redis_pct,
+                    result.cpu_pct,
+                )
+            )
+    return rounds, loads
+
+
+def warm_up(servers: Servers, job: PreparedJob, sizes: Sizes) -> LoadResult:
+    run_load(bare_spec(job, servers.bare_port, sizes.warmup, sizes, 30.0))
+    load = run_load(
+        job.spec(servers.receiver_port, sizes.warmup, connections=sizes.connections, duration=30)
+    )
+    say(f"warm-up: {load.answered} callbacks, statuses {load.statuses}")
+    return load
+
+
+def latency_run(servers: Servers, job: PreparedJob, sizes: Sizes) -> LoadResult:
+    count = int(sizes.latency_rate * sizes.latency_seconds)
+    spec = job.spec(
+        servers.receiver_port,
+        count,
+        connections=sizes.connections,
+        duration=sizes.latency_seconds,
+        rate=sizes.latency_rate,
+    )
+    result, server_pct, redis_pct = round_on(servers, "receiver", spec)
+    say(
+        f"latency at {sizes.latency_rate:.0f}/s offered for {sizes.latency_seconds:g} s: "
+        f"{result.answered} answered, statuses {result.statuses}, latency {result.latency_ms} "
+        f"(client's own send lag {result.lag_ms}); cpu: receiver {server_pct}%, "
+        f"redis {redis_pct}%"
+    )
+    return result
+
+
+async def measure(directory: Path, sizes: Sizes) -> dict[str, object]:
+    with redis_server(directory, aof=True) as redis_process:
+        redis = Redis.from_url(redis_process.url)
+        try:
+            job = await prepare_job(redis, sizes.tasks)
+            bare_port, receiver_port = free_port(), free_port()
+            env = receiver_env(redis_process.url, receiver_port)
+            with (
+                child(
+                    "bare", [PYTHON, "-m", "benchmarks.bare", "--port", str(bare_port)],
+                    directory, port=bare_port,
+                ) as bare,
+                child(
+                    "receiver-web", [PYTHON, "-m", "receiver", "web"],
+                    directory, env=env, port=receiver_port,
+                ) as web,
+            ):  # fmt: skip
+                servers = Servers(bare, bare_port, web, receiver_port, redis_process.child)
+                loads = [warm_up(servers, job, sizes)]
+                rounds, measured = throughput_rounds(servers, job, sizes)
+                latency = latency_run(servers, job, sizes)
+                loads += [*measured, latency]
+            done = await count_done(redis, job)
+            missing = await count_missing(redis, job, loads)
+        finally:
+            await redis.aclose()
+    return summarize(sizes, rounds, loads, latency, done, missing)
+
+
+def summarize(
+    sizes: Sizes,
+    rounds: list[Round],
+    loads: list[LoadResult],
+    latency: LoadResult,
+    done: int,
+    missing: int,
+) -> dict[str, object]:
+    bare = [r.rps for r in rounds if r.target == "bare"]
+    receiver = [r.rps for r in rounds if r.target == "receiver"]
+    bare_rps, receiver_rps = median(bare), median(receiver)
+    acknowledged = sum(load.accepted for load in loads)
+    say(f"{acknowledged} callbacks acknowledged with 202; {done} tasks `done` in Redis")
+    return {
+        "benchmark": "ingest",
+        "receiver_rps": round(receiver_rps, 1),
+        "bare_rps": round(bare_rps, 1),
+        "ratio": round(receiver_rps / bare_rps, 3),
+        "p50_ms_at_2000": latency.latency_ms.get("p50"),
+        "p99_ms_at_2000": latency.latency_ms.get("p99"),
+        "acknowledged": acknowledged,
+        "missing": missing,
+        "done_in_redis": done,
+        "latency_offered_rps": sizes.latency_rate,
+        "latency_answered": latency.answered,
+        "latency_max_ms": latency.latency_ms.get("max"),
+        "client_lag_p99_ms": latency.lag_ms.get("p99"),
+        "receiver_cpu_us_per_callback": median(
+            [r.server_cpu_us_per_answer for r in rounds if r.target == "receiver"]
+        ),
+        "bare_cpu_us_per_request": median(
+            [r.server_cpu_us_per_answer for r in rounds if r.target == "bare"]
+        ),
+        "connections": sizes.connections,
+        "round_seconds": sizes.seconds,
+        "rounds": [asdict(r) for r in rounds],
+    }
+
+
+async def main_async(quick: bool) -> dict[str, object]:
+    sizes = QUICK if quick else FULL
+    say(
+        f"ingest: {sizes.rounds}+{sizes.rounds} alternating {sizes.seconds:g} s rounds, "
+        f"{sizes.connections} keep-alive connections; then {sizes.latency_rate:.0f}/s offered "
+        f"for {sizes.latency_seconds:g} s"
+    )
+    with workdir("ingest") as directory:
+        return await measure(directory, sizes)
+
+
+def main() -> None:
+    args = arguments("Decodo callback ingest: receiver web vs a bare Starlette endpoint")
+    emit(run(main_async(args.quick)))
+
+
+if __name__ == "__main__":
+    main()
