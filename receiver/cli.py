@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -95,12 +94,12 @@ def web() -> None:
 @main.command()
 def worker() -> None:
     """Run a worker only."""
-    from receiver.service import run_worker
+    from receiver.service import run_forever, run_worker
 
     settings = _settings()
     configure_logging(settings.log_format)
     with _prepared(settings) as ready, contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_worker(ready))
+        run_forever(run_worker(ready))
 
 
 def _announce(settings: Settings) -> None:

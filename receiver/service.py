@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import prometheus_client
 import uvicorn
@@ -14,6 +15,17 @@ from receiver.app import create_app
 from receiver.settings import Settings
 from receiver.web import Services
 from receiver.wiring import build_worker, open_http, open_redis, open_store
+
+
+def run_forever(main: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine on uvloop when it is installed (it is with uvicorn[standard])."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a platform without uvloop
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 async def run_worker(settings: Settings) -> None:

@@ -11,7 +11,7 @@ from receiver.jobs.dify import DifyJobs
 from receiver.jobs.firecrawl import FirecrawlJobs
 from receiver.keys import Keys
 from receiver.polling import Poller
-from receiver.providers.base import DEFAULT_TIMEOUT
+from receiver.providers.base import DEFAULT_TIMEOUT, ShardedTransport
 from receiver.providers.decodo import DecodoClient
 from receiver.providers.dify import DifyClient
 from receiver.providers.firecrawl import FirecrawlClient
@@ -19,6 +19,9 @@ from receiver.settings import Settings
 from receiver.store import Store
 from receiver.tokens import PassthroughSigner
 from receiver.worker import Worker
+
+# Connections in one pool of the sharded HTTP transport.
+_CONNECTIONS_PER_POOL = 12
 
 
 def open_redis(settings: Settings) -> Redis:
@@ -33,12 +36,11 @@ def open_redis(settings: Settings) -> Redis:
 
 
 def open_http(settings: Settings) -> httpx.AsyncClient:
-    """The one HTTP client of a worker process; it never follows redirects with our keys."""
-    limits = httpx.Limits(
-        max_connections=settings.fetch_concurrency + 20,
-        max_keepalive_connections=settings.fetch_concurrency + 20,
-    )
-    return httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits, follow_redirects=False)
+    """The one HTTP client of a process; it never follows redirects with our keys."""
+    connections = settings.fetch_concurrency + settings.poll_concurrency * 2 + 20
+    shards = max(1, -(-connections // _CONNECTIONS_PER_POOL))
+    transport = ShardedTransport(shards, _CONNECTIONS_PER_POOL)
+    return httpx.AsyncClient(transport=transport, timeout=DEFAULT_TIMEOUT, follow_redirects=False)
 
 
 def open_store(settings: Settings, redis: Redis) -> Store:

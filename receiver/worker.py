@@ -16,11 +16,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from receiver.batching import Batcher
 from receiver.dispatch import Dispatcher, UnknownWork
 from receiver.keys import DUE_LEASE, WORK_GROUP
 from receiver.store import Store
@@ -52,13 +53,15 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
-        self._entries: set[str] = set()  # ids of the stream entries at work here
+        self._entries: dict[str, Any] = {}  # stream entries at work here, by id
+        self._leases: set[str] = set()  # due members at work here
+        self._acks = Acknowledger(store)
 
     async def run(self) -> None:
         """Work until cancelled."""
         await self.store.ensure_group()
         log.info("worker started", extra={"worker": self.name})
-        loops = [self._heartbeat(), self._consume(), self._reclaim(), self._due()]
+        loops = [self._heartbeat(), self._consume(), self._reclaim(), self._due(), self._renew()]
         try:
             await asyncio.gather(*loops)
         finally:
@@ -142,65 +145,49 @@ class Worker:
         job_id = _text(fields.get(b"j", b""))
         task_id = _text(fields.get(b"t", b""))
         member = f"{kind}:{job_id}:{task_id}" if task_id else f"{kind}:{job_id}"
-        self._entries.add(key)
+        self._entries[key] = entry_id
         try:
-            async with self._holding(self._renew_entry, entry_id):
-                retry_at = await self._step(member)
-            redis, keys = self.store.redis, self.store.keys
-            async with redis.pipeline(transaction=True) as pipe:
-                if retry_at is not None:
-                    pipe.zadd(self.store.due_key(member), {member: retry_at})
-                pipe.xack(keys.work, WORK_GROUP, entry_id)
-                pipe.xdel(keys.work, entry_id)
-                await pipe.execute()
+            retry_at = await self._step(member)
+            await self._acks.done(entry_id, member, retry_at)
         except RedisError as exc:  # unacknowledged: another worker reclaims it
             log.warning("could not acknowledge work", extra={"work": member, "error": repr(exc)})
         finally:
-            self._entries.discard(key)
+            del self._entries[key]
 
     async def _run_due(self, member: str) -> None:
+        self._leases.add(member)
         try:
-            async with self._holding(self._renew_lease, member):
-                next_at = await self._step(member)
+            next_at = await self._step(member)
             if next_at is None:
                 await self.store.unschedule(member)
             else:
                 await self.store.schedule(member, next_at)
         except RedisError as exc:  # the lease runs out and the member comes due again
             log.warning("could not reschedule work", extra={"work": member, "error": repr(exc)})
-
-    @contextlib.asynccontextmanager
-    async def _holding(
-        self, renew: Callable[[Any], Awaitable[None]], what: Any
-    ) -> AsyncIterator[None]:
-        """Keep our claim on `what` fresh while a long step runs, so nobody takes it over."""
-
-        async def keep() -> None:
-            while True:
-                await asyncio.sleep(self._renew_every)
-                with contextlib.suppress(RedisError):
-                    await renew(what)
-
-        keeper = asyncio.create_task(keep())
-        try:
-            yield
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            self._leases.discard(member)
+
+    async def _renew(self) -> None:
+        """Keep this worker's claims fresh while its steps run, so nobody takes them over:
+        one XCLAIM for every stream entry at work, one lease bump for every due member."""
+        redis, keys = self.store.redis, self.store.keys
+        while True:
+            await asyncio.sleep(self._renew_every)
+            entries, leases = list(self._entries.values()), list(self._leases)
+            with contextlib.suppress(RedisError):
+                if entries:
+                    # XCLAIM to ourselves with no minimum idle time resets the idle time.
+                    await redis.xclaim(keys.work, WORK_GROUP, self.name, 0, entries, justid=True)
+                if leases:
+                    until = time.time() + self.lease
+                    async with redis.pipeline(transaction=False) as pipe:
+                        for member in leases:
+                            pipe.zadd(self.store.due_key(member), {member: until}, xx=True)
+                        await pipe.execute()
 
     @property
     def _renew_every(self) -> float:
         return max(0.05, min(self.claim_idle, self.lease) / 3)
-
-    async def _renew_entry(self, entry_id: Any) -> None:
-        # XCLAIM to ourselves with no minimum idle time resets the entry's idle time.
-        await self.store.redis.xclaim(
-            self.store.keys.work, WORK_GROUP, self.name, 0, [entry_id], justid=True
-        )
-
-    async def _renew_lease(self, member: str) -> None:
-        await self.store.schedule(member, time.time() + self.lease)
 
     async def _step(self, member: str) -> float | None:
         """Run the work a member names; when to run it again, or None."""
@@ -217,6 +204,34 @@ class Worker:
             # A bug or an outage of Redis: try again later rather than lose the work.
             log.exception("work failed; retrying in 30 s", extra={"work": member})
             return time.time() + 30.0
+
+
+# A finished stream entry: its id, and the member and time to retry it at, if any.
+Done = tuple[Any, str, float | None]
+
+
+class Acknowledger(Batcher[Done, None]):
+    """Acknowledges finished stream entries in batches, their retries scheduled in the
+    same MULTI."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(self._acknowledge)
+        self.store = store
+
+    async def done(self, entry_id: Any, member: str, retry_at: float | None) -> None:
+        await self.submit((entry_id, member, retry_at))
+
+    async def _acknowledge(self, batch: Sequence[Done]) -> list[None]:
+        redis, keys = self.store.redis, self.store.keys
+        ids = [entry_id for entry_id, _, _ in batch]
+        async with redis.pipeline(transaction=True) as pipe:
+            for _, member, retry_at in batch:
+                if retry_at is not None:
+                    pipe.zadd(self.store.due_key(member), {member: retry_at})
+            pipe.xack(keys.work, WORK_GROUP, *ids)
+            pipe.xdel(keys.work, *ids)
+            await pipe.execute()
+        return [None] * len(batch)
 
 
 def _text(value: Any) -> str:

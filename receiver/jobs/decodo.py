@@ -31,6 +31,9 @@ _RESERVED = frozenset({"callback_url", "passthrough", "passtrough"})
 _INPUTS = {"url": False, "query": False, "urls": True, "queries": True}
 # Most items one job may hold; larger sets are split by the caller into several jobs.
 MAX_ITEMS = 100_000
+# Seconds a job's state read for a results fetch is reused, and how many jobs are kept.
+_STATE_TTL = 1.0
+_STATE_CACHE_SIZE = 10_000
 # Concurrent GET /v3/task/{id} while reconciling one job.
 RECONCILE_CONCURRENCY = 20
 
@@ -101,6 +104,7 @@ class DecodoJobs:
         self.signer = signer
         self.settings = settings
         self.clock = clock
+        self._states: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
     @property
     def callback_url(self) -> str:
@@ -153,7 +157,7 @@ class DecodoJobs:
     # -- fetch results ------------------------------------------------------------------
 
     async def fetch(self, job_id: str, task_id: str) -> float | None:
-        job = await self.store.get_state(job_id)
+        job = await self._state(job_id)
         if job is None or JobStatus(job["status"]).terminal:
             return None
         if self._expired(job):
@@ -222,6 +226,19 @@ class DecodoJobs:
         return False
 
     # -- helpers ------------------------------------------------------------------------
+
+    async def _state(self, job_id: str) -> dict[str, Any] | None:
+        """The job's state, read at most once a second per job: the fetches of a big job's
+        tasks share it. A stale status is harmless: the atomic step checks it again."""
+        now = time.monotonic()
+        cached = self._states.get(job_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        state = await self.store.get_state(job_id)
+        if len(self._states) >= _STATE_CACHE_SIZE:
+            self._states.clear()
+        self._states[job_id] = (now + _STATE_TTL, state)
+        return state
 
     async def _fail_task(self, job_id: str, task_id: str, exc: Permanent) -> None:
         # Decodo drops results after its retention window: that is an expiry, not a fault.
