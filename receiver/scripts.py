@@ -192,35 +192,47 @@ return 'recorded'
 """
 )
 
-# ARGV[5] job id, ARGV[6] task id, ARGV[7] outcome (stored | failed | expired),
-# ARGV[8] compressed results (stored) or the reason, ARGV[9] results TTL in seconds.
-TASK_OUTCOME = (
+# ARGV[5] number of outcomes n; then n groups of five: job id, task id, outcome
+# (stored | failed | expired), the compressed results (stored) or the reason, and the results
+# TTL in seconds. Returns one code per outcome.
+TASK_OUTCOMES = (
     PRELUDE
     + r"""
-local j, t, outcome, value = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local status = redis.call('HGET', jkey(j), 'status')
-if not status then return 'unknown_job' end
-if TERMINAL[status] then return 'closed' end
-local tasks = jkey(j) .. ':tasks'
-local current = redis.call('HGET', tasks, t)
-if not current then return 'unknown_task' end
-if current == 'stored' or current == 'failed' or current == 'expired' then return 'duplicate' end
-if outcome == 'stored' then
-  redis.call('HSET', jkey(j) .. ':results', t, value)
-  redis.call('EXPIRE', jkey(j) .. ':results', tonumber(ARGV[9]))
-  redis.call('HSET', tasks, t, 'stored')
-  redis.call('HINCRBY', jkey(j), 'completed', 1)
-  emit(j, 'task.completed', {task_id = t})
-else
-  redis.call('HSET', tasks, t, outcome)
-  redis.call('HSET', jkey(j) .. ':errors', t, value)
-  redis.call('HINCRBY', jkey(j), 'failed', 1)
-  if outcome == 'expired' then redis.call('HINCRBY', jkey(j), 'expired', 1) end
-  emit(j, 'task.failed', {task_id = t, reason = value})
+local function outcome_of(j, t, outcome, value, ttl)
+  local status = redis.call('HGET', jkey(j), 'status')
+  if not status then return 'unknown_job' end
+  if TERMINAL[status] then return 'closed' end
+  local tasks = jkey(j) .. ':tasks'
+  local current = redis.call('HGET', tasks, t)
+  if not current then return 'unknown_task' end
+  if current == 'stored' or current == 'failed' or current == 'expired' then
+    return 'duplicate'
+  end
+  if outcome == 'stored' then
+    redis.call('HSET', jkey(j) .. ':results', t, value)
+    redis.call('EXPIRE', jkey(j) .. ':results', tonumber(ttl))
+    redis.call('HSET', tasks, t, 'stored')
+    redis.call('HINCRBY', jkey(j), 'completed', 1)
+    emit(j, 'task.completed', {task_id = t})
+  else
+    redis.call('HSET', tasks, t, outcome)
+    redis.call('HSET', jkey(j) .. ':errors', t, value)
+    redis.call('HINCRBY', jkey(j), 'failed', 1)
+    if outcome == 'expired' then redis.call('HINCRBY', jkey(j), 'expired', 1) end
+    emit(j, 'task.failed', {task_id = t, reason = value})
+  end
+  redis.call('HSET', jkey(j), 'updated_at', NOW)
+  settle(j)
+  return outcome
 end
-redis.call('HSET', jkey(j), 'updated_at', NOW)
-settle(j)
-return outcome
+
+local out = {}
+for i = 0, tonumber(ARGV[5]) - 1 do
+  local base = 6 + i * 5
+  out[i + 1] = outcome_of(ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3],
+                          ARGV[base + 4])
+end
+return out
 """
 )
 

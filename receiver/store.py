@@ -14,6 +14,7 @@ import orjson
 from redis.asyncio import Redis
 
 from receiver import scripts
+from receiver.batching import Batcher
 from receiver.keys import DUE_LEASE, WORK_GROUP, Keys
 
 Clock = Callable[[], float]
@@ -39,6 +40,9 @@ class TaskStatus(enum.StrEnum):
     FAILED = "failed"  # faulted at the provider, or its results cannot be had
     EXPIRED = "expired"  # done too long ago: the provider dropped its results
 
+
+# A task's end: job id, task id, stored | failed | expired, results or reason, results TTL.
+Outcome = tuple[str, str, str, bytes, int]
 
 # Codes the callbacks script answers per callback.
 ACCEPTED, DUPLICATE, EARLY, CLOSED = "accepted", "duplicate", "early", "closed"
@@ -110,7 +114,9 @@ class Store:
         self._callbacks = redis.register_script(scripts.CALLBACKS)
         self._create_job = redis.register_script(scripts.CREATE_JOB)
         self._record_submission = redis.register_script(scripts.RECORD_SUBMISSION)
-        self._task_outcome = redis.register_script(scripts.TASK_OUTCOME)
+        self._task_outcomes = redis.register_script(scripts.TASK_OUTCOMES)
+        # Results stored within one event-loop turn share one script call.
+        self._outcomes: Batcher[Outcome, str] = Batcher(self._apply_outcomes)
         self._finish_job = redis.register_script(scripts.FINISH_JOB)
         self._update_job = redis.register_script(scripts.UPDATE_JOB)
         self._claim_due = redis.register_script(scripts.CLAIM_DUE)
@@ -233,15 +239,19 @@ class Store:
         return _text(await self._record_submission(args=args))
 
     async def store_results(self, job_id: str, task_id: str, body: bytes, ttl: float) -> str:
-        args = [*self._common(), job_id, task_id, "stored", compress(body), int(ttl)]
-        return _text(await self._task_outcome(args=args))
+        return await self._outcomes.submit((job_id, task_id, "stored", compress(body), int(ttl)))
 
     async def fail_task(
         self, job_id: str, task_id: str, reason: str, *, expired: bool = False
     ) -> str:
         outcome = "expired" if expired else "failed"
-        args = [*self._common(), job_id, task_id, outcome, reason, 0]
-        return _text(await self._task_outcome(args=args))
+        return await self._outcomes.submit((job_id, task_id, outcome, reason.encode(), 0))
+
+    async def _apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[str]:
+        args: list[Any] = [*self._common(), len(outcomes)]
+        for outcome in outcomes:
+            args.extend(outcome)
+        return [_text(code) for code in await self._task_outcomes(args=args)]
 
     async def finish_job(self, job_id: str, status: JobStatus, reason: str = "") -> str:
         """Move a job to a terminal status; 'closed' when it already was terminal."""
