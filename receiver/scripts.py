@@ -137,8 +137,9 @@ local j = ARGV[5]
 if redis.call('EXISTS', jkey(j)) == 1 then return 'exists' end
 local fields = {}
 for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', jkey(j), 'status', 'submitted', 'completed', 0, 'failed', 0, 'received', 0,
-           'expired', 0, 'created_at', NOW, 'updated_at', NOW, unpack(fields))
+-- Counters start absent (read as 0) and updated_at as created_at: a tracked job's hash
+-- holds only what it must.
+redis.call('HSET', jkey(j), 'status', 'submitted', 'created_at', NOW, unpack(fields))
 redis.call('HINCRBY', P .. 'stats', 'status:' .. redis.call('HGET', jkey(j), 'status'), 1)
 redis.call('ZADD', P .. 'jobs', NOW, j)
 emit(j, 'job.created', {})
