@@ -1,10 +1,10 @@
 """The poll baseline: the worker's GETs and nothing else, in a process of its own.
 
 `python -m benchmarks.bare_poll SPEC.json` reads a `PollSpec` and, for at most
-`seconds`, runs `concurrency` loops per provider on one shared httpx.AsyncClient (the
-worker's limits and timeout; or spread over `clients` smaller ones), each GETting the status
-of the next batch round-robin and parsing the JSON answer. It runs on asyncio's own loop,
-as `receiver worker` does. The caller counts the requests at the sandboxes; this prints
+`seconds`, runs `concurrency` loops per provider on the worker's own HTTP client
+(`receiver.wiring.open_http`: the same sharded transport, limits and timeout; or spread over
+`clients` plain ones), each GETting the status of the next batch round-robin and parsing the
+JSON answer. It runs on uvloop, as `receiver worker` does. The caller counts the requests at the sandboxes; this prints
 how many it made when it stops.
 """
 
@@ -23,8 +23,11 @@ from pathlib import Path
 
 import httpx
 import orjson
+import uvloop
 
 from receiver.providers.base import DEFAULT_TIMEOUT
+from receiver.settings import Settings
+from receiver.wiring import open_http
 
 
 @dataclass
@@ -67,12 +70,16 @@ async def poll(spec: PollSpec) -> int:
     limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
     until = time.monotonic() + spec.seconds
     async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits)
-            )
-            for _ in range(spec.clients)
-        ]
+        if spec.clients == 1:
+            # The baseline: exactly the worker's HTTP client (its sharded transport).
+            clients = [await stack.enter_async_context(open_http(Settings()))]
+        else:
+            clients = [
+                await stack.enter_async_context(
+                    httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits)
+                )
+                for _ in range(spec.clients)
+            ]
         loops = []
         for i in range(spec.concurrency):
             http = clients[i % len(clients)]
@@ -86,7 +93,10 @@ def main() -> None:
     raw["dify_batches"] = [tuple(pair) for pair in raw["dify_batches"]]
     spec = PollSpec(**raw)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    print(json.dumps({"polls": asyncio.run(poll(spec))}), flush=True)
+    # The worker's event loop too: uvloop.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        polls = runner.run(poll(spec))
+    print(json.dumps({"polls": polls}), flush=True)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ class Poller:
             "poll_interval": interval,
             "polled_at": now,
         }
-        await self.store.redis.hdel(self.store.keys.attempts(job_id), "poll")
+        if job.get("poll_attempts"):  # the poll works again: back off from scratch next time
+            await self.store.redis.hdel(self.store.keys.job(job_id), "poll_attempts")
         await self.store.update_job(
             job_id, fields, event="job.progress" if moved else "", detail=seen.detail
         )
@@ -128,7 +129,7 @@ class Poller:
         return random.uniform(max(low, grown * 0.8), grown)
 
     async def _retry(self, job_id: str, exc: Transient) -> float:
-        attempt = await self.store.redis.hincrby(self.store.keys.attempts(job_id), "poll", 1)
+        attempt = await self.store.redis.hincrby(self.store.keys.job(job_id), "poll_attempts", 1)
         after = exc.retry_after if isinstance(exc, RateLimited) else None
         delay = backoff(attempt - 1, self.settings.retry_base, self.settings.retry_cap, after)
         log.info(
