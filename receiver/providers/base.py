@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -142,3 +143,34 @@ def retry_after(response: httpx.Response, now: float | None = None) -> float | N
                 return max(0.0, parsed.timestamp() - (now or time.time()))
     found = _RETRY_IN_MESSAGE.search(error_message(response))
     return float(found.group(1)) if found else None
+
+
+def json_object(name: str, response: httpx.Response) -> dict[str, Any]:
+    """The JSON object a provider answered. An HTML page (a proxy's or a gateway's, not the
+    provider's) is worth retrying; any other body is not an answer we can use."""
+    try:
+        answer = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        if looks_like_html(response):
+            raise Unavailable(
+                f"{name} answered an HTML page", status=response.status_code, body=response.text
+            ) from None
+        raise Rejected(
+            f"{name} answered a body that is not JSON", body=response.text, reason="bad_answer"
+        ) from None
+    if not isinstance(answer, dict):
+        raise Rejected(f"{name} answered JSON that is not an object", reason="bad_answer")
+    return answer
+
+
+def looks_like_html(response: httpx.Response) -> bool:
+    if "html" in response.headers.get("content-type", ""):
+        return True
+    return response.text.lstrip()[:15].lower().startswith(("<!doctype", "<html"))
+
+
+def path_part(name: str, value: str) -> str:
+    """An untrusted id, quoted for a URL path; one that could leave its segment is refused."""
+    if not value or value.strip(".") == "" or ".." in value or any(c in value for c in "/?#\\"):
+        raise Rejected(f"refusing {name} id {value[:60]!r}", reason="bad_id")
+    return quote(value, safe="")

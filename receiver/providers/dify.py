@@ -12,13 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import httpx
-import orjson
 
-from receiver.errors import NotFound, RateLimited, Rejected, Unauthorized, Unavailable
-from receiver.providers.base import ProviderClient, error_message, raise_for_status
+from receiver.errors import NotFound, RateLimited, Rejected, Unauthorized
+from receiver.providers.base import (
+    ProviderClient,
+    error_message,
+    json_object,
+    path_part,
+    raise_for_status,
+)
 
 # Document statuses after which indexing does not move on its own.
 COMPLETED, ERROR, PAUSED = "completed", "error", "paused"
@@ -127,19 +131,7 @@ def _not_found_reason(said: str) -> str:
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     raise_for_dify_status(response)
-    try:
-        answer = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        if _looks_like_html(response):  # a proxy's or gateway's page, not Dify's
-            raise Unavailable(
-                "dify answered an HTML page", status=response.status_code, body=response.text
-            ) from None
-        raise Rejected(
-            "dify answered a body that is not JSON", body=response.text, reason="bad_answer"
-        ) from None
-    if not isinstance(answer, dict):
-        raise Rejected("dify answered JSON that is not an object", reason="bad_answer")
-    return answer
+    return json_object("dify", response)
 
 
 def _document(item: object, response: httpx.Response) -> DocumentStatus:
@@ -173,13 +165,4 @@ def _whole(value: object) -> int | None:
 
 
 def _path_part(value: str) -> str:
-    """An untrusted id, quoted for a URL path; one that could leave its segment is refused."""
-    if not value or value.strip(".") == "" or ".." in value or any(c in value for c in "/?#\\"):
-        raise Rejected(f"refusing dify id {value[:60]!r}", reason="bad_id")
-    return quote(value, safe="")
-
-
-def _looks_like_html(response: httpx.Response) -> bool:
-    if "html" in response.headers.get("content-type", ""):
-        return True
-    return response.text.lstrip()[:15].lower().startswith(("<!doctype", "<html"))
+    return path_part("dify", value)

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import orjson
@@ -24,7 +23,13 @@ from receiver.errors import (
     Unauthorized,
     Unavailable,
 )
-from receiver.providers.base import ProviderClient, error_message, raise_for_status
+from receiver.providers.base import (
+    ProviderClient,
+    error_message,
+    json_object,
+    path_part,
+    raise_for_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,19 +176,7 @@ def _successful(response: httpx.Response) -> dict[str, Any]:
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     raise_for_firecrawl_status(response)
-    try:
-        answer = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        if _looks_like_html(response):  # a proxy's or gateway's page, not Firecrawl's
-            raise Unavailable(
-                "firecrawl answered an HTML page", status=response.status_code, body=response.text
-            ) from None
-        raise Rejected(
-            "firecrawl answered a body that is not JSON", body=response.text, reason="bad_answer"
-        ) from None
-    if not isinstance(answer, dict):
-        raise Rejected("firecrawl answered JSON that is not an object", reason="bad_answer")
-    return answer
+    return json_object("firecrawl", response)
 
 
 def _batch_status(answer: Mapping[str, Any], response: httpx.Response) -> BatchStatus:
@@ -255,16 +248,7 @@ def _issue(issue: Mapping[str, Any]) -> str:
 
 
 def _path_part(value: str) -> str:
-    """An untrusted id, quoted for a URL path; one that could leave its segment is refused."""
-    if not value or value.strip(".") == "" or ".." in value or any(c in value for c in "/?#\\"):
-        raise Rejected(f"refusing firecrawl id {value[:60]!r}", reason="bad_id")
-    return quote(value, safe="")
-
-
-def _looks_like_html(response: httpx.Response) -> bool:
-    if "html" in response.headers.get("content-type", ""):
-        return True
-    return response.text.lstrip()[:15].lower().startswith(("<!doctype", "<html"))
+    return path_part("firecrawl", value)
 
 
 def _int(value: object) -> int | None:
