@@ -4,8 +4,8 @@
 `seconds`, runs `concurrency` loops per provider on the worker's own HTTP client
 (`receiver.wiring.open_http`: the same sharded transport, limits and timeout; or spread over
 `clients` plain ones), each GETting the status of the next batch round-robin and parsing the
-JSON answer. It runs on uvloop, as `receiver worker` does. The caller counts the requests at the sandboxes; this prints
-how many it made when it stops.
+JSON answer. It runs on uvloop, as `receiver worker` does. The caller counts the requests
+at the sandboxes; this prints how many it made when it stops.
 """
 
 from __future__ import annotations
