@@ -54,6 +54,8 @@ class Poller:
         self.store = store
         self.settings = settings
         self.clock = clock
+        self._turns = 0  # polls this process may still make before _turns_until
+        self._turns_until = 0.0
 
     @property
     def rate(self) -> float:
@@ -71,9 +73,7 @@ class Poller:
         job = await self.store.get_job(job_id)
         if job is None or JobStatus(job["status"]).terminal:
             return None
-        wait = await self.store.acquire_rate(
-            f"poll:{self.provider}", 1.0 / self.rate, burst=max(1, int(self.rate))
-        )
+        wait = await self._take_turn()
         if wait > 0:
             return self.clock() + wait
         try:
@@ -87,6 +87,22 @@ class Poller:
             return None
         POLLS.labels(self.provider, "ok").inc()
         return await self._record(job, seen)
+
+    async def _take_turn(self) -> float:
+        """0 when this poll may go now, else seconds to wait. Turns are taken from the shared
+        rate limit a tenth of a second's worth at a time and spent within that tenth."""
+        now = time.monotonic()
+        if self._turns > 0 and now < self._turns_until:
+            self._turns -= 1
+            return 0.0
+        batch = max(1, int(self.rate / 10))
+        wait = await self.store.acquire_rate(
+            f"poll:{self.provider}", 1.0 / self.rate, burst=max(batch, int(self.rate)), take=batch
+        )
+        if wait > 0:
+            return wait
+        self._turns, self._turns_until = batch - 1, now + 0.1
+        return 0.0
 
     async def _record(self, job: Mapping[str, Any], seen: Observation) -> float | None:
         job_id, now = job["id"], self.clock()

@@ -324,7 +324,8 @@ for _, member in ipairs(items) do redis.call('ZADD', KEYS[1], lease_end, member)
 return items
 """
 
-# KEYS[1] the rate key; ARGV[1] seconds between calls (1 / rate), ARGV[2] burst (calls).
+# KEYS[1] the rate key; ARGV[1] seconds between calls (1 / rate), ARGV[2] burst (calls),
+# ARGV[3] how many calls the caller takes at once.
 # A generic cell rate algorithm on the server's clock, shared by every worker: returns '0'
 # when the caller may go now (and counts it), else the seconds to wait.
 ACQUIRE_RATE = r"""
@@ -332,7 +333,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-local next_tat = tat + interval
+local next_tat = tat + interval * tonumber(ARGV[3] or '1')
 local wait = next_tat - now - interval * burst
 if wait > 0 then return tostring(wait) end
 redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil((next_tat - now) * 1000) + 1000)

@@ -318,9 +318,12 @@ class Store:
             claimed += [_text(m) for m in await self._claim_due(keys=[key], args=args)]
         return claimed
 
-    async def acquire_rate(self, name: str, interval: float, burst: int = 1) -> float:
-        """0 when the caller may make the rate-limited call now, else seconds to wait."""
-        wait = await self._acquire_rate(keys=[self.keys.rate(name)], args=[interval, burst])
+    async def acquire_rate(
+        self, name: str, interval: float, burst: int = 1, take: int = 1
+    ) -> float:
+        """0 when the caller may make `take` rate-limited calls now, else seconds to wait."""
+        args = [interval, burst, take]
+        wait = await self._acquire_rate(keys=[self.keys.rate(name)], args=args)
         return float(_text(wait))
 
     async def ensure_group(self) -> None:

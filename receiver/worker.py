@@ -55,6 +55,7 @@ class Worker:
         self._room.set()
         self._entries: dict[str, Any] = {}  # stream entries at work here, by id
         self._leases: set[str] = set()  # due members at work here
+        self._lease_lock = asyncio.Lock()  # renewals vs. reschedules of due members
         self._acks = Acknowledger(store)
 
     async def run(self) -> None:
@@ -158,10 +159,14 @@ class Worker:
         self._leases.add(member)
         try:
             next_at = await self._step(member)
-            if next_at is None:
-                await self.store.unschedule(member)
-            else:
-                await self.store.schedule(member, next_at)
+            # Under the lock, so a lease renewal already on its way cannot land after the
+            # new due time and push it back to the end of a lease.
+            async with self._lease_lock:
+                self._leases.discard(member)
+                if next_at is None:
+                    await self.store.unschedule(member)
+                else:
+                    await self.store.schedule(member, next_at)
         except RedisError as exc:  # the lease runs out and the member comes due again
             log.warning("could not reschedule work", extra={"work": member, "error": repr(exc)})
         finally:
@@ -173,17 +178,23 @@ class Worker:
         redis, keys = self.store.redis, self.store.keys
         while True:
             await asyncio.sleep(self._renew_every)
-            entries, leases = list(self._entries.values()), list(self._leases)
+            entries = list(self._entries.values())
             with contextlib.suppress(RedisError):
                 if entries:
-                    # XCLAIM to ourselves with no minimum idle time resets the idle time.
+                    # XCLAIM to ourselves with no minimum idle time resets the idle time;
+                    # an entry acknowledged meanwhile is no longer pending and is skipped.
                     await redis.xclaim(keys.work, WORK_GROUP, self.name, 0, entries, justid=True)
-                if leases:
-                    until = time.time() + self.lease
-                    async with redis.pipeline(transaction=False) as pipe:
-                        for member in leases:
-                            pipe.zadd(self.store.due_key(member), {member: until}, xx=True)
-                        await pipe.execute()
+                async with self._lease_lock:
+                    await self._extend_leases(list(self._leases))
+
+    async def _extend_leases(self, leases: list[str]) -> None:
+        if not leases:
+            return
+        until = time.time() + self.lease
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for member in leases:
+                pipe.zadd(self.store.due_key(member), {member: until}, xx=True)
+            await pipe.execute()
 
     @property
     def _renew_every(self) -> float:

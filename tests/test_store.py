@@ -204,3 +204,9 @@ async def test_ensure_group_is_idempotent(redis: Redis, store: Store) -> None:
     await store.ensure_group()
     groups = await redis.xinfo_groups(store.keys.work)
     assert [g["name"] for g in groups] == [WORK_GROUP.encode()]
+
+
+async def test_acquire_rate_takes_several_turns_at_once(store: Store) -> None:
+    assert await store.acquire_rate("z", 0.5, burst=4, take=4) == 0
+    wait = await store.acquire_rate("z", 0.5, burst=4, take=1)
+    assert 0 < wait <= 0.5  # the four turns used the whole burst
