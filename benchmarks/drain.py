@@ -145,7 +145,7 @@ async def measure(directory: Path, tasks: int) -> dict[str, object]:
     limit = tasks * RESULTS_LATENCY / CONCURRENCY
     say(
         f"drained {stored} results in {seconds:.2f} s (limit {limit:.2f} s); job "
-        f"{job['status']}, failed {job['failed']}; sandbox /results answers: "
+        f"{job['status']}, failed {job.get('failed', 0)}; sandbox /results answers: "
         f"{ {k: v for k, v in stats.items() if k.startswith('results')} }"
     )
     return {
@@ -160,7 +160,7 @@ async def measure(directory: Path, tasks: int) -> dict[str, object]:
         "idle_rss_mb": round(idle_rss, 1),
         "final_rss_mb": round(final_rss, 1),
         "results_stored": stored,
-        "failed": job["failed"],
+        "failed": job.get("failed", 0),
         "results_requests": stats.get("results", 0),
         "concurrency": CONCURRENCY,
     }

@@ -313,15 +313,31 @@ return 'reopened'
 """
 )
 
-# KEYS[1] due set; ARGV[1] now, ARGV[2] how many, ARGV[3] lease (s).
+# KEYS[1] due set; ARGV[1] now, ARGV[2] how many, ARGV[3] the lease end (unix time).
 # Takes the due members and pushes their due time past the lease, so no other worker
 # takes them meanwhile and a crashed worker's members come due again after the lease.
 CLAIM_DUE = r"""
 local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0,
                          tonumber(ARGV[2]))
-local lease_end = tonumber(ARGV[1]) + tonumber(ARGV[3])
-for _, member in ipairs(items) do redis.call('ZADD', KEYS[1], lease_end, member) end
+for _, member in ipairs(items) do redis.call('ZADD', KEYS[1], ARGV[3], member) end
 return items
+"""
+
+# ARGV[1] the new lease end; then triples (due key, member, the lease end the caller set).
+# Extends each lease only if the member's due time is still that lease end: a member
+# rescheduled meanwhile keeps its new due time. Returns 1 or 0 per member.
+RENEW_LEASES = r"""
+local out = {}
+for i = 2, #ARGV, 3 do
+  local score = redis.call('ZSCORE', ARGV[i], ARGV[i + 1])
+  if score and tonumber(score) == tonumber(ARGV[i + 2]) then
+    redis.call('ZADD', ARGV[i], ARGV[1], ARGV[i + 1])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
 """
 
 # KEYS[1] the rate key; ARGV[1] seconds between calls (1 / rate), ARGV[2] burst (calls),

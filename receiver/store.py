@@ -121,6 +121,7 @@ class Store:
         self._finish_job = redis.register_script(scripts.FINISH_JOB)
         self._update_job = redis.register_script(scripts.UPDATE_JOB)
         self._claim_due = redis.register_script(scripts.CLAIM_DUE)
+        self._renew_leases = redis.register_script(scripts.RENEW_LEASES)
         self._reopen_job = redis.register_script(scripts.REOPEN_JOB)
         self._acquire_rate = redis.register_script(scripts.ACQUIRE_RATE)
 
@@ -307,6 +308,15 @@ class Store:
 
     async def claim_due(self, limit: int, lease: float = DUE_LEASE) -> list[str]:
         """Up to `limit` due members, each leased to the caller for `lease` seconds."""
+        members, _ = await self.claim_due_leased(limit, lease)
+        return members
+
+    async def claim_due_leased(
+        self, limit: int, lease: float = DUE_LEASE
+    ) -> tuple[list[str], float]:
+        """The claimed members, and the lease end they were given (to renew them by)."""
+        now = self.clock()
+        lease_end = now + lease
         claimed: list[str] = []
         first = self._next_shard
         self._next_shard = (first + 1) % self.due_shards  # no shard waits behind another
@@ -314,9 +324,21 @@ class Store:
             if len(claimed) >= limit:
                 break
             key = self.keys.due_shard((first + offset) % self.due_shards)
-            args: list[Any] = [repr(self.clock()), limit - len(claimed), lease]
+            args: list[Any] = [repr(now), limit - len(claimed), repr(lease_end)]
             claimed += [_text(m) for m in await self._claim_due(keys=[key], args=args)]
-        return claimed
+        return claimed, lease_end
+
+    async def renew_leases(self, leases: Mapping[str, float], lease: float) -> dict[str, float]:
+        """Extend the leases still held (due time unchanged since we set it): member -> new
+        lease end. A member rescheduled meanwhile is left alone."""
+        if not leases:
+            return {}
+        new_end = self.clock() + lease
+        args: list[Any] = [repr(new_end)]
+        for member, held in leases.items():
+            args += [self.due_key(member), member, repr(held)]
+        renewed = await self._renew_leases(args=args)
+        return {m: new_end for m, ok in zip(leases, renewed, strict=True) if int(ok)}
 
     async def acquire_rate(
         self, name: str, interval: float, burst: int = 1, take: int = 1

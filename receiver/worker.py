@@ -54,8 +54,7 @@ class Worker:
         self._room = asyncio.Event()
         self._room.set()
         self._entries: dict[str, Any] = {}  # stream entries at work here, by id
-        self._leases: set[str] = set()  # due members at work here
-        self._lease_lock = asyncio.Lock()  # renewals vs. reschedules of due members
+        self._leases: dict[str, float] = {}  # due members at work here -> their lease end
         self._acks = Acknowledger(store)
 
     async def run(self) -> None:
@@ -130,8 +129,9 @@ class Worker:
     async def _due(self) -> None:
         while True:
             room = await self._wait_for_room()
-            members = await self.store.claim_due(room, self.lease)
+            members, lease_end = await self.store.claim_due_leased(room, self.lease)
             for member in members:
+                self._leases[member] = lease_end
                 self._spawn(self._run_due(member))
             if len(members) < room:
                 await asyncio.sleep(self.due_interval)
@@ -156,21 +156,19 @@ class Worker:
             del self._entries[key]
 
     async def _run_due(self, member: str) -> None:
-        self._leases.add(member)
         try:
             next_at = await self._step(member)
-            # Under the lock, so a lease renewal already on its way cannot land after the
-            # new due time and push it back to the end of a lease.
-            async with self._lease_lock:
-                self._leases.discard(member)
-                if next_at is None:
-                    await self.store.unschedule(member)
-                else:
-                    await self.store.schedule(member, next_at)
+            # No longer renewed; a renewal already on its way sees the new due time and
+            # leaves it alone (it only extends a lease still at the end we gave it).
+            self._leases.pop(member, None)
+            if next_at is None:
+                await self.store.unschedule(member)
+            else:
+                await self.store.schedule(member, next_at)
         except RedisError as exc:  # the lease runs out and the member comes due again
             log.warning("could not reschedule work", extra={"work": member, "error": repr(exc)})
         finally:
-            self._leases.discard(member)
+            self._leases.pop(member, None)
 
     async def _renew(self) -> None:
         """Keep this worker's claims fresh while its steps run, so nobody takes them over:
@@ -184,17 +182,10 @@ class Worker:
                     # XCLAIM to ourselves with no minimum idle time resets the idle time;
                     # an entry acknowledged meanwhile is no longer pending and is skipped.
                     await redis.xclaim(keys.work, WORK_GROUP, self.name, 0, entries, justid=True)
-                async with self._lease_lock:
-                    await self._extend_leases(list(self._leases))
-
-    async def _extend_leases(self, leases: list[str]) -> None:
-        if not leases:
-            return
-        until = time.time() + self.lease
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for member in leases:
-                pipe.zadd(self.store.due_key(member), {member: until}, xx=True)
-            await pipe.execute()
+                renewed = await self.store.renew_leases(dict(self._leases), self.lease)
+                for member, lease_end in renewed.items():
+                    if member in self._leases:  # still at work
+                        self._leases[member] = lease_end
 
     @property
     def _renew_every(self) -> float:

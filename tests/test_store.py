@@ -210,3 +210,18 @@ async def test_acquire_rate_takes_several_turns_at_once(store: Store) -> None:
     assert await store.acquire_rate("z", 0.5, burst=4, take=4) == 0
     wait = await store.acquire_rate("z", 0.5, burst=4, take=1)
     assert 0 < wait <= 0.5  # the four turns used the whole burst
+
+
+async def test_renew_leases_extends_held_leases_and_spares_rescheduled_ones(
+    store: Store,
+) -> None:
+    now = store.clock()
+    await store.schedule("poll:a", now - 1)
+    await store.schedule("poll:b", now - 1)
+    members, lease_end = await store.claim_due_leased(10, lease=30)
+    assert sorted(members) == ["poll:a", "poll:b"]
+    await store.schedule("poll:b", now + 5)  # b's step finished and rescheduled it
+    renewed = await store.renew_leases({m: lease_end for m in members}, lease=60)
+    assert list(renewed) == ["poll:a"]
+    assert await store.due_at("poll:a") == pytest.approx(renewed["poll:a"])
+    assert await store.due_at("poll:b") == pytest.approx(now + 5)
