@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from benchmarks.common import CALLBACK_PATH, SECRET_KEY, say
 from benchmarks.loadgen import LoadResult, Spec
+from receiver.sandbox.decodo import SEED_CALLBACK
 from receiver.store import Store, new_job_id
 from receiver.tokens import PassthroughSigner
 
@@ -27,28 +28,7 @@ def task_id(index: int) -> str:
 
 def callback_body(task: str, token: str) -> dict[str, object]:
     """The seed's callback for a finished task, as Decodo posts it."""
-    return {
-        "id": task,
-        "status": "done",
-        "target": "universal",
-        "query": "",
-        "url": "https://ip.decodo.com",
-        "domain": "com",
-        "limit": 10,
-        "locale": None,
-        "geo": None,
-        "device_type": "desktop",
-        "page_from": 1,
-        "parse": 0,
-        "output_schema": None,
-        "headless": None,
-        "priority": 0,
-        "persist": True,
-        "content_encoding": "utf-8",
-        "created_at": "2023-03-08 09:24:52",
-        "updated_at": "2023-03-08 09:24:52",
-        "passthrough": token,
-    }
+    return {**SEED_CALLBACK, "id": task, "passthrough": token}
 
 
 @dataclass

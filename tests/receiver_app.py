@@ -13,32 +13,13 @@ import orjson
 import redis as sync_redis
 
 from receiver.app import create_app
+from receiver.sandbox import decodo as decodo_sandbox
 from receiver.settings import Settings
 from receiver.tokens import PassthroughSigner
 from tests.servers import RedisProcess, serve_app
 
 # The seed's example callback body; tests add the passthrough note and their own task id.
-SEED_CALLBACK = {
-    "id": "7039164056019693569",
-    "status": "done",
-    "target": "universal",
-    "query": "",
-    "url": "https://ip.decodo.com",
-    "domain": "com",
-    "limit": 10,
-    "locale": None,
-    "geo": None,
-    "device_type": "desktop",
-    "page_from": 1,
-    "parse": 0,
-    "output_schema": None,
-    "headless": None,
-    "priority": 0,
-    "persist": True,
-    "content_encoding": "utf-8",
-    "created_at": "2023-03-08 09:24:52",
-    "updated_at": "2023-03-08 09:24:52",
-}
+SEED_CALLBACK: dict[str, object] = dict(decodo_sandbox.SEED_CALLBACK)
 KEYS = ("new-key", "old-key")
 
 

@@ -48,6 +48,28 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 # The token after "Basic ": base64 of the sandbox's "user:pass".
 DEFAULT_AUTH = base64.b64encode(b"sandbox:sandbox").decode()
+# The seed's own example of the callback body (002_86429b235c9c91fd.txt), key for key.
+SEED_CALLBACK: dict[str, object] = {
+    "id": "7039164056019693569",
+    "status": "done",
+    "target": "universal",
+    "query": "",
+    "url": "https://ip.decodo.com",
+    "domain": "com",
+    "limit": 10,
+    "locale": None,
+    "geo": None,
+    "device_type": "desktop",
+    "page_from": 1,
+    "parse": 0,
+    "output_schema": None,
+    "headless": None,
+    "priority": 0,
+    "persist": True,
+    "content_encoding": "utf-8",
+    "created_at": "2023-03-08 09:24:52",
+    "updated_at": "2023-03-08 09:24:52",
+}
 
 # Echoed request parameters with Decodo's default when absent, in the order of the seed's example;
 # the server-owned fields (created_at, id, status, ...) sit between the two groups.
