@@ -73,7 +73,7 @@ def run_redis(*extra: str) -> Iterator[RedisProcess]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):

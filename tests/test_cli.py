@@ -191,8 +191,8 @@ def test_sandbox_all_serves_the_three_providers_on_consecutive_ports() -> None:
         stderr=subprocess.DEVNULL,
     ) as process:
         try:
-            for offset in range(3):
-                wait_for_port(port + offset)
+            for offset in range(3):  # a cold start imports all three: give it time
+                wait_for_port(port + offset, timeout=60)
             base = "http://127.0.0.1"
             decodo = httpx.get(f"{base}:{port}/v3/task/1", timeout=10)
             firecrawl = httpx.get(f"{base}:{port + 1}/v2/batch/scrape/x", timeout=10)

@@ -705,6 +705,8 @@ async def test_webhook_non_2xx_is_retried_after_the_retry_delays() -> None:
         async with open_sandbox(**FAST, webhook_retry_delays="0.02,0.02,0.02") as client:
             await submit(client, 1, webhook={"url": hook_url, "events": ["started"]})
             await wait_until(lambda: len(receiver.deliveries) == 3)
+            # The third answer reaches the receiver before the sandbox has counted it.
+            await wait_for_stat(client, "webhook batch_scrape.started 200", 1)
             stats = (await client.get("/_sandbox/stats")).json()
     assert len({d.raw for d in receiver.deliveries}) == 1
     assert stats["webhook batch_scrape.started 500"] == 2
