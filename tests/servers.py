@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -71,6 +72,21 @@ def run_redis(*extra: str) -> Iterator[RedisProcess]:
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports, below the ephemeral range so that no
+    outgoing connection of another test takes one of them meanwhile."""
+    for base in random.sample(range(20_000, 32_000 - count), 200):
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + count):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from receiver.sandbox.decodo import DEFAULT_AUTH
 from tests.e2e import decodo_sandbox_server
-from tests.servers import RedisProcess, free_port, wait_for_port
+from tests.servers import RedisProcess, consecutive_free_ports, free_port, wait_for_port
 
 
 def receiver_env(**values: str) -> dict[str, str]:
@@ -182,9 +182,7 @@ def test_submit_and_show_through_the_cli(redis_process: RedisProcess) -> None:
 
 
 def test_sandbox_all_serves_the_three_providers_on_consecutive_ports() -> None:
-    port = free_port()
-    while any(_port_taken(p) for p in (port + 1, port + 2)):
-        port = free_port()
+    port = consecutive_free_ports(3)
     with subprocess.Popen(
         [sys.executable, "-m", "receiver", "sandbox", "all", "--port", str(port)],
         stdout=subprocess.DEVNULL,
@@ -232,10 +230,3 @@ def test_sandbox_knobs_reach_the_one_provider() -> None:
         finally:
             process.terminate()
             process.wait(20)
-
-
-def _port_taken(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
