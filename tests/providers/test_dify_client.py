@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -29,6 +29,7 @@ from tests.providers.captures import (
     response_of,
     target_of,
 )
+from tests.providers.conftest import Handler, MockHttp
 
 pytestmark = pytest.mark.anyio
 
@@ -38,7 +39,6 @@ LOCAL = "http://127.0.0.1:5001/v1"  # the captured server's API base
 DATASET = "96cc60c5-782e-419e-aa36-655f0742d733"
 PDF_ERROR = "Failed to load document (PDFium: Data format error)."
 
-Handler = Callable[[httpx.Request], httpx.Response]
 ClientFor = Callable[[Handler], DifyClient]
 
 # Every poll timeline captured, with the batch state each of its saved polls implies.
@@ -124,18 +124,9 @@ def item(doc_id: str, status: str, **fields: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def client_for() -> AsyncIterator[ClientFor]:
+def client_for(mock_http: MockHttp) -> ClientFor:
     """A factory of clients of the captured server's API base, answered by a handler."""
-    opened: list[httpx.AsyncClient] = []
-
-    def make(handler: Handler) -> DifyClient:
-        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-        opened.append(http)
-        return DifyClient(http, LOCAL, KEY)
-
-    yield make
-    for http in opened:
-        await http.aclose()
+    return lambda handler: DifyClient(mock_http(handler), LOCAL, KEY)
 
 
 # --- Poll timelines replayed ---

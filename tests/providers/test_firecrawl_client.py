@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -19,6 +19,7 @@ from receiver.errors import (
 )
 from receiver.providers.firecrawl import BatchStatus, FirecrawlClient
 from tests.providers.captures import Replay, body_of, load, response_of, target_of
+from tests.providers.conftest import Handler, MockHttp
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +33,6 @@ BATCH_E = "1f18d282-7722-44d1-87e0-d5bbf00b5465"
 BATCH_F = "6cfcf6ea-135d-4e26-b8d7-d2e0457915a1"
 BATCH_G = "2072c64b-1cc6-4c1f-9806-716eef31d461"
 
-Handler = Callable[[httpx.Request], httpx.Response]
 ClientFor = Callable[[Handler], FirecrawlClient]
 
 
@@ -72,18 +72,9 @@ def recording(handler: Handler) -> tuple[Handler, list[httpx.Request]]:
 
 
 @pytest.fixture
-async def client_for() -> AsyncIterator[ClientFor]:
+def client_for(mock_http: MockHttp) -> ClientFor:
     """A factory of clients of the captured server's origin, answered by a handler."""
-    opened: list[httpx.AsyncClient] = []
-
-    def make(handler: Handler) -> FirecrawlClient:
-        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-        opened.append(http)
-        return FirecrawlClient(http, LOCAL, KEY)
-
-    yield make
-    for http in opened:
-        await http.aclose()
+    return lambda handler: FirecrawlClient(mock_http(handler), LOCAL, KEY)
 
 
 # --- Batch A: polled from 0/6 to completed, then pages that ignore skip and limit ---
