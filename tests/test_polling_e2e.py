@@ -86,10 +86,10 @@ def test_firecrawl_cancel_mid_scrape(redis_process: RedisProcess) -> None:
 
 
 def test_firecrawl_cancel_reports_provider_404_and_409(redis_process: RedisProcess) -> None:
+    # No worker: a poll would end both jobs before the DELETE (404 fails the first, the
+    # second completes), and the answer would be our own 409, not the provider's.
     firecrawl = {"scrape_delay": 5.0, "conflict_on_completed_cancel": True}
-    with polled_deployment(
-        redis_process, firecrawl=firecrawl, settings={"poll_min": 30.0, "poll_max": 30.0}
-    ) as d:
+    with polled_deployment(redis_process, firecrawl=firecrawl, with_worker=False) as d:
         unknown = d.create({"provider": "firecrawl", "batch_id": str(uuid.uuid4())})
         response = httpx.delete(f"{d.api}/jobs/{unknown}", headers=d.headers(), timeout=10)
         assert response.status_code == 404
