@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,14 +14,46 @@ import orjson
 import redis as sync_redis
 
 from receiver.app import create_app
-from receiver.sandbox import decodo as decodo_sandbox
 from receiver.settings import Settings
 from receiver.tokens import PassthroughSigner
+from tests.sandbox.openapi_seeds import SEEDS_DIR
 from tests.servers import RedisProcess, serve_app
 
-# The seed's example callback body; tests add the passthrough note and their own task id.
-SEED_CALLBACK: dict[str, object] = dict(decodo_sandbox.SEED_CALLBACK)
+# The Decodo seed: its doc page on asynchronous requests, examples and all.
+DECODO_SEED = "002_86429b235c9c91fd.txt"
 KEYS = ("new-key", "old-key")
+
+
+@functools.cache
+def seed_example(after: str) -> dict[str, object]:
+    """The first JSON example of the Decodo seed after the first `after` in its text.
+
+    An example is a `{` at the start of a line, then its indented lines; the seed's callback
+    example lacks its closing brace, which is put back.
+    """
+    text = (SEEDS_DIR / DECODO_SEED).read_text(encoding="utf-8")
+    lines = text[text.index(after) :].splitlines()
+    block = lines[lines.index("{") :]
+    end = next((i for i, line in enumerate(block[1:], 1) if not line.startswith((" ", "}"))), None)
+    source = "\n".join(block[:end])
+    if not source.rstrip().endswith("}"):
+        source += "\n}"
+    example: dict[str, object] = orjson.loads(source)
+    return example
+
+
+def seed_callback_body() -> dict[str, object]:
+    """The seed's example callback body, read from the seed text (not the sandbox's copy)."""
+    return dict(seed_example('"callback_url"'))
+
+
+def seed_status_body() -> dict[str, object]:
+    """The seed's first example answer of GET /v3/task/{task_id}."""
+    return dict(seed_example("/v3/task/{task_id}'"))
+
+
+# The seed's example callback body; tests add the passthrough note and their own task id.
+SEED_CALLBACK: dict[str, object] = dict(seed_callback_body())
 
 
 @dataclass

@@ -68,9 +68,14 @@ def test_run_embedded_serves_the_single_task_flow(tmp_path: Path) -> None:
             DECODO_AUTH=DEFAULT_AUTH,
         )
         with running("run", env) as process:
+            callback_url = read_until(process, r"callback URL\s+(\S+)")
+            health_url = read_until(process, r"health URL\s+(\S+)")
             token = read_until(process, r"API token\s+(\S+)")
             wait_for_port(port)
             api = f"http://127.0.0.1:{port}"
+            assert callback_url == f"{api}/callbacks/decodo"
+            assert health_url == f"{api}/healthz"
+            assert httpx.get(health_url, timeout=10).status_code == 200
             headers = {"Authorization": f"Bearer {token}"}
             created = httpx.post(
                 f"{api}/jobs",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,8 +13,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e import PolledDeployment, polled_deployment
-from tests.servers import RedisProcess, free_port, wait_for_port
+from tests.e2e import Deployment, PolledDeployment, polled_deployment
+from tests.e2e import deployment as decodo_deployment
+from tests.servers import RedisProcess, free_port, run_redis, wait_for_port
 
 BATCH = str(uuid.UUID(int=1))
 MANY = [f"https://site.example/{i}" for i in range(10_000)]
@@ -47,6 +49,16 @@ BAD_BODIES: dict[str, Any] = {
 }
 
 
+def wait_for_tasks(d: Deployment, job_id: str, count: int) -> list[dict[str, Any]]:
+    """The job's tasks once the sandbox has answered for all of them."""
+    deadline = time.monotonic() + 30
+    while len(tasks := d.job(job_id)["tasks"]) < count:
+        assert time.monotonic() < deadline, f"{len(tasks)} of {count} tasks submitted"
+        time.sleep(0.1)
+    submitted: list[dict[str, Any]] = tasks
+    return submitted
+
+
 @pytest.fixture(scope="module")
 def deployment(redis_process: RedisProcess) -> Iterator[PolledDeployment]:
     with polled_deployment(redis_process, with_worker=False) as d:
@@ -78,9 +90,25 @@ def test_malformed_json_job_request(deployment: PolledDeployment) -> None:
     assert response.status_code == 400 and deployment.redis.dbsize() == 0
 
 
-def test_decodo_10000_urls_are_accepted_and_chunked(deployment: PolledDeployment) -> None:
+def test_decodo_10000_urls_are_accepted(deployment: PolledDeployment) -> None:
     job_id = deployment.create({"provider": "decodo", "urls": MANY})
     assert deployment.job(job_id)["request"]["items"] == 10_000
+
+
+def test_decodo_batch_over_3000_items_is_submitted_in_chunks_of_at_most_3000() -> None:
+    urls = MANY[:3001]
+    # Its own Redis: the worker beside this receiver must not meet the module's jobs.
+    with run_redis() as redis_server, decodo_deployment(redis_server, completion_delay=600) as d:
+        job_id = d.submit({"urls": urls})
+        tasks = wait_for_tasks(d, job_id, len(urls))
+        stats = d.sandbox_stats()
+    # The sandbox answers 400 to a batch of more than 3000 items, so two accepted batch
+    # requests holding 3001 tasks between them were chunks of at most 3000.
+    assert stats.get("batch 200") == 2, stats
+    # A 429 may come and be retried (the sandbox times a batch by its arrival), a 400 never.
+    assert "batch 400" not in stats and not any(key.startswith("submit") for key in stats), stats
+    assert sorted(task["input"] for task in tasks) == sorted(urls)
+    assert len({task["id"] for task in tasks}) == len(urls)
 
 
 def test_cli_track_commands(deployment: PolledDeployment, redis_process: RedisProcess) -> None:

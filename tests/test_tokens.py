@@ -79,8 +79,15 @@ def test_rotation_old_token_still_verifies_new_key_signs() -> None:
 
 
 def test_token_is_bound_to_its_job() -> None:
-    signer = PassthroughSigner(["k1"], max_age=3600)
-    assert signer.verify(signer.sign("job-a")) != "job-b"
+    signer = PassthroughSigner(["k1"], max_age=3600, clock=FakeClock())
+    token_a, token_b = signer.sign("job-a"), signer.sign("job-b")
+    assert token_a != token_b
+    assert signer.verify(token_a) == "job-a" and signer.verify(token_b) == "job-b"
+    # Same key, same second: only the job differs. A's signature never vouches for job B.
+    payload_b = token_b.split(".")[0]
+    _, stamp_a, signature_a = token_a.split(".")
+    with pytest.raises(InvalidToken):
+        signer.verify(f"{payload_b}.{stamp_a}.{signature_a}")
 
 
 def test_token_from_another_purpose_fails_the_salt() -> None:

@@ -101,6 +101,12 @@ _ECHOED_TAIL: tuple[tuple[str, Any], ...] = (
 )
 # Echoed only when the request gave them.
 _ECHOED_IF_GIVEN = ("target", "query", "callback_url")
+# The fields of GET /v3/task/{id}, in the order of the seed's status examples.
+_STATUS_FIELDS = (
+    "status", "id", "created_at", "updated_at", "target", "query", "page_from", "limit",
+    "device_type", "headless", "parse", "domain", "page_count", "force_headers", "force_cookies",
+    "headers_cookies_policy",
+)  # fmt: skip
 
 _SCHEDULER_BURST = 500  # timers run per scheduler turn before yielding to the event loop
 _JSON_HEADERS = {"content-type": "application/json"}
@@ -189,7 +195,7 @@ def _bad_request(message: str, field_name: str) -> _Failure:
 
 @dataclass(slots=True)
 class _Task:
-    fields: dict[str, Any]  # the task object, as GET /v3/task/{id} answers it
+    fields: dict[str, Any]  # the task object, as POST /v3/task answers it
     created: float  # sandbox-clock seconds
     callback_url: str | None
     passthrough: Any  # the note to echo in the callback; None when not given
@@ -398,15 +404,16 @@ class _DecodoSandbox:
         return json_response(self._create_task(params).fields)
 
     async def submit_batch(self, request: Request) -> Response:
-        if not self._take_batch_slot():
-            raise _Failure(429, "Too many requests", retry_after=self.config.retry_after)
         params = await _read_object(request)
         key, items = _read_batch_input(params, self.config.batch_max_items)
+        # Only a valid batch takes the slot: a 400 leaves the rate budget as it was.
+        if not self._take_batch_slot():
+            raise _Failure(429, "Too many requests", retry_after=self.config.retry_after)
         queries = [self._create_task({**params, key: item}).fields for item in items]
         return json_response({"id": self._new_id(), "queries": queries, "errors": []})
 
     async def status(self, request: Request) -> Response:
-        return json_response(self._find_live(request.path_params["task_id"]).fields)
+        return json_response(_status_object(self._find_live(request.path_params["task_id"])))
 
     async def results(self, request: Request) -> Response:
         if self.config.results_latency > 0:
@@ -568,6 +575,14 @@ def _task_object(params: dict[str, Any], task_id: str, stamp: str) -> dict[str, 
     fields.update({key: params.get(key, default) for key, default in _ECHOED_TAIL})
     fields.update({key: params[key] for key in _ECHOED_IF_GIVEN if key in params})
     return fields
+
+
+def _status_object(task: _Task) -> dict[str, Any]:
+    """The seed's status example: its fields only, target and query filled as in callbacks."""
+    status = {key: task.fields.get(key) for key in _STATUS_FIELDS}
+    status["target"] = status["target"] or "universal"
+    status["query"] = status["query"] or ""
+    return status
 
 
 def _task_callback(task: _Task) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.sandbox.decodo import DEFAULT_AUTH, DecodoSandboxConfig, create_app
+from receiver.sandbox.decodo import DEFAULT_AUTH, SEED_CALLBACK, DecodoSandboxConfig, create_app
+from tests.receiver_app import seed_callback_body, seed_status_body
 from tests.servers import free_port, serve_app, wait_for_port
 
 AUTH = {"Authorization": f"Basic {DEFAULT_AUTH}"}
@@ -31,12 +32,12 @@ SEED_TASK_KEYS = [
     "http_method", "cookies", "force_headers", "force_cookies", "headers", "session_id",
     "successful_status_codes", "follow_redirect", "payload", "store_id", "headers_cookies_policy",
 ]  # fmt: skip
-# The keys of the seed's status examples.
-SEED_STATUS_KEYS = {
+# The keys of the seed's status examples, in their order.
+SEED_STATUS_KEYS = [
     "status", "id", "created_at", "updated_at", "target", "query", "page_from", "limit",
     "device_type", "headless", "parse", "domain", "page_count", "force_headers", "force_cookies",
     "headers_cookies_policy",
-}  # fmt: skip
+]  # fmt: skip
 # The keys of the seed's callback example, in its order.
 SEED_CALLBACK_KEYS = [
     "id", "status", "target", "query", "url", "domain", "limit", "locale", "geo", "device_type",
@@ -165,7 +166,36 @@ async def test_submit_echoes_target_query_and_callback_url() -> None:
     assert set(task) == {*SEED_TASK_KEYS, "target", "query", "callback_url"}
     assert task["url"] is None and task["parse"] is True and task["headless"] == "html"
     assert task["target"] == "google_ai_mode" and task["query"] == params["query"]
-    assert SEED_STATUS_KEYS <= set(status) and status["status"] == "pending"
+    assert list(status) == SEED_STATUS_KEYS and status["status"] == "pending"
+
+
+def test_status_keys_are_the_seeds() -> None:
+    assert list(seed_status_body()) == SEED_STATUS_KEYS
+
+
+@pytest.mark.anyio
+async def test_status_answers_the_seed_status_example() -> None:
+    seed = seed_status_body()
+    params = {key: seed[key] for key in ("target", "query", "parse", "headless")}
+    async with open_sandbox(completion_delay=60) as client:
+        task = await submit(client, **params, callback_url="http://127.0.0.1:1/c", geo="Spain")
+        pending = (await client.get(f"/v3/task/{task['id']}")).json()
+        await client.post(f"/_sandbox/tasks/{task['id']}/complete")
+        done = (await client.get(f"/v3/task/{task['id']}")).json()
+    own = {"id": task["id"], "created_at": task["created_at"], "updated_at": task["updated_at"]}
+    assert list(pending) == SEED_STATUS_KEYS and pending == {**seed, **own}
+    assert list(done) == SEED_STATUS_KEYS and done["status"] == "done"
+    assert STAMP.match(done["updated_at"])
+
+
+@pytest.mark.anyio
+async def test_status_of_a_url_task_has_only_the_seed_fields() -> None:
+    async with open_sandbox(completion_delay=60) as client:
+        task = await submit(client, url=URL, http_method="post", cookies=[{"k": "v"}])
+        status = (await client.get(f"/v3/task/{task['id']}")).json()
+    assert list(status) == SEED_STATUS_KEYS
+    assert status["id"] == task["id"] and status["status"] == "pending"
+    assert status["target"] == "universal" and status["query"] == ""
 
 
 @pytest.mark.anyio
@@ -235,6 +265,25 @@ async def test_second_batch_within_one_second_is_429() -> None:
     assert second.status_code == 429
     assert second.json() == {"status": "failed", "message": "Too many requests"}
     assert second.headers["Retry-After"] == "1"
+
+
+@pytest.mark.anyio
+async def test_refused_batch_does_not_use_the_rate_budget() -> None:
+    bad = [b"{", orjson.dumps({"url": [URL] * 3001}), orjson.dumps({"url": []})]
+    async with open_sandbox(completion_delay=60) as client:
+        for body in bad:
+            refused = await client.post("/v3/task/batch", content=body)
+            assert refused.status_code == 400, body
+        accepted = await client.post("/v3/task/batch", json={"url": [URL]})
+        limited = await client.post("/v3/task/batch", json={"url": [URL]})
+    assert accepted.status_code == 200, accepted.text
+    assert limited.status_code == 429  # the budget is still one batch per second
+
+
+def test_sandbox_callback_is_the_seed_example() -> None:
+    seed = seed_callback_body()
+    assert list(SEED_CALLBACK) == list(seed) == SEED_CALLBACK_KEYS
+    assert SEED_CALLBACK == seed
 
 
 @pytest.mark.anyio
