@@ -48,11 +48,13 @@ def _prepared(settings: Settings) -> Iterator[Settings]:
     from receiver import embedded
 
     _exit_on_sigterm()
-    if not settings.embedded:
-        try:
+    try:
+        settings.check()
+        if not settings.embedded:
             settings.require_secrets()
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not settings.embedded:
         yield settings
         return
     found = embedded.load_secrets(settings.data_dir)

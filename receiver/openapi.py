@@ -587,6 +587,10 @@ def _decodo_callback_body() -> Schema:
         "id": task_id,
         "task_id": task_id,
         "status": {"enum": ["done", "faulted", "failed", None]},
+        # The short variant's only word on the outcome: a 2xx is done, any other faulted.
+        "status_code": {
+            "oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]{1,3}$"}]
+        },
         "passthrough": token,
         "passtrough": token,
     }

@@ -158,8 +158,15 @@ class Settings:
         ]
         if missing:
             raise ConfigError(f"{' and '.join(missing)} must be set when REDIS_URL is set")
+
+    def check(self) -> None:
+        """Refuse settings no process can serve with, embedded or not."""
+        # A token that dies before Decodo's results do would refuse a late, valid callback.
         if self.token_max_age < self.provider_retention:
-            raise ConfigError("RECEIVER_TOKEN_MAX_AGE must be at least the provider retention")
+            raise ConfigError(
+                f"RECEIVER_TOKEN_MAX_AGE ({self.token_max_age:g} s) must be at least "
+                f"RECEIVER_PROVIDER_RETENTION ({self.provider_retention:g} s)"
+            )
 
     def with_changes(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import httpx
 import redis
 
+from receiver.tokens import PassthroughSigner
 from tests.e2e import Deployment, deployment, e2e_settings
 from tests.servers import RedisProcess
 
@@ -21,6 +23,22 @@ def final_events(events: list[dict[str, object]]) -> list[object]:
         for e in events
         if str(e["type"]).startswith("job.") and e["type"] not in ("job.created", "job.progress")
     ]
+
+
+def wait_for_tasks(d: Deployment, job_id: str, count: int) -> list[str]:
+    """The job's task ids, once its submission has recorded `count` of them."""
+    deadline = time.monotonic() + 10
+    while len(tasks := d.job(job_id)["tasks"]) < count:
+        assert time.monotonic() < deadline, f"the job has {len(tasks)} of {count} tasks"
+        time.sleep(0.05)
+    return [t["id"] for t in tasks]
+
+
+def complete_in_sandbox(d: Deployment, task_id: str, status: str = "done") -> None:
+    response = httpx.post(
+        f"{d.sandbox}/_sandbox/tasks/{task_id}/complete", json={"status": status}, timeout=10
+    )
+    response.raise_for_status()
 
 
 def test_single_task_completes_with_results(redis_process: RedisProcess) -> None:
@@ -221,3 +239,106 @@ def test_jobs_api_needs_the_bearer_token(redis_process: RedisProcess) -> None:
             response = httpx.get(f"{d.api}/jobs", headers=headers, timeout=10)
             assert response.status_code == 401
         assert httpx.get(f"{d.api}/jobs", headers=d.headers(), timeout=10).status_code == 200
+
+
+def test_short_callback_with_an_error_status_code_faults_the_task(
+    redis_process: RedisProcess,
+) -> None:
+    # /results answers 204 for a faulted task: a task recorded `done` would wait 24 h.
+    knobs: dict[str, Any] = {
+        "callback_variant": "short",
+        "fault_rate": 1.0,
+        "faulted_results": "204",
+    }
+    with deployment(redis_process, **knobs) as d:
+        job = d.wait(d.submit({"urls": ["https://a.example", "https://b.example"]}), timeout=15)
+        assert job["status"] == "failed" and job["progress"]["failed"] == 2
+        for task in job["tasks"]:
+            assert task["status"] == "failed" and task["error"].startswith("faulted"), task
+        stats = d.sandbox_stats()
+        assert stats["callback 202"] == 2
+        assert not [name for name in stats if name.startswith("results ")]  # never fetched
+        assert final_events(d.events(job["id"])) == ["job.failed"]
+
+
+def test_results_204_until_the_task_is_done_is_retried(redis_process: RedisProcess) -> None:
+    # Still pending at Decodo for a minute; the sandbox sends no callback of its own.
+    with deployment(redis_process, completion_delay=60.0, drop_rate=1.0) as d:
+        job_id = d.submit({"url": "https://example.com/slow"})
+        (task_id,) = wait_for_tasks(d, job_id, 1)
+        token = PassthroughSigner(("e2e-key",), 48 * 3600.0).sign(job_id)
+        early = {"id": task_id, "status": "done", "passthrough": token}
+        answer = httpx.post(f"{d.api}/callbacks/decodo", json=early, timeout=10)
+        assert answer.status_code == 202 and answer.json() == {"status": "accepted"}
+        deadline = time.monotonic() + 10
+        while d.sandbox_stats().get("results 204", 0) < 3:
+            assert time.monotonic() < deadline, d.sandbox_stats()
+            time.sleep(0.05)
+        assert d.job(job_id)["status"] == "running"
+        complete_in_sandbox(d, task_id)
+        job = d.wait(job_id)
+        assert job["status"] == "completed" and job["tasks"][0]["status"] == "stored"
+        assert d.results(job_id)["results"][task_id]["results"][0]["task_id"] == task_id
+        stats = d.sandbox_stats()
+        assert stats["results 200"] == 1 and stats.get("callbacks sent", 0) == 0
+
+
+def test_results_401_fails_the_task_as_unauthorized(redis_process: RedisProcess) -> None:
+    with deployment(redis_process, completion_delay=60.0) as d:
+        job_id = d.submit({"url": "https://example.com"})
+        (task_id,) = wait_for_tasks(d, job_id, 1)
+        d.configure_sandbox(auth="cm90YXRlZDpjcmVkZW50aWFscw==")  # credentials rotated
+        complete_in_sandbox(d, task_id)  # the callback comes; the results fetch is refused
+        job = d.wait(job_id)
+        assert job["status"] == "failed"
+        (task,) = job["tasks"]
+        assert task["status"] == "failed" and task["error"].startswith("unauthorized"), task
+        assert d.sandbox_stats()["results 401"] == 1
+
+
+def test_reconciliation_polls_again_with_backoff(redis_process: RedisProcess) -> None:
+    # Every callback is lost, and the first reconciliation finds the tasks still pending.
+    settings = {"reconcile_after": 0.3}
+    with deployment(redis_process, completion_delay=1.5, drop_rate=1.0, settings=settings) as d:
+        started = time.monotonic()
+        job_id = d.submit({"urls": ["https://example.com/1", "https://example.com/2"]})
+        job = d.wait(job_id, timeout=30)
+        assert job["status"] == "completed" and job["progress"]["completed"] == 2
+        polls = d.sandbox_stats()["status 200"]
+        assert polls >= 2 * 2  # at least two GET /v3/task/{id} per task
+        # Backoff, not a tight loop: from 1 s, doubling, over a few seconds.
+        assert polls <= 2 * 5, polls
+        assert time.monotonic() - started >= 1.5
+        sources = {
+            e["detail"].get("source")
+            for e in d.events(job_id)
+            if e["type"] == "job.progress" and "task_id" in e["detail"]
+        }
+        assert sources == {"reconcile"}
+
+
+def test_query_task_and_queries_batch_complete(redis_process: RedisProcess) -> None:
+    with deployment(redis_process) as d:
+        single = d.submit({"query": "best health trackers", "target": "google_search"})
+        queries = ["decodo scraper", "async callbacks", "redis streams"]
+        batch = d.submit({"queries": queries, "target": "google_search", "parse": True})
+        for job_id, expected in ((single, ["best health trackers"]), (batch, queries)):
+            job = d.wait(job_id)
+            assert job["status"] == "completed"
+            assert job["progress"] == {
+                "completed": len(expected),
+                "failed": 0,
+                "total": len(expected),
+            }
+            assert sorted(t["input"] for t in job["tasks"]) == sorted(expected)
+            results = d.results(job_id)["results"]
+            assert set(results) == {t["id"] for t in job["tasks"]}
+        (task,) = d.job(single)["tasks"]
+        entry = d.results(single)["results"][task["id"]]["results"][0]
+        assert "best health trackers" in entry["content"]
+        for task in d.job(batch)["tasks"]:
+            entry = d.results(batch)["results"][task["id"]]["results"][0]
+            assert task["input"].replace(" ", "+") in entry["url"]  # parsed: JSON content
+            assert entry["content"]["results"]["organic"][0]["url"] == entry["url"]
+        stats = d.sandbox_stats()
+        assert stats["submit 200"] == 1 and stats["batch 200"] == 1

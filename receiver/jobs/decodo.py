@@ -171,7 +171,7 @@ class DecodoJobs:
             return await self._retry(job_id, f"fetch:{task_id}", exc)
         except Permanent as exc:
             FETCHES.labels("decodo", exc.reason).inc()
-            await self._fail_task(job_id, task_id, exc)
+            await self._fail_task(job, task_id, exc)
             return None
         finally:
             FETCH_SECONDS.labels("decodo").observe(time.perf_counter() - started)
@@ -198,22 +198,23 @@ class DecodoJobs:
                 await self.store.fail_task(job_id, task_id, self._expiry_reason(), expired=True)
             return None
         limit = asyncio.Semaphore(RECONCILE_CONCURRENCY)
-        outcomes = await asyncio.gather(*(self._check(job_id, t, limit) for t in pending))
+        outcomes = await asyncio.gather(*(self._check(job, t, limit) for t in pending))
         if all(outcomes):
             return None
         attempt = await self.store.redis.hincrby(self.store.keys.attempts(job_id), "reconcile", 1)
         base = max(self.settings.reconcile_after, 1.0)
         return self.clock() + backoff(attempt, base, max(base, 3600.0))
 
-    async def _check(self, job_id: str, task_id: str, limit: asyncio.Semaphore) -> bool:
+    async def _check(self, job: Mapping[str, Any], task_id: str, limit: asyncio.Semaphore) -> bool:
         """Whether the task has left `pending` at Decodo (and is now recorded so)."""
+        job_id = job["id"]
         async with limit:
             try:
                 task = await self.client.get_task(task_id)
             except Transient:
                 return False
             except Permanent as exc:
-                await self._fail_task(job_id, task_id, exc)
+                await self._fail_task(job, task_id, exc)
                 return True
         status = task.get("status")
         if status in (DONE, FAULTED):
@@ -240,11 +241,14 @@ class DecodoJobs:
         self._states[job_id] = (now + _STATE_TTL, state)
         return state
 
-    async def _fail_task(self, job_id: str, task_id: str, exc: Permanent) -> None:
-        # Decodo drops results after its retention window: that is an expiry, not a fault.
-        expired = isinstance(exc, NotFound) and "expired" in str(exc).lower()
+    async def _fail_task(self, job: Mapping[str, Any], task_id: str, exc: Permanent) -> None:
+        # Decodo drops results after its retention window: a 404 that says so, or any 404
+        # once the job is older than that window, is an expiry, not a fault.
+        expired = isinstance(exc, NotFound) and (
+            "expired" in str(exc).lower() or self._expired(job)
+        )
         reason = f"expired: {exc}" if expired else f"{exc.reason}: {exc}"
-        await self.store.fail_task(job_id, task_id, reason, expired=expired)
+        await self.store.fail_task(job["id"], task_id, reason, expired=expired)
 
     def _expired(self, job: Mapping[str, Any]) -> bool:
         started = job.get("submitted_at") or job["created_at"]
