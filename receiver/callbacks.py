@@ -140,11 +140,23 @@ def _task_id(body: dict[str, Any]) -> str:
 
 def _status(body: dict[str, Any]) -> str:
     raw = body.get("status")
-    if raw is None:  # the short variant {task_id, status_code}: the results will tell
-        return "done"
+    if raw is None:
+        return _short_status(body.get("status_code"))
     if not isinstance(raw, str) or raw not in _CALLBACK_STATUS:
         raise InvalidRequest("status must be done or faulted")
     return _CALLBACK_STATUS[raw]
+
+
+def _short_status(code: Any) -> str:
+    """The short variant {task_id, status_code}: a 2xx is done, anything else faulted.
+    Neither field: done, and the results fetch tells."""
+    if code is None:
+        return "done"
+    if isinstance(code, str) and 0 < len(code) <= 3 and code.isascii() and code.isdigit():
+        code = int(code)
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise InvalidRequest("status_code must be an HTTP status code")
+    return "done" if 200 <= code < 300 else "faulted"
 
 
 class CallbackFastPath:
@@ -201,7 +213,9 @@ async def _firecrawl_webhook(request: Request, services: Services) -> Response:
     job_id = await store.job_of("firecrawl", str(batch_id))
     if job_id is None:
         return json_response({"status": "ignored"})
+    hint = ""
     if kind in _FINAL_WEBHOOKS:
-        await store.schedule(f"poll:{job_id}", store.clock())
-    log.info("firecrawl webhook", extra={"job_id": job_id, "type": kind})
+        # Sooner, but never into a lease in force: one poll of a job at a time.
+        hint = await store.hint_poll(job_id)
+    log.info("firecrawl webhook", extra={"job_id": job_id, "type": kind, "hint": hint})
     return json_response({"status": "accepted"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from receiver.tokens import sign_webhook
 from tests.e2e import PolledDeployment, polled_deployment
-from tests.servers import RedisProcess
+from tests.servers import RedisProcess, free_port
 
 
 def urls(count: int) -> list[str]:
@@ -25,6 +26,30 @@ def urls(count: int) -> list[str]:
 
 def events_of(d: PolledDeployment, job_id: str) -> list[dict[str, Any]]:
     return d.events(job_id)
+
+
+def wait_for_stat(d: PolledDeployment, sandbox: str, name: str, timeout: float = 10) -> int:
+    """The sandbox's count of `name` once it is not 0 (a webhook's answer is counted after
+    the receiver gave it), or 0 at the timeout."""
+    deadline = time.monotonic() + timeout
+    while (count := d.stats(sandbox).get(name, 0)) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
+
+
+def webhook_body(batch_id: str, kind: str = "batch_scrape.completed") -> bytes:
+    return orjson.dumps(
+        {"success": True, "type": kind, "id": batch_id, "webhookId": str(uuid.uuid4()), "data": []}
+    )
+
+
+def leased_until(d: PolledDeployment, job_id: str, timeout: float = 20) -> float:
+    """The poll's lease end once a worker holds it (due far past the poll interval)."""
+    deadline = time.monotonic() + timeout
+    while (score := d.redis.zscore("receiver:due", f"poll:{job_id}") or 0) < time.time() + 30:
+        assert time.monotonic() < deadline, "no worker took the poll"
+        time.sleep(0.02)
+    return score
 
 
 # -- Firecrawl ------------------------------------------------------------------------------
@@ -128,14 +153,18 @@ def test_firecrawl_expired_batch_ends_expired(redis_process: RedisProcess) -> No
 def test_firecrawl_429_is_retried(redis_process: RedisProcess, header: bool) -> None:
     firecrawl = {
         "get_429_rate": 0.5,
-        "retry_after": 0,
+        "retry_after": 2,
         "retry_after_header": header,
         "scrape_delay": 0.01,
     }
     with polled_deployment(redis_process, firecrawl=firecrawl) as d:
         job = d.wait(d.create({"provider": "firecrawl", "batch_id": d.firecrawl_batch(urls(5))}))
         assert job["status"] == "completed"
-        assert d.stats(d.firecrawl).get("GET /v2/batch/scrape/{id} 429", 0) > 0
+        stats = d.stats(d.firecrawl)
+        assert stats.get("GET /v2/batch/scrape/{id} 429", 0) > 0
+        # The sandbox times each request repeated after a 429 against the 2 s it asked for.
+        assert stats.get("retries in time", 0) > 0
+        assert stats.get("retries too early", 0) == 0
 
 
 def test_firecrawl_5xx_is_retried(redis_process: RedisProcess) -> None:
@@ -165,12 +194,15 @@ def test_firecrawl_stalled_batch_fails_stalled(redis_process: RedisProcess) -> N
 def test_firecrawl_webhooks_speed_up_the_poll(redis_process: RedisProcess) -> None:
     secret = "whsec-e2e"
     settings = {"firecrawl_webhook_secret": secret, "poll_min": 20.0, "poll_max": 20.0}
-    firecrawl = {"webhook_secret": secret, "scrape_delay": 0.05}
+    # One page at a time, 2 s each: the first poll sees it scraping, the next is 20 s away.
+    firecrawl = {"webhook_secret": secret, "scrape_delay": 2.0, "concurrency": 1}
     with polled_deployment(redis_process, firecrawl=firecrawl, settings=settings) as d:
         started = time.monotonic()
-        job = d.wait(d.create({"provider": "firecrawl", "urls": urls(3)}), timeout=15)
+        job = d.wait(d.create({"provider": "firecrawl", "urls": urls(2)}), timeout=15)
         assert job["status"] == "completed"
         assert time.monotonic() - started < 10  # well before the 20 s poll interval
+        assert d.stats(d.firecrawl)["GET /v2/batch/scrape/{id} 200"] == 2
+        assert wait_for_stat(d, d.firecrawl, "webhook batch_scrape.completed 200") == 1
 
 
 def test_firecrawl_webhook_bad_signature_and_duplicates(redis_process: RedisProcess) -> None:
@@ -198,6 +230,150 @@ def test_firecrawl_webhook_bad_signature_and_duplicates(redis_process: RedisProc
         second = httpx.post(url, content=body, headers=signed, timeout=10)
         assert first.status_code == second.status_code == 200
         assert (first.json()["status"], second.json()["status"]) == ("ignored", "duplicate")
+
+
+def test_firecrawl_webhook_leaves_a_leased_poll_to_its_holder(redis_process: RedisProcess) -> None:
+    secret = "whsec-e2e"
+    settings = {"firecrawl_webhook_secret": secret, "poll_min": 20.0, "poll_max": 20.0}
+    # Each poll takes 2 s at the sandbox: the webhook lands while the worker holds the poll.
+    firecrawl = {"scrape_delay": 60.0, "get_latency": 2.0}
+    with polled_deployment(redis_process, firecrawl=firecrawl, settings=settings) as d:
+        batch_id = d.firecrawl_batch(urls(1))
+        job_id = d.create({"provider": "firecrawl", "batch_id": batch_id})
+        leased_until(d, job_id)
+        body = webhook_body(batch_id)
+        signed = {"X-Firecrawl-Signature": sign_webhook(secret, body)}
+        response = httpx.post(f"{d.api}/callbacks/firecrawl", content=body, headers=signed)
+        assert response.json()["status"] == "accepted"
+        # The lease stands (not made due now for a second worker); its holder is told.
+        assert (d.redis.zscore("receiver:due", f"poll:{job_id}") or 0) > time.time() + 30
+        assert d.redis.hget(f"receiver:job:{{{job_id}}}", "poll_now") == b"1"
+        # The holder polls again at once, not at the 20 s interval, and never two at once.
+        deadline = time.monotonic() + 10
+        while d.stats(d.firecrawl).get("GET /v2/batch/scrape/{id} 200", 0) < 2:
+            assert time.monotonic() < deadline, "the holder did not poll again at once"
+            time.sleep(0.05)
+        assert d.stats(d.firecrawl).get("overlapping polls", 0) == 0
+        assert d.redis.hget(f"receiver:job:{{{job_id}}}", "poll_now") is None
+
+
+def test_firecrawl_webhook_makes_a_scheduled_poll_due_now(redis_process: RedisProcess) -> None:
+    secret = "whsec-e2e"
+    settings = {"firecrawl_webhook_secret": secret, "poll_min": 20.0, "poll_max": 20.0}
+    with polled_deployment(redis_process, firecrawl={"scrape_delay": 60.0}, settings=settings) as d:
+        batch_id = d.firecrawl_batch(urls(1))
+        job_id = d.create({"provider": "firecrawl", "batch_id": batch_id})
+        deadline = time.monotonic() + 10
+        while d.redis.hget(f"receiver:job:{{{job_id}}}", "next_poll_at") is None:
+            assert time.monotonic() < deadline, "the first poll never ended"
+            time.sleep(0.02)
+        body = webhook_body(batch_id)
+        signed = {"X-Firecrawl-Signature": sign_webhook(secret, body)}
+        httpx.post(f"{d.api}/callbacks/firecrawl", content=body, headers=signed, timeout=10)
+        deadline = time.monotonic() + 10
+        while d.stats(d.firecrawl).get("GET /v2/batch/scrape/{id} 200", 0) < 2:
+            assert time.monotonic() < deadline, "the webhook did not make the poll due"
+            time.sleep(0.05)
+
+
+def test_firecrawl_polls_failing_past_the_stall_timeout_fail_stalled(
+    redis_process: RedisProcess,
+) -> None:
+    with polled_deployment(redis_process, firecrawl={"get_500_rate": 1.0}) as d:
+        batch_id = d.firecrawl_batch(urls(3))
+        job = d.wait(
+            d.create({"provider": "firecrawl", "batch_id": batch_id, "stall_after": 1}), timeout=15
+        )
+        assert job["status"] == "failed" and job["error"].startswith("stalled"), job
+        assert d.stats(d.firecrawl)["GET /v2/batch/scrape/{id} 500"] > 0
+
+
+def test_firecrawl_polls_failing_past_expires_at_end_expired(redis_process: RedisProcess) -> None:
+    # The batch expires 3 s after it started; the first poll records that, then every poll fails.
+    firecrawl = {"stall": True, "scrape_delay": 0.01, "expiry": 3.0}
+    with polled_deployment(redis_process, firecrawl=firecrawl) as d:
+        batch_id = d.firecrawl_batch(urls(3))
+        job_id = d.create({"provider": "firecrawl", "batch_id": batch_id})
+        deadline = time.monotonic() + 10
+        while d.redis.hget(f"receiver:job:{{{job_id}}}", "expires_at") is None:
+            assert time.monotonic() < deadline, "the first poll never recorded expiresAt"
+            time.sleep(0.02)
+        d.configure_firecrawl(get_500_rate=1.0)
+        job = d.wait(job_id, timeout=15)
+        assert job["status"] == "expired" and job["error"].startswith("expired"), job
+        assert d.stats(d.firecrawl).get("GET /v2/batch/scrape/{id} 404", 0) == 0
+        assert d.stats(d.firecrawl)["GET /v2/batch/scrape/{id} 500"] > 0
+
+
+def test_firecrawl_batch_cancelled_elsewhere_keeps_pages_landing_after(
+    redis_process: RedisProcess,
+) -> None:
+    # Two pages at once, 2 s each: a cancel right away keeps the two started, landing at 1-2 s.
+    with polled_deployment(redis_process, firecrawl={"scrape_delay": 2.0, "concurrency": 2}) as d:
+        batch_id = d.firecrawl_batch(urls(20))
+        job_id = d.create({"provider": "firecrawl", "batch_id": batch_id})
+        cancelled = httpx.delete(
+            f"{d.firecrawl}/v2/batch/scrape/{batch_id}",
+            headers={"Authorization": "Bearer fc-sandbox"},
+            timeout=10,
+        )
+        assert cancelled.json() == {"status": "cancelled"}
+        job = d.wait(job_id, timeout=15)
+        assert job["status"] == "cancelled", job
+        assert job["progress"]["completed"] == job["progress"]["total"] == 2
+        assert job["documents"] == 2
+        assert len(d.results(job_id)["results"]) == 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"formats": 5},
+        {"formats": ["markdown", 5]},
+        {"onlyMainContent": "yes"},
+        {"timeout": 1.5},
+        {"waitFor": "1000"},
+        {"headers": {"X-Test": 1}},
+        {"includeTags": "article"},
+        {"location": ["US"]},
+        {"proxy": "fastest"},
+        {"maxConcurrency": 0},
+        {"appendToId": "not-a-uuid"},
+    ],
+)
+def test_firecrawl_options_of_the_wrong_type_are_400(
+    redis_process: RedisProcess, options: dict[str, Any]
+) -> None:
+    with polled_deployment(redis_process, with_worker=False) as d:
+        before = sorted(d.redis.keys())
+        response = httpx.post(
+            f"{d.api}/jobs",
+            json={"provider": "firecrawl", "urls": urls(2), **options},
+            headers=d.headers(),
+            timeout=10,
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid_request"
+        assert next(iter(options)) in response.json()["message"]
+        assert sorted(d.redis.keys()) == before
+
+
+def test_firecrawl_failed_batch_fails_the_job(redis_process: RedisProcess) -> None:
+    firecrawl = {"batch_fails": True, "scrape_delay": 0.01}
+    with polled_deployment(redis_process, firecrawl=firecrawl) as d:
+        job = d.wait(d.create({"provider": "firecrawl", "batch_id": d.firecrawl_batch(urls(3))}))
+        assert job["status"] == "failed"
+        assert job["error"] == "firecrawl reported the batch failed"
+        assert len(d.results(job_id := job["id"])["results"]) == 3, job_id
+
+
+def test_firecrawl_402_while_polling_fails_payment_required(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process, firecrawl={"get_402_rate": 1.0}) as d:
+        job = d.wait(d.create({"provider": "firecrawl", "batch_id": d.firecrawl_batch(urls(2))}))
+        assert job["status"] == "failed"
+        assert job["error"].startswith("payment_required")
+        assert "Payment required to access this resource." in job["error"]
+        assert d.stats(d.firecrawl)["GET /v2/batch/scrape/{id} 402"] == 1
 
 
 # -- Dify -----------------------------------------------------------------------------------
@@ -269,6 +445,8 @@ def test_dify_rate_limit_403_is_retried(redis_process: RedisProcess) -> None:
         dataset, batch, _ = d.dify_batch([{"name": "a.txt"}])
         job = d.wait(d.create({"provider": "dify", "dataset_id": dataset, "batch": batch}))
         assert job["status"] == "completed"
+        refused = {k: v for k, v in d.stats(d.dify).items() if k.endswith("indexing-status 403")}
+        assert sum(refused.values()) > 0, d.stats(d.dify)
 
 
 # -- several workers ------------------------------------------------------------------------
@@ -290,20 +468,32 @@ def worker_env(d: PolledDeployment, redis_url: str) -> dict[str, str]:
     }
 
 
+def worker_polls(port: int) -> float:
+    """Successful Firecrawl polls a worker process made, from its own /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    pattern = (
+        r'^receiver_polls_total\{(?=[^}]*outcome="ok")(?=[^}]*provider="firecrawl")[^}]*\} (\S+)$'
+    )
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_two_workers_poll_200_jobs_never_the_same_one_at_once(
     redis_process: RedisProcess,
 ) -> None:
-    firecrawl = {"scrape_delay": 0.5, "get_latency": 0.02, "concurrency": 2}
+    # Polls slow enough (0.3 s) that two at once of one batch would overlap in the sandbox.
+    firecrawl = {"scrape_delay": 1.5, "get_latency": 0.3, "concurrency": 2}
     with polled_deployment(redis_process, firecrawl=firecrawl, with_worker=False) as d:
         env = worker_env(d, redis_process.url)
+        ports = [free_port(), free_port()]
         workers = [
             subprocess.Popen(
                 [sys.executable, "-m", "receiver", "worker"],
-                env=env,
+                env={**env, "RECEIVER_METRICS_PORT": str(port)},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            for _ in range(2)
+            for port in ports
         ]
         try:
             jobs = [
@@ -312,6 +502,8 @@ def test_two_workers_poll_200_jobs_never_the_same_one_at_once(
             ]
             for job_id in jobs:
                 assert d.wait(job_id, timeout=60)["status"] == "completed"
+            polls = [worker_polls(port) for port in ports]
+            assert all(count > 0 for count in polls), f"polls by worker: {polls}"
         finally:
             for worker in workers:
                 worker.terminate()

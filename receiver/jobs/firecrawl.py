@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ import orjson
 from receiver.errors import InvalidRequest, Permanent, Transient
 from receiver.jobs.common import optional_stall_after
 from receiver.polling import Observation, Poller, parse_time, signature
-from receiver.providers.firecrawl import FirecrawlClient, document_key
+from receiver.providers.firecrawl import BatchStatus, FirecrawlClient, document_key
 from receiver.settings import Settings
 from receiver.store import JobStatus, Store
 
@@ -21,43 +21,57 @@ log = logging.getLogger(__name__)
 
 # URLs in one batch: beyond it a request is refused here rather than by Firecrawl.
 MAX_URLS = 1000
-# The scrape and batch options Firecrawl's strict body accepts beside `urls`.
-OPTIONS = frozenset(
-    {
-        "formats",
-        "headers",
-        "includeTags",
-        "excludeTags",
-        "onlyMainContent",
-        "onlyCleanContent",
-        "timeout",
-        "waitFor",
-        "mobile",
-        "parsers",
-        "actions",
-        "location",
-        "skipTlsVerification",
-        "removeBase64Images",
-        "fastMode",
-        "useMock",
-        "blockAds",
-        "proxy",
-        "maxAge",
-        "minAge",
-        "storeInCache",
-        "lockdown",
-        "safeMode",
-        "redactPII",
-        "profile",
-        "origin",
-        "integration",
-        "appendToId",
-        "ignoreInvalidURLs",
-        "maxConcurrency",
-        "zeroDataRetention",
-    }
-)
+# The scrape and batch options Firecrawl's strict body accepts beside `urls`, each with the
+# kind of JSON value its schema takes and, for arrays and objects, the kind of their members.
+OPTION_KINDS: dict[str, tuple[str, str | None]] = {
+    "formats": ("array", "format"),
+    "headers": ("object", "string"),
+    "includeTags": ("array", "string"),
+    "excludeTags": ("array", "string"),
+    "onlyMainContent": ("boolean", None),
+    "onlyCleanContent": ("boolean", None),
+    "timeout": ("integer", None),
+    "waitFor": ("integer", None),
+    "mobile": ("boolean", None),
+    "parsers": ("array", None),
+    "actions": ("array", None),
+    "location": ("object", None),
+    "skipTlsVerification": ("boolean", None),
+    "removeBase64Images": ("boolean", None),
+    "fastMode": ("boolean", None),
+    "useMock": ("string", None),
+    "blockAds": ("boolean", None),
+    "proxy": ("proxy", None),
+    "maxAge": ("integer", None),
+    "minAge": ("integer", None),
+    "storeInCache": ("boolean", None),
+    "lockdown": ("boolean", None),
+    "safeMode": ("boolean", None),
+    "redactPII": ("any", None),
+    "profile": ("object", None),
+    "origin": ("string", None),
+    "integration": ("string", None),
+    "appendToId": ("uuid", None),
+    "ignoreInvalidURLs": ("boolean", None),
+    "maxConcurrency": ("positive", None),
+    "zeroDataRetention": ("boolean", None),
+}
+OPTIONS = frozenset(OPTION_KINDS)
+PROXIES = ("basic", "stealth", "enhanced", "auto")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# What each kind of option value accepts, and how an error names it.
+_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "any": (lambda v: True, "anything"),
+    "string": (lambda v: isinstance(v, str), "a string"),
+    "boolean": (lambda v: isinstance(v, bool), "true or false"),
+    "integer": (lambda v: _is_integer(v), "a whole number"),
+    "positive": (lambda v: _is_integer(v) and v > 0, "a whole number above 0"),
+    "array": (lambda v: isinstance(v, list), "an array"),
+    "object": (lambda v: isinstance(v, dict), "an object"),
+    "format": (lambda v: _is_format(v), "a format name or an object with a string type"),
+    "proxy": (lambda v: v in PROXIES, "one of " + ", ".join(PROXIES)),
+    "uuid": (lambda v: isinstance(v, str) and bool(_UUID.fullmatch(v)), "a batch id (a UUID)"),
+}
 # Job outcome for each terminal batch status.
 _FINAL = {
     "completed": JobStatus.COMPLETED,
@@ -98,7 +112,48 @@ def parse_request(body: Mapping[str, Any]) -> FirecrawlRequest:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InvalidRequest("every url must be a string starting with http:// or https://")
     options = {k: v for k, v in body.items() if k in OPTIONS}
+    for name, value in options.items():
+        check_option(name, value)
     return FirecrawlRequest(None, list(urls), options, stall_after)
+
+
+def check_option(name: str, value: Any) -> None:
+    """InvalidRequest unless the option's value has the JSON type Firecrawl's schema takes:
+    caught here, a wrong type is a 400 now rather than a job failing later."""
+    kind, member = OPTION_KINDS[name]
+    accepts, wanted = _KINDS[kind]
+    if not accepts(value):
+        raise InvalidRequest(f"{name} must be {wanted}, not {_json_type(value)}")
+    if member is None:
+        return
+    members = value.values() if isinstance(value, dict) else value
+    accepts, wanted = _KINDS[member]
+    for item in members:
+        if not accepts(item):
+            raise InvalidRequest(f"every member of {name} must be {wanted}, not {_json_type(item)}")
+
+
+def _is_integer(value: Any) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and float(value).is_integer()
+
+
+def _is_format(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, dict) and isinstance(value.get("type"), str)
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 class FirecrawlJobs(Poller):
@@ -136,7 +191,7 @@ class FirecrawlJobs(Poller):
         except Permanent as exc:
             await self._fail(job_id, exc)
             return None
-        await self.store.redis.hset(self.store.keys.external("firecrawl"), submitted.id, job_id)
+        await self.store.record_external("firecrawl", submitted.id, job_id)
         fields = {
             "external": orjson.dumps({"batch_id": submitted.id}),
             "status": "running",
@@ -175,10 +230,25 @@ class FirecrawlJobs(Poller):
                 self.settings.results_ttl,
             )
             seen.fields["documents"] = len(documents)
+            if batch.status == "cancelled" and not self._cancel_settled(job, seen, batch):
+                return seen  # pages started before the cancel still land: keep polling
             seen.final = _FINAL[batch.status]
             if batch.status != "completed":
                 seen.reason = f"firecrawl reported the batch {batch.status}"
         return seen
+
+    def _cancel_settled(
+        self, job: Mapping[str, Any], seen: Observation, batch: BatchStatus
+    ) -> bool:
+        """A cancelled batch is over once every page it kept has landed, or once none has
+        for the stall timeout (then the job ends `cancelled`, not `stalled`)."""
+        if batch.completed >= batch.total:
+            return True
+        if seen.signature != job.get("signature"):
+            return False
+        stall_after = float(job.get("stall_after") or self.settings.stall_after_for(self.provider))
+        last_moved = float(job.get("moved_at") or job["created_at"])
+        return self.clock() - last_moved > stall_after
 
     async def cancel(self, batch_id: str) -> str:
         return await self.client.cancel(batch_id)

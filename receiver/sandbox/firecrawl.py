@@ -60,6 +60,8 @@ ENGINES_FAILED = (
     " If the issue persists, contact us at help@firecrawl.com."
 )
 UNEXPECTED_MESSAGE = "An unexpected error occurred. Please contact help@firecrawl.com for help."
+PAYMENT_MESSAGE = "Payment required to access this resource."  # seed 000's 402 example
+BATCH_FAILED = "Batch scrape failed"
 NO_TLD_MESSAGE = "URL must have a valid top-level domain or be a valid path"
 CANCELLED_PAGE = "(Internal server error) - Parent crawl/batch scrape was cancelled"
 WEBHOOK_EVENTS = ("completed", "failed", "page", "started")
@@ -84,6 +86,7 @@ class FirecrawlSandboxConfig:
     fail_rate: float = 0.0  # share of pages that fail outright and drop out of `total`
     not_found_rate: float = 0.0  # share of pages whose target answers 404 (still a success)
     linger: float = 0.0  # seconds to stay `scraping` with completed == total
+    batch_fails: bool = False  # a batch whose pages are done ends `failed`, not `completed`
     stall: bool = False  # the last page never finishes, so the batch never completes
     paging: str = "cloud"  # "cloud" honours skip/limit; "selfhosted" returns every document
     page_size: int = 100  # most documents in one cloud page
@@ -95,6 +98,7 @@ class FirecrawlSandboxConfig:
     conflict_on_completed_cancel: bool = False  # DELETE of a completed batch answers 409
     get_429_rate: float = 0.0  # share of status polls answered 429
     get_500_rate: float = 0.0  # share of status polls answered 500
+    get_402_rate: float = 0.0  # share of status polls answered 402 (seed 000's body)
     post_429_rate: float = 0.0  # share of submissions answered 429
     post_500_rate: float = 0.0  # share of submissions answered 500
     delete_429_rate: float = 0.0  # share of cancels answered 429
@@ -564,6 +568,10 @@ def _int_param(request: Request, name: str) -> int | None:
     return int(raw)
 
 
+def _request_key(request: Request) -> str:
+    return f"{request.method} {request.url.path}"
+
+
 def _retry_delays(text: str) -> list[float]:
     return [float(part) for part in text.split(",") if part.strip()]
 
@@ -584,6 +592,7 @@ class _FirecrawlSandbox:
         self.client: httpx.AsyncClient | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self._polling: dict[str, int] = {}  # batch id -> status polls in flight
+        self._retry_not_before: dict[str, float] = {}  # "METHOD path" -> end of its 429 wait
 
     # -------------------------------------------------------- state
 
@@ -617,7 +626,7 @@ class _FirecrawlSandbox:
             return "completed"
         if self.config.stall or now < batch.last_finish() + self.config.linger:
             return "scraping"
-        return "completed"
+        return "failed" if self.config.batch_fails else "completed"
 
     def find_next_change(self, batch: Batch, now: float) -> float | None:
         """When the batch next changes by itself; None when only an outside event can change it."""
@@ -687,6 +696,13 @@ class _FirecrawlSandbox:
             return json_response({"success": False, "code": "UNKNOWN_ERROR", "error": message}, 500)
         return None
 
+    def _check_retry_after(self, request: Request) -> None:
+        """Count a request repeated after a 429: too early when before the wait it was told."""
+        not_before = self._retry_not_before.pop(_request_key(request), None)
+        if not_before is not None:
+            early = self.clock() < not_before
+            self.stats.requests["retries too early" if early else "retries in time"] += 1
+
     def _rate_limited(self) -> Response:
         wait = self.config.retry_after
         resets = formatdate(self.clock() + wait, usegmt=True)
@@ -703,8 +719,13 @@ class _FirecrawlSandbox:
         name = f"{method} {path}"
 
         async def endpoint(request: Request) -> Response:
+            self._check_retry_after(request)
             response = (self._refusal(request) if guarded else None) or await handler(request)
             self.stats.count(name, response.status_code)
+            if response.status_code == 429:
+                self._retry_not_before[_request_key(request)] = (
+                    self.clock() + self.config.retry_after
+                )
             return response
 
         return Route(path, endpoint, methods=[method])
@@ -789,6 +810,8 @@ class _FirecrawlSandbox:
                 del self._polling[batch_id]
 
     def _status_response(self, request: Request) -> Response:
+        if self._chance(self.config.get_402_rate):
+            return json_response({"error": PAYMENT_MESSAGE}, 402)
         now = self.clock()
         found = self._lookup(request, now)
         if found is None:
@@ -887,6 +910,9 @@ class _FirecrawlSandbox:
             sent = view.finished
             if view.status == "completed":
                 await self._emit(batch, "completed", [])
+                return
+            if view.status == "failed":
+                await self._emit(batch, "failed", [], error=BATCH_FAILED)
                 return
             if view.status == "cancelled" and view.finished >= batch.pages:
                 return

@@ -630,6 +630,42 @@ async def test_server_errors_are_500_unknown_error() -> None:
 
 
 @pytest.mark.anyio
+async def test_status_polls_are_402_payment_required_at_get_402_rate() -> None:
+    async with open_sandbox(**SLOW) as client:
+        batch_id = await submit(client, 1)
+        await client.patch("/_sandbox/config", json={"get_402_rate": 1.0})
+        refused = await client.get(f"/v2/batch/scrape/{batch_id}")
+        await client.patch("/_sandbox/config", json={"get_402_rate": 0.0})
+        await poll(client, batch_id)
+    assert checked(refused, 402) == {"error": "Payment required to access this resource."}
+
+
+@pytest.mark.anyio
+async def test_batch_fails_ends_a_finished_batch_failed() -> None:
+    with run_receiver() as (hook_url, receiver):
+        async with open_sandbox(**FAST, batch_fails=True) as client:
+            batch_id = await submit(client, 2, webhook={"url": hook_url, "events": ["failed"]})
+            await wait_until(lambda: "batch_scrape.failed" in receiver.types())
+            body = await poll(client, batch_id)
+    assert (body["status"], body["completed"], body["total"]) == ("failed", 2, 2)
+    assert sources(body) == page_urls(2)
+    failed = receiver.deliveries[-1].body
+    assert failed["success"] is False and failed["error"] and failed["id"] == batch_id
+
+
+@pytest.mark.anyio
+async def test_requests_repeated_after_a_429_are_timed_against_its_wait() -> None:
+    async with open_sandbox(get_429_rate=1.0, retry_after=1) as client:
+        path = f"/v2/batch/scrape/{uuid.uuid4()}"
+        checked(await client.get(path), 429)
+        checked(await client.get(path), 429)  # at once: too early
+        await anyio.sleep(1.05)
+        checked(await client.get(path), 429)  # after the second 429's 1 s: in time
+        stats = (await client.get("/_sandbox/stats")).json()
+    assert (stats["retries too early"], stats["retries in time"]) == (1, 1)
+
+
+@pytest.mark.anyio
 async def test_next_base_url_replaces_the_origin_of_next() -> None:
     async with open_sandbox(**SLOW, next_base_url="https://elsewhere.example") as client:
         batch_id = await submit(client, 2)
