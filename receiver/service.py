@@ -65,6 +65,9 @@ def serve(app: Starlette, settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level="warning",
+        # Uvicorn's loggers propagate to the root handler of configure_logging: one format,
+        # JSON included, rather than uvicorn's own plain-text handlers.
+        log_config=None,
         lifespan="on",
         proxy_headers=False,
         access_log=False,

@@ -9,6 +9,7 @@ and closes after the job's final event.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -58,18 +59,22 @@ async def _job_stream(
 
 
 async def _follow(services: Services, cursor: str, job_id: str | None) -> AsyncIterator[bytes]:
-    block_ms = max(1, int(services.settings.sse_heartbeat * 1000))
+    # A ping goes out whenever nothing was written for a heartbeat, however busy the stream
+    # is with other jobs' events: proxies and clients time out on silence, not on the stream.
+    heartbeat = services.settings.sse_heartbeat
+    written = time.monotonic()
     while True:
-        events = await read_events(services.redis, services.store.keys, cursor, block_ms)
-        if not events:
-            yield b": ping\n\n"
-            continue
-        for event in events:
+        block_ms = max(1, int((written + heartbeat - time.monotonic()) * 1000))
+        for event in await read_events(services.redis, services.store.keys, cursor, block_ms):
             cursor = event.id
             if job_id is None or event.job_id == job_id:
                 yield _event_frame(event)
+                written = time.monotonic()
                 if job_id is not None and event.final:
                     return
+        if time.monotonic() - written >= heartbeat:
+            yield b": ping\n\n"
+            written = time.monotonic()
 
 
 async def _drain(services: Services, cursor: str, job_id: str) -> AsyncIterator[bytes]:

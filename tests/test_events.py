@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,11 +15,11 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from receiver.events import Event, consume, last_event_id, subscribe, wait
+from receiver.events import Event, consume, event_from_entry, last_event_id, subscribe, wait
 from receiver.keys import Keys
 from receiver.store import JobStatus, Store
 from receiver.tokens import PassthroughSigner
-from tests.e2e import Deployment, deployment
+from tests.e2e import TOKEN, Deployment, deployment
 from tests.servers import RedisProcess
 
 
@@ -36,6 +38,59 @@ def sse_frames(lines: Iterator[str]) -> Iterator[dict[str, str]]:
         yield frame
 
 
+async def others_events(redis: Redis, count: int) -> None:
+    """`count` events of other jobs appended to the stream, as the scripts append them."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(count):
+            event = {"type": "job.created", "job_id": f"other{i}", "provider": "decodo"}
+            pipe.xadd(Keys().events, {"event": orjson.dumps({**event, "status": "submitted"})})
+        await pipe.execute()
+
+
+async def calls(redis: Redis, command: str) -> int:
+    """How many times Redis ran `command` since the last CONFIG RESETSTAT."""
+    stats: Any = await redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def held_job(d: Deployment, count: int) -> tuple[str, list[str]]:
+    """A job of `count` URLs whose tasks wait at the sandbox (its completion_delay is long)
+    until finish_tasks: its id and its task ids."""
+    job_id = d.submit({"urls": [f"https://example.com/{i}" for i in range(count)]})
+    deadline = time.monotonic() + 10
+    while len(tasks := d.job(job_id).get("tasks", [])) < count:
+        assert time.monotonic() < deadline, d.job(job_id)
+        time.sleep(0.05)
+    return job_id, [task["id"] for task in tasks]
+
+
+def finish_tasks(d: Deployment, task_ids: list[str], pause: float = 0.0) -> None:
+    """The sandbox finishes these tasks now, `pause` seconds apart (and calls back)."""
+    for task_id in task_ids:
+        response = httpx.post(
+            f"{d.sandbox}/_sandbox/tasks/{task_id}/complete", json={"status": "done"}, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        time.sleep(pause)
+
+
+def until(deadline: float, lines: Iterator[str]) -> Iterator[str]:
+    """The lines, failing the test once the wall clock passes `deadline` (monotonic)."""
+    for line in lines:
+        assert time.monotonic() < deadline, "the event stream did not end in time"
+        yield line
+
+
+def after(stream_id: str, base: str) -> bool:
+    """Whether a stream id comes after another: compared as numbers, not as strings."""
+    return parse_id(stream_id) > parse_id(base)
+
+
+def parse_id(stream_id: str) -> tuple[int, int]:
+    millis, _, seq = stream_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
 def stream_events(d: Deployment, job_id: str) -> list[dict[str, Any]]:
     return d.events(job_id)
 
@@ -43,9 +98,7 @@ def stream_events(d: Deployment, job_id: str) -> list[dict[str, Any]]:
 def stream_ids(d: Deployment, job_id: str) -> list[str]:
     entries: Any = d.redis.xrange("receiver:stream:events")
     return [
-        entry_id.decode()
-        for entry_id, fields in entries
-        if orjson.loads(fields[b"event"])["job_id"] == job_id
+        entry_id.decode() for entry_id, fields in entries if fields[b"job_id"].decode() == job_id
     ]
 
 
@@ -79,6 +132,51 @@ async def test_wait_returns_the_final_event_or_times_out(redis: Redis, store: St
     await store.finish_job("j1", JobStatus.FAILED, "because")
     final = await wait(redis, "j1", timeout=5)
     assert final.type == "job.failed" and final.detail == {"reason": "because"}
+
+
+@pytest.mark.anyio
+async def test_wait_follows_from_the_newest_event_not_the_start(redis: Redis, store: Store) -> None:
+    await others_events(redis, 20_000)
+    await store.create_job("j1", "decodo", total=1, params={}, work="")
+    await redis.config_resetstat()
+    waiting = asyncio.create_task(wait(redis, "j1", timeout=10))
+    await asyncio.sleep(0.3)
+    await store.finish_job("j1", JobStatus.FAILED, "because")
+    final = await waiting
+    assert final.type == "job.failed" and final.detail == {"reason": "because"}
+    assert final.id == (await last_event_id(redis, store.keys))
+    assert await calls(redis, "xread") <= 3  # from 0, reading 20 000 events takes 40 and more
+
+
+@pytest.mark.anyio
+async def test_wait_on_an_ended_job_finds_its_final_event_without_reading_the_stream(
+    redis: Redis, store: Store
+) -> None:
+    await others_events(redis, 20_000)
+    await store.create_job("j1", "dify", total=2, params={}, work="")
+    await store.finish_job("j1", JobStatus.CANCELLED, "cancelled by a user")
+    final_id = await last_event_id(redis, store.keys)
+    await others_events(redis, 5_000)
+    await redis.config_resetstat()
+    final = await wait(redis, "j1", timeout=0.1)
+    assert (final.id, final.type, final.provider) == (final_id, "job.cancelled", "dify")
+    assert final.detail == {"reason": "cancelled by a user"}
+    assert await calls(redis, "xread") == 0
+
+
+@pytest.mark.anyio
+async def test_wait_on_an_ended_job_trimmed_from_the_stream_rebuilds_its_event(
+    redis: Redis, store: Store
+) -> None:
+    await store.create_job("j1", "decodo", total=3, params={}, work="")
+    await store.finish_job("j1", JobStatus.EXPIRED, "expired: gone")
+    entries: Any = await redis.xrange(store.keys.events)
+    kept = entries[-1]
+    await redis.xtrim(store.keys.events, maxlen=0)  # MAXLEN trimmed it away
+    final = await wait(redis, "j1", timeout=0.1)
+    assert final.to_dict() == {**event_from_entry(*kept).to_dict(), "id": ""}
+    assert final.type == "job.expired" and final.detail == {"reason": "expired: gone"}
+    assert final.progress == {"completed": 0, "failed": 0, "total": 3}
 
 
 @pytest.mark.anyio
@@ -127,14 +225,16 @@ async def test_consumers_of_one_group_split_the_events(redis: Redis, store: Stor
 
 
 def test_sse_job_stream_resumes_with_no_gap_and_no_repeat(redis_process: RedisProcess) -> None:
-    with deployment(redis_process, completion_delay=0.3, completion_jitter=0.5) as d:
+    knobs: dict[str, Any] = {"completion_delay": 0.3, "completion_jitter": 0.5}
+    with deployment(redis_process, settings={"sse_heartbeat": 0.2}, **knobs) as d:
+        deadline = time.monotonic() + 30  # pings every 0.2 s let a stuck stream fail in time
         job_id = d.submit({"urls": [f"https://example.com/{i}" for i in range(6)]})
         url = f"{d.api}/jobs/{job_id}/events"
         first: list[dict[str, str]] = []
         with httpx.stream("GET", url, headers=d.headers(), timeout=30) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
-            for frame in sse_frames(response.iter_lines()):
+            for frame in sse_frames(until(deadline, response.iter_lines())):
                 first.append(frame)
                 if len(first) == 4:
                     break  # the client drops the connection mid-job
@@ -144,19 +244,13 @@ def test_sse_job_stream_resumes_with_no_gap_and_no_repeat(redis_process: RedisPr
         headers = {**d.headers(), "Last-Event-ID": first[-1]["id"]}
         rest: list[dict[str, str]] = []
         with httpx.stream("GET", url, headers=headers, timeout=30) as response:
-            rest = list(sse_frames(response.iter_lines()))  # ends after the final event
+            # ends after the final event
+            rest = list(sse_frames(until(deadline, response.iter_lines())))
         ids = [f["id"] for f in first[1:] + rest]
         assert len(ids) == len(set(ids))
-        expected = [i for i in stream_ids(d, job_id) if i > first[0]["id"] or _after(i, first)]
-        assert ids == expected
+        assert ids == [i for i in stream_ids(d, job_id) if after(i, first[0]["id"])]
         assert rest[-1]["event"] == "job.completed"
         assert orjson.loads(rest[-1]["data"])["progress"]["completed"] == 6
-
-
-def _after(stream_id: str, first: list[dict[str, str]]) -> bool:
-    millis, seq = (int(p) for p in stream_id.split("-"))
-    base_millis, base_seq = (int(p) for p in first[0]["id"].split("-"))
-    return (millis, seq) > (base_millis, base_seq)
 
 
 def test_sse_on_an_ended_job_sends_its_state_and_ends(redis_process: RedisProcess) -> None:
@@ -188,21 +282,55 @@ def test_sse_all_events_resume_and_heartbeat(redis_process: RedisProcess) -> Non
         assert got == stream_ids(d, job_id) and pinged
 
 
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 @pytest.mark.parametrize(
     ("path", "headers", "status"),
     [
-        ("/jobs/nope/events", {}, 404),
-        ("/events", {"Last-Event-ID": "yesterday"}, 400),
+        ("/jobs/nope/events", AUTH, 404),
+        ("/events", {**AUTH, "Last-Event-ID": "yesterday"}, 400),
         ("/events", {"Authorization": "Bearer wrong"}, 401),
+        ("/jobs/{job}/events", {}, 401),
+        ("/jobs/{job}/events", {"Authorization": "Bearer wrong"}, 401),
     ],
 )
 def test_sse_refusals(
     redis_process: RedisProcess, path: str, headers: dict[str, str], status: int
 ) -> None:
     with deployment(redis_process, with_worker=False) as d:
-        response = httpx.get(f"{d.api}{path}", headers={**d.headers(), **headers}, timeout=10)
+        job_id = d.submit({"url": "https://example.com"})  # a job that exists
+        url = f"{d.api}{path.format(job=job_id)}"
+        response = httpx.get(url, headers=headers, timeout=10)
         assert response.status_code == status
         assert response.json()["error"]
+
+
+def test_sse_job_stream_pings_while_other_jobs_send_events(redis_process: RedisProcess) -> None:
+    heartbeat = 0.3
+    with deployment(redis_process, settings={"sse_heartbeat": heartbeat}, completion_delay=60) as d:
+        quiet, _ = held_job(d, 1)
+        busy, busy_tasks = held_job(d, 40)
+        driver = threading.Thread(target=finish_tasks, args=(d, busy_tasks, 0.05))
+        url = f"{d.api}/jobs/{quiet}/events"
+        pings: list[float] = []
+        with httpx.stream("GET", url, headers=d.headers(), timeout=10) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("id: ")  # the job.state frame
+            driver.start()
+            started = time.monotonic()
+            for line in until(started + 30, lines):
+                if line == ": ping":
+                    pings.append(time.monotonic())
+                if not driver.is_alive():
+                    break
+            flowed = time.monotonic() - started
+        driver.join()
+        busy_events = len(stream_events(d, busy))
+    assert busy_events > 40  # the other job's events flowed all along
+    assert len(pings) >= flowed / heartbeat / 2, (flowed, pings)
+    gaps = [b - a for a, b in itertools.pairwise([started, *pings])]
+    assert max(gaps) < heartbeat * 3, gaps
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -255,3 +383,32 @@ def test_metrics_count_each_rejection_reason_and_the_queues(redis_process: Redis
         assert metric(after, "receiver_fetches_total", provider="decodo", outcome="stored") >= 1
         assert metric(after, "receiver_event_stream_length") >= 4
         assert "receiver_work_pending" in after and "receiver_work_oldest_pending_seconds" in after
+
+
+def test_metrics_count_a_duplicate_callback_once(redis_process: RedisProcess) -> None:
+    with deployment(redis_process, completion_delay=60) as d:
+        job_id, (task_id,) = held_job(d, 1)
+        signer = PassthroughSigner(("e2e-key",), 3600)
+        body = {"id": task_id, "status": "done", "passthrough": signer.sign(job_id)}
+        counted: list[dict[str, float]] = []
+        answers: list[str] = []
+        for _ in range(3):
+            text = httpx.get(f"{d.api}/metrics", timeout=10).text
+            counted.append(
+                {
+                    outcome: metric(
+                        text, "receiver_callbacks_total", provider="decodo", outcome=outcome
+                    )
+                    for outcome in ("accepted", "duplicate")
+                }
+            )
+            if len(counted) < 3:
+                response = httpx.post(f"{d.api}/callbacks/decodo", json=body, timeout=10)
+                assert response.status_code == 202, response.text
+                answers.append(response.json()["status"])
+    assert answers == ["accepted", "duplicate"]
+    first, second, third = counted
+    assert second["accepted"] - first["accepted"] == 1
+    assert second["duplicate"] - first["duplicate"] == 0
+    assert third["duplicate"] - second["duplicate"] == 1
+    assert third["accepted"] - second["accepted"] == 0

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import IO
 
+import httpx
 import orjson
 import pytest
 
 from receiver.logs import JsonFormatter, TextFormatter
 from receiver.settings import Settings
+from receiver.store import JobStatus, Store
 from tests.receiver_app import SEED_CALLBACK, Receiver, make_job
+from tests.servers import RedisProcess, free_port, wait_for_port
+
+
+def formatted(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    """Every captured record as its JSON log line reads."""
+    return [orjson.loads(JsonFormatter().format(record)) for record in caplog.records]
 
 
 def test_json_formatter_keeps_the_fields() -> None:
@@ -63,3 +78,60 @@ def test_settings_repr_hides_secrets() -> None:
     assert not any(
         s in shown for s in ("k-secret", "t-secret", "d-secret", "f-secret", "y-secret", "w-secret")
     )
+
+
+@pytest.mark.anyio
+async def test_job_created_and_ended_are_logged_once_without_the_providers_answer(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    answer = "decodo answered 400: <html>do-not-log-this-answer</html>"
+    with caplog.at_level(logging.INFO, logger="receiver"):
+        await store.create_job("j1", "decodo", total=1, params={"secret": "p-secret"}, work="")
+        await store.create_job("j1", "decodo", total=1, params={}, work="")  # exists: no line
+        await store.finish_job("j1", JobStatus.FAILED, f"rejected: {answer}")
+        await store.finish_job("j1", JobStatus.CANCELLED, "too late")  # closed: no line
+    lines = formatted(caplog)
+    created = [line for line in lines if line["message"] == "job created"]
+    ended = [line for line in lines if line["message"] == "job ended"]
+    assert [(line["job_id"], line["provider"]) for line in created] == [("j1", "decodo")]
+    assert [
+        (line["job_id"], line["provider"], line["status"], line["reason"]) for line in ended
+    ] == [("j1", "decodo", "failed", "rejected")]
+    text = orjson.dumps(lines).decode()
+    assert "do-not-log-this-answer" not in text and "p-secret" not in text
+
+
+def test_web_logs_every_line_as_json(redis_process: RedisProcess) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "RECEIVER_"))}
+    env.update(
+        PORT=str(port),
+        REDIS_URL=redis_process.url,
+        RECEIVER_SECRET_KEYS="log-key",
+        RECEIVER_API_TOKEN="log-token",
+        RECEIVER_LOG_FORMAT="json",
+    )
+    command = [sys.executable, "-m", "receiver", "web"]
+    with tempfile.TemporaryFile() as errors:
+        with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors) as web:
+            try:
+                wait_for_port(port)
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+                with socket.create_connection(("127.0.0.1", port)) as sock:
+                    sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")  # uvicorn logs a warning
+                    sock.recv(1024)
+                deadline = time.monotonic() + 10
+                while b"uvicorn" not in _read(errors) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            finally:
+                web.terminate()
+                web.wait(20)
+        lines = _read(errors).decode().splitlines()
+    assert lines
+    parsed = [orjson.loads(line) for line in lines]  # every line, uvicorn's included
+    assert any(str(line["logger"]).startswith("uvicorn") for line in parsed), lines
+
+
+def _read(file: IO[bytes]) -> bytes:
+    file.seek(0)
+    return file.read()

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from receiver.events import Event
 from receiver.sse import ServerSentEvent, parse_events, split_lines
 from receiver.watch import Change, JobProgress, format_line, read_change
-from tests.e2e import TOKEN, Deployment, deployment
+from tests.e2e import TOKEN, Deployment, deployment, polled_deployment
 from tests.servers import RedisProcess, serve_app
 
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
@@ -536,6 +536,24 @@ def test_jobs_lists_filters_and_limits(redis_process: RedisProcess) -> None:
     assert "every task failed" in listed.stdout
     assert [line.split()[0] for line in only_failed.stdout.splitlines()[1:]] == [failed]
     assert [job["id"] for job in orjson.loads(newest.stdout)] == [running, failed]
+
+
+def test_jobs_filters_by_provider(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process) as d:
+        decodo = d.submit({"urls": urls(2)})
+        firecrawl = d.create({"provider": "firecrawl", "urls": urls(2)})
+        env = cli_env(d.api)
+        only = {p: receiver(env, "jobs", "--provider", p) for p in ("decodo", "firecrawl", "dify")}
+        both = receiver(env, "jobs", "--json")
+        as_json = receiver(env, "jobs", "--provider", "firecrawl", "--json")
+    for answer in (*only.values(), both, as_json):
+        assert answer.returncode == 0, answer.stderr
+    listed = {p: [line.split()[:2] for line in a.stdout.splitlines()[1:]] for p, a in only.items()}
+    assert listed["decodo"] == [[decodo, "decodo"]]
+    assert listed["firecrawl"] == [[firecrawl, "firecrawl"]]
+    assert listed["dify"] == []
+    assert [job["id"] for job in orjson.loads(both.stdout)] == [firecrawl, decodo]
+    assert [job["provider"] for job in orjson.loads(as_json.stdout)] == ["firecrawl"]
 
 
 def test_jobs_follows_the_cursor_up_to_the_limit() -> None:
