@@ -2,16 +2,15 @@
 
 `python -m benchmarks.bare_poll SPEC.json` reads a `PollSpec` and, for at most
 `seconds`, runs `concurrency` loops per provider on the worker's own HTTP client
-(`receiver.wiring.open_http`: the same sharded transport, limits and timeout; or spread over
-`clients` plain ones), each GETting the status of the next batch round-robin and parsing the
-JSON answer. It runs on uvloop, as `receiver worker` does. The caller counts the requests
-at the sandboxes; this prints how many it made when it stops.
+(`receiver.wiring.open_http`: the same transport, limits and timeout; or, for comparison,
+one on httpx's default transport), each GETting the status of the next batch round-robin
+and parsing the JSON answer. It runs on uvloop, as `receiver worker` does. The caller
+counts the requests at the sandboxes; this prints how many it made when it stops.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import signal
@@ -39,7 +38,7 @@ class PollSpec:
     concurrency: int  # loops per provider
     pool: int  # connections the clients may hold in all (the worker's: fetch concurrency + 20)
     seconds: float
-    clients: int = 1  # httpx clients the loops are spread over (1: the worker's one client)
+    transport: str = "worker"  # worker: the worker's own client; httpcore: httpx's default
 
 
 async def poll_loop(
@@ -66,23 +65,15 @@ async def poll(spec: PollSpec) -> int:
     accept = {"Accept": "application/json"}
     firecrawl_headers = {"Authorization": "Bearer fc-sandbox", **accept}
     dify_headers = {"Authorization": "Bearer dataset-sandbox", **accept}
-    per_client = -(-spec.pool // spec.clients)
-    limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+    limits = httpx.Limits(max_connections=spec.pool, max_keepalive_connections=spec.pool)
     until = time.monotonic() + spec.seconds
-    async with contextlib.AsyncExitStack() as stack:
-        if spec.clients == 1:
-            # The baseline: exactly the worker's HTTP client (its sharded transport).
-            clients = [await stack.enter_async_context(open_http(Settings()))]
-        else:
-            clients = [
-                await stack.enter_async_context(
-                    httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits)
-                )
-                for _ in range(spec.clients)
-            ]
+    if spec.transport == "worker":  # the baseline: exactly the worker's HTTP client
+        client = open_http(Settings())
+    else:
+        client = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits)
+    async with client as http:
         loops = []
-        for i in range(spec.concurrency):
-            http = clients[i % len(clients)]
+        for _ in range(spec.concurrency):
             loops.append(poll_loop(http, firecrawl_urls, firecrawl_headers, until))
             loops.append(poll_loop(http, dify_urls, dify_headers, until))
         return sum(await asyncio.gather(*loops))

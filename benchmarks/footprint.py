@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from benchmarks.common import (
     workdir,
 )
 from benchmarks.loadgen import run_load
-from receiver.store import Store, new_job_id
+from receiver.store import Store
 
 TRACK_CONCURRENCY = 64  # track_job calls in flight
 SAMPLED_JOBS = 200  # job hashes whose MEMORY USAGE is averaged
@@ -62,16 +63,15 @@ async def used_memory(redis: Redis) -> int:
 
 async def track_many(store: Store, count: int) -> list[str]:
     """`count` tracked Firecrawl jobs, at most TRACK_CONCURRENCY being created at once."""
-    job_ids = [new_job_id() for _ in range(count)]
     gate = asyncio.Semaphore(TRACK_CONCURRENCY)
 
-    async def track(job_id: str) -> None:
-        batch_id = f"{job_id[:8]}-{job_id[8:12]}-{job_id[12:16]}-{job_id[16:20]}-{job_id[20:]}"
+    async def track() -> str:
+        batch_id = str(uuid.uuid4())
         async with gate:
-            await store.track_job(job_id, "firecrawl", batch_id, {"batch_id": batch_id})
+            job_id, _ = await store.track_job("firecrawl", batch_id, {"batch_id": batch_id})
+        return job_id
 
-    await asyncio.gather(*(track(job_id) for job_id in job_ids))
-    return job_ids
+    return list(await asyncio.gather(*(track() for _ in range(count))))
 
 
 async def key_bytes(store: Store, job_ids: list[str]) -> dict[str, float]:

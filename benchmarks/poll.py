@@ -42,11 +42,10 @@ from benchmarks.common import (
     say,
     workdir,
 )
-from receiver.store import Store, new_job_id
+from receiver.store import Store
 
 POLL_CONCURRENCY = 50  # the worker's default RECEIVER_POLL_CONCURRENCY, per provider
 FETCH_CONCURRENCY = 100  # the worker's default RECEIVER_FETCH_CONCURRENCY
-SHARDED_CLIENTS = 10  # clients of the informative baseline round
 SETUP_CONCURRENCY = 32  # requests or Redis calls in flight while setting up
 FIRECRAWL_STATUS = "GET /v2/batch/scrape/{id}"
 DIFY_STATUS = "GET /v1/datasets/{dataset_id}/documents/{batch}/indexing-status"
@@ -129,11 +128,11 @@ async def track_jobs(
     """Every batch a tracked job, due now; the providers interleaved in the schedule."""
 
     def firecrawl(batch_id: str) -> Callable[[], Awaitable[Any]]:
-        return lambda: store.track_job(new_job_id(), "firecrawl", batch_id, {"batch_id": batch_id})
+        return lambda: store.track_job("firecrawl", batch_id, {"batch_id": batch_id})
 
     def dify(dataset: str, batch: str) -> Callable[[], Awaitable[Any]]:
         external = {"dataset_id": dataset, "batch": batch}
-        return lambda: store.track_job(new_job_id(), "dify", f"{dataset}:{batch}", external)
+        return lambda: store.track_job("dify", f"{dataset}:{batch}", external)
 
     calls = [firecrawl(b) for b in batch_ids]
     share = max(1, len(batch_ids) // max(1, len(dify_batches)))
@@ -186,7 +185,7 @@ def worker_round(deployment: Deployment, sizes: Sizes, number: int) -> tuple[flo
 
 
 def bare_round(
-    deployment: Deployment, sizes: Sizes, number: int, clients: int = 1
+    deployment: Deployment, sizes: Sizes, number: int, transport: str = "worker"
 ) -> tuple[float, float]:
     spec = PollSpec(
         firecrawl=deployment.firecrawl,
@@ -196,12 +195,12 @@ def bare_round(
         concurrency=POLL_CONCURRENCY,
         pool=FETCH_CONCURRENCY + 20,
         seconds=sizes.warmup + sizes.window + 60,
-        clients=clients,
+        transport=transport,
     )
     path = deployment.directory / "bare-poll.json"
     path.write_text(json.dumps(asdict(spec)))
     argv = [PYTHON, "-m", "benchmarks.bare_poll", str(path)]
-    with child(f"bare-poll-{number}-{clients}", argv, deployment.directory) as bare:
+    with child(f"bare-poll-{number}-{transport}", argv, deployment.directory) as bare:
         return count_window(deployment, bare, sizes)
 
 
@@ -238,9 +237,9 @@ async def measure(directory: Path, sizes: Sizes) -> dict[str, object]:
         plan: list[tuple[str, Callable[..., tuple[float, float]]]] = []
         for _ in range(sizes.rounds):
             plan += [("bare", bare_round), ("worker", worker_round)]
-        # Not a figure of the target: the same bare loop spread over 10 clients of 12
-        # connections, to show what one client's pool bookkeeping costs at 100 connections.
-        plan.append(("bare-10-clients", partial(bare_round, clients=SHARDED_CLIENTS)))
+        # Not a figure of the target: the same bare loop on httpx's default transport
+        # (httpcore and h11), to show what the worker's aiohttp transport saves.
+        plan.append(("bare-httpcore", partial(bare_round, transport="httpcore")))
         for number, (kind, measure_round) in enumerate(plan):
             rate, cpu = measure_round(deployment, sizes, number)
             say(f"round {number + 1} {kind:15}: {rate:7.0f} polls/s (poller cpu {cpu}%)")
@@ -254,7 +253,7 @@ async def measure(directory: Path, sizes: Sizes) -> dict[str, object]:
         "polls_per_s": round(worker, 1),
         "bare_per_s": round(bare, 1),
         "ratio": round(worker / bare, 3),
-        "bare_10_clients_per_s": [r.polls_per_s for r in rounds if r.target != "bare"][-1],
+        "bare_httpcore_per_s": [r.polls_per_s for r in rounds if r.target == "bare-httpcore"][0],
         "worker_cpu_ms_per_poll": round(median([r.cpu_ms_per_poll for r in worker_rounds]), 3),
         "bare_cpu_ms_per_poll": round(median([r.cpu_ms_per_poll for r in bare_rounds]), 3),
         "jobs": {"firecrawl": sizes.firecrawl, "dify": sizes.dify},

@@ -70,7 +70,7 @@ async def _create_firecrawl(body: dict[str, Any], services: Services) -> tuple[s
     extra = _stall(request.stall_after)
     if request.batch_id is not None:
         return await services.store.track_job(
-            new_job_id(), "firecrawl", request.batch_id, {"batch_id": request.batch_id}, extra
+            "firecrawl", request.batch_id, {"batch_id": request.batch_id}, extra
         )
     job_id = new_job_id()
     params = {"urls": request.urls, "options": request.options}
@@ -90,7 +90,6 @@ async def _create_dify(body: dict[str, Any], services: Services) -> tuple[str, b
     request = dify.parse_request(body)
     external = {"dataset_id": request.dataset_id, "batch": request.batch}
     return await services.store.track_job(
-        new_job_id(),
         "dify",
         f"{request.dataset_id}:{request.batch}",
         external,

@@ -34,10 +34,10 @@ class Dispatcher:
             return await self.decodo.fetch(job_id, task_id)
         if kind == "reconcile":
             return await self.decodo.reconcile(job_id)
-        provider = await self.store.redis.hget(self.store.keys.job(job_id), "provider")
-        if provider is None:  # the job is gone: nothing left to do
+        job = await self.store.get_job(job_id)
+        if job is None:  # the job is gone: nothing left to do
             return None
-        name = provider.decode() if isinstance(provider, bytes) else str(provider)
+        name = job["provider"]
         if kind == "submit" and name == "decodo":
             return await self.decodo.submit(job_id)
         poller = self.pollers.get(name)
@@ -47,5 +47,5 @@ class Dispatcher:
             return await poller.submit(job_id)
         if kind == "poll":
             async with self._bounds[name]:
-                return await poller.poll(job_id)
+                return await poller.poll(job)
         raise UnknownWork(f"unknown kind of work {kind!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -17,8 +18,22 @@ from redis.exceptions import ResponseError
 
 from receiver.keys import Keys
 
-# Event types that end a job.
+# Event types that end a job, and the job statuses they end it in.
 FINAL_TYPES = frozenset({"job.completed", "job.failed", "job.cancelled", "job.expired"})
+FINAL_STATUSES = frozenset(t.removeprefix("job.") for t in FINAL_TYPES)
+# The counts of an event's `progress`.
+_PROGRESS = ("completed", "failed", "total")
+# The job hash fields a final event is made of.
+_RECORD_FIELDS = (
+    "status",
+    "provider",
+    "completed",
+    "failed",
+    "total",
+    "finished_at",
+    "error",
+    "final_event",
+)
 
 
 @dataclass(frozen=True)
@@ -69,8 +84,29 @@ class Event:
 
 
 def event_from_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> Event:
+    """The event a stream entry holds: its fields flat (`at` in unix milliseconds, `detail`
+    as JSON), or, as earlier versions wrote it, the whole event as JSON in `event`."""
     event_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return Event.from_json(fields[b"event"], event_id)
+    if b"event" in fields:
+        return Event.from_json(fields[b"event"], event_id)
+    detail = orjson.loads(fields[b"detail"])
+    return Event(
+        id=event_id,
+        type=fields[b"type"].decode(),
+        job_id=fields[b"job_id"].decode(),
+        provider=fields[b"provider"].decode(),
+        status=fields[b"status"].decode(),
+        progress={name: int(fields[name.encode()]) for name in _PROGRESS},
+        at=iso_ms(int(fields[b"at"])),
+        detail=detail if isinstance(detail, dict) else {},
+    )
+
+
+def iso_ms(milliseconds: int) -> str:
+    """ISO 8601 of a unix time in whole milliseconds, exactly (no float in between)."""
+    seconds, millis = divmod(milliseconds, 1000)
+    moment = datetime.fromtimestamp(seconds, UTC) + timedelta(milliseconds=millis)
+    return moment.isoformat(timespec="milliseconds")
 
 
 async def subscribe(
@@ -110,11 +146,19 @@ async def read_events(
 
 
 async def wait(redis: Redis, job_id: str, timeout: float, *, keys: Keys | None = None) -> Event:
-    """The event that ended the job, waiting at most `timeout` seconds (TimeoutError)."""
+    """The event that ended the job, waiting at most `timeout` seconds (TimeoutError).
+
+    A job that already ended gives its final event at once: from the stream, or rebuilt from
+    the job's record, with an empty `id`, when the stream no longer holds it.
+    """
     keys = keys or Keys()
     deadline = time.monotonic() + timeout
-    # Read from the start of the stream so a job that ended before the call is found too.
-    cursor = "0"
+    # The cursor is taken before the state is read: an end after the read is still seen.
+    cursor = await last_event_id(redis, keys)
+    values = await redis.hmget(keys.job(job_id), _RECORD_FIELDS)
+    record = {name: _text(v) for name, v in zip(_RECORD_FIELDS, values, strict=True) if v}
+    if record.get("status") in FINAL_STATUSES:
+        return await _find_final(redis, keys, record) or _rebuild_final(job_id, record)
     while (left := deadline - time.monotonic()) > 0:
         for event in await read_events(redis, keys, cursor, max(1, int(min(left, 1) * 1000))):
             cursor = event.id
@@ -123,13 +167,41 @@ async def wait(redis: Redis, job_id: str, timeout: float, *, keys: Keys | None =
     raise TimeoutError(f"job {job_id} did not end within {timeout} s")
 
 
+async def _find_final(redis: Redis, keys: Keys, record: Mapping[str, str]) -> Event | None:
+    """The job's final event, by the stream id its job record keeps; None once trimmed."""
+    final_id = record.get("final_event")
+    if not final_id:
+        return None
+    entries: Any = await redis.xrange(keys.events, final_id, final_id)
+    return event_from_entry(*entries[0]) if entries else None
+
+
+def _rebuild_final(job_id: str, record: Mapping[str, str]) -> Event:
+    """The final event as the stream held it before MAXLEN trimmed it, but for its id."""
+    status = record["status"]
+    finished = datetime.fromtimestamp(float(record.get("finished_at") or 0), UTC)
+    return Event(
+        id="",
+        type=f"job.{status}",
+        job_id=job_id,
+        provider=record.get("provider", ""),
+        status=status,
+        progress={name: int(record.get(name) or 0) for name in ("completed", "failed", "total")},
+        at=finished.isoformat(timespec="milliseconds"),
+        detail={"reason": record["error"]} if record.get("error") else {},
+    )
+
+
 async def last_event_id(redis: Redis, keys: Keys) -> str:
     """The id of the newest event, or "0" when there is none yet."""
-    last = await redis.xrevrange(keys.events, count=1)
+    last: Any = await redis.xrevrange(keys.events, count=1)
     if not last:
         return "0"
-    entry_id = last[0][0]
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return _text(last[0][0])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def consume(

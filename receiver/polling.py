@@ -68,10 +68,11 @@ class Poller:
         """Submit a new job to the provider; providers that only get tracked have none."""
         return None
 
-    async def poll(self, job_id: str) -> float | None:
-        """One poll of the job; when to poll it again, or None once it ended."""
-        job = await self.store.get_job(job_id)
-        if job is None or JobStatus(job["status"]).terminal:
+    async def poll(self, job: Mapping[str, Any]) -> float | None:
+        """One poll of the job (as `Store.get_job` read it); when to poll it again, or None
+        once it ended."""
+        job_id = job["id"]
+        if JobStatus(job["status"]).terminal:
             return None
         wait = await self._take_turn()
         if wait > 0:
@@ -109,16 +110,17 @@ class Poller:
         moved = seen.signature != job.get("signature")
         last_moved = now if moved else float(job.get("moved_at") or job["created_at"])
         interval = self._next_interval(job, moved)
+        # `next_poll_at` tells a scheduled poll from a leased one (scripts.HINT_POLL); the
+        # update also clears the retry count, and answers poll_now when a webhook came.
         fields = {
             **seen.fields,
             "signature": seen.signature,
             "moved_at": last_moved,
             "poll_interval": interval,
             "polled_at": now,
+            "next_poll_at": now + interval,
         }
-        if job.get("poll_attempts"):  # the poll works again: back off from scratch next time
-            await self.store.redis.hdel(self.store.keys.job(job_id), "poll_attempts")
-        await self.store.update_job(
+        recorded = await self.store.update_job(
             job_id, fields, event="job.progress" if moved else "", detail=seen.detail
         )
         if seen.final is not None:
@@ -134,7 +136,7 @@ class Poller:
             reason = f"expired: {self.provider} dropped the job at its expiry"
             await self.store.finish_job(job_id, JobStatus.EXPIRED, reason)
             return None
-        return now + interval
+        return now if recorded == "poll_now" else now + interval
 
     def _next_interval(self, job: Mapping[str, Any], moved: bool) -> float:
         low, high = self.settings.poll_min, max(self.settings.poll_min, self.settings.poll_max)
@@ -144,7 +146,12 @@ class Poller:
         grown = min(high, previous * _SLOWDOWN)
         return random.uniform(max(low, grown * 0.8), grown)
 
-    async def _retry(self, job_id: str, exc: Transient) -> float:
+    async def _retry(self, job_id: str, exc: Transient) -> float | None:
+        """When to try again after a failed poll or submission; None once the job ended
+        because it failed for longer than its stall timeout, or outlived its expiry."""
+        job = await self.store.get_job(job_id)
+        if job is None or await self._end_overdue(job, exc):
+            return None
         attempt = await self.store.redis.hincrby(self.store.keys.job(job_id), "poll_attempts", 1)
         after = exc.retry_after if isinstance(exc, RateLimited) else None
         delay = backoff(attempt - 1, self.settings.retry_base, self.settings.retry_cap, after)
@@ -158,6 +165,23 @@ class Poller:
             },
         )
         return self.clock() + delay
+
+    async def _end_overdue(self, job: Mapping[str, Any], exc: Transient) -> bool:
+        """End the job `stalled` or `expired` when failures kept it past either limit."""
+        now = self.clock()
+        stall_after = float(job.get("stall_after") or self.settings.stall_after_for(self.provider))
+        last_moved = float(job.get("moved_at") or job["created_at"])
+        holding = bool(job.get("paused")) and not self.settings.stall_while_paused
+        if not holding and now - last_moved > stall_after:
+            reason = f"stalled: no progress for {stall_after:g} s (polls failing: {exc.reason})"
+            await self.store.finish_job(job["id"], JobStatus.FAILED, reason)
+            return True
+        expires_at = parse_time(job.get("expires_at"))
+        if expires_at is not None and now > expires_at:
+            reason = f"expired: {self.provider} dropped the job at its expiry"
+            await self.store.finish_job(job["id"], JobStatus.EXPIRED, reason)
+            return True
+        return False
 
     async def _fail(self, job_id: str, exc: Permanent) -> None:
         status = JobStatus.EXPIRED if exc.reason == "expired" else JobStatus.FAILED

@@ -11,6 +11,8 @@ PRELUDE = r"""
 local P = ARGV[1]
 local NOW = ARGV[2]
 local AT = ARGV[3]
+-- AT in unix milliseconds, rounded as Store._common rounds it.
+local AT_MS = string.format('%.0f', math.floor(tonumber(NOW) * 1000 + 0.5))
 local MAXLEN = ARGV[4]
 local TERMINAL = {completed = true, failed = true, cancelled = true, expired = true}
 
@@ -26,17 +28,20 @@ local function set_status(j, status)
 end
 
 -- Append an event to the stream and publish it with its stream id; returns that id.
+-- The stream entry holds the event's fields flat, always the same ones in the same order,
+-- so that Redis keeps their names once per block of entries rather than in each entry.
 local function emit(j, etype, detail)
   local h = redis.call('HMGET', jkey(j), 'provider', 'status', 'completed', 'failed', 'total')
+  local c, f, t = tonumber(h[3]) or 0, tonumber(h[4]) or 0, tonumber(h[5]) or 0
+  local dbody = cjson.encode(detail or {})
+  local id = redis.call('XADD', P .. 'stream:events', 'MAXLEN', '~', MAXLEN, '*',
+                        'type', etype, 'job_id', j, 'provider', h[1] or '', 'status', h[2] or '',
+                        'completed', c, 'failed', f, 'total', t, 'at', AT_MS, 'detail', dbody)
   local event = {
-    type = etype, job_id = j, provider = h[1], status = h[2], at = AT,
-    progress = {completed = tonumber(h[3]) or 0, failed = tonumber(h[4]) or 0,
-                total = tonumber(h[5]) or 0},
-    detail = detail or {},
+    id = id, type = etype, job_id = j, provider = h[1], status = h[2], at = AT,
+    progress = {completed = c, failed = f, total = t}, detail = detail or {},
   }
-  local body = cjson.encode(event)
-  local id = redis.call('XADD', P .. 'stream:events', 'MAXLEN', '~', MAXLEN, '*', 'event', body)
-  local message = '{"id":"' .. id .. '",' .. string.sub(body, 2)
+  local message = cjson.encode(event)
   redis.call('PUBLISH', P .. 'events', message)
   redis.call('PUBLISH', P .. 'events:' .. j, message)
   return id
@@ -51,7 +56,8 @@ local function finish(j, status, reason)
   if reason and reason ~= '' then redis.call('HSET', jkey(j), 'error', reason) end
   local detail = {}
   if reason and reason ~= '' then detail = {reason = reason} end
-  emit(j, 'job.' .. status, detail)
+  -- Kept so that a subscriber arriving later finds the final event without a search.
+  redis.call('HSET', jkey(j), 'final_event', emit(j, 'job.' .. status, detail))
   return true
 end
 
@@ -247,26 +253,47 @@ return 'closed'
 """
 )
 
-# ARGV[5] job id, ARGV[6] event type, ARGV[7] JSON detail, then field/value pairs to set.
-UPDATE_JOB = (
+# ARGV[5] number of updates n; then n updates, each: job id, event type, JSON detail,
+# number of fields k, then k field/value pairs to set. Returns one code per update.
+UPDATE_JOBS = (
     PRELUDE
     + r"""
-local j = ARGV[5]
-local status = redis.call('HGET', jkey(j), 'status')
-if not status then return 'unknown_job' end
-if TERMINAL[status] then return 'closed' end
-local fields = {}
-for i = 8, #ARGV, 2 do
-  if ARGV[i] == 'status' then
-    set_status(j, ARGV[i + 1])
-  else
-    fields[#fields + 1] = ARGV[i]
-    fields[#fields + 1] = ARGV[i + 1]
+local function update(j, etype, detail, first, last)
+  local status = redis.call('HGET', jkey(j), 'status')
+  if not status then return 'unknown_job' end
+  if TERMINAL[status] then return 'closed' end
+  local fields, polled_at = {}, nil
+  for i = first, last, 2 do
+    if ARGV[i] == 'status' then
+      set_status(j, ARGV[i + 1])
+    else
+      if ARGV[i] == 'polled_at' then polled_at = ARGV[i + 1] end
+      fields[#fields + 1] = ARGV[i]
+      fields[#fields + 1] = ARGV[i + 1]
+    end
   end
+  redis.call('HSET', jkey(j), 'updated_at', NOW, unpack(fields))
+  if etype ~= '' then emit(j, etype, cjson.decode(detail)) end
+  -- A poll's record: the poll worked, so its retries start over; and a webhook that asked
+  -- for a poll while this one ran (HINT_POLL's `poll_now`) makes the next one due at once.
+  if polled_at then
+    redis.call('HDEL', jkey(j), 'poll_attempts')
+    if redis.call('HDEL', jkey(j), 'poll_now') == 1 then
+      redis.call('HSET', jkey(j), 'next_poll_at', polled_at)
+      return 'poll_now'
+    end
+  end
+  return 'updated'
 end
-redis.call('HSET', jkey(j), 'updated_at', NOW, unpack(fields))
-if ARGV[6] ~= '' then emit(j, ARGV[6], cjson.decode(ARGV[7])) end
-return 'updated'
+
+local out = {}
+local i = 6
+for n = 1, tonumber(ARGV[5]) do
+  local k = tonumber(ARGV[i + 3])
+  out[n] = update(ARGV[i], ARGV[i + 1], ARGV[i + 2], i + 4, i + 3 + 2 * k)
+  i = i + 4 + 2 * k
+end
+return out
 """
 )
 
@@ -281,7 +308,7 @@ local h = redis.call('HMGET', jkey(j), 'status', 'provider', 'external')
 if not h[1] then return 'unknown_job' end
 if h[1] ~= 'failed' and h[1] ~= 'expired' and h[1] ~= 'cancelled' then return 'not_ended' end
 set_status(j, 'running')
-redis.call('HDEL', jkey(j), 'error', 'finished_at')
+redis.call('HDEL', jkey(j), 'error', 'finished_at', 'final_event')
 redis.call('HSET', jkey(j), 'updated_at', NOW, 'moved_at', NOW)
 redis.call('DEL', jkey(j) .. ':attempts')
 local refetched = 0
@@ -354,4 +381,23 @@ local wait = next_tat - now - interval * burst
 if wait > 0 then return tostring(wait) end
 redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil((next_tat - now) * 1000) + 1000)
 return '0'
+"""
+
+# KEYS[1] the due key of the poll, KEYS[2] the job hash; ARGV[1] the member, ARGV[2] now.
+# A webhook's hint that a polled job is ready. A poll merely scheduled (its due time is the
+# `next_poll_at` its last poll recorded) comes due now. A poll a worker holds (its due time
+# is a lease end) keeps its lease, so no second worker polls the job at once; `poll_now`
+# tells the holder to poll again as soon as it is done. Returns 'due', 'flagged',
+# 'already_due' or 'not_scheduled' (the job ended or is gone).
+HINT_POLL = r"""
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or redis.call('EXISTS', KEYS[2]) == 0 then return 'not_scheduled' end
+if tonumber(score) <= tonumber(ARGV[2]) then return 'already_due' end
+local planned = redis.call('HGET', KEYS[2], 'next_poll_at')
+if planned and tonumber(planned) == tonumber(score) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  return 'due'
+end
+redis.call('HSET', KEYS[2], 'poll_now', '1')
+return 'flagged'
 """

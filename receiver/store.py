@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import logging
+import math
+import re
 import secrets
 import time
 import zlib
@@ -15,7 +19,10 @@ from redis.asyncio import Redis
 
 from receiver import scripts
 from receiver.batching import Batcher
+from receiver.events import iso_ms
 from receiver.keys import DUE_LEASE, WORK_GROUP, Keys
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
@@ -47,6 +54,9 @@ Outcome = tuple[str, str, str, bytes, int]
 # Codes the callbacks script answers per callback.
 ACCEPTED, DUPLICATE, EARLY, CLOSED = "accepted", "duplicate", "early", "closed"
 UNKNOWN_JOB, UNKNOWN_TASK = "unknown_job", "unknown_task"
+
+# A reason's leading code, as in "stalled: no progress for 600 s".
+_CODE = re.compile(r"[a-z_]{1,40}")
 
 # Job hash fields that hold integers.
 _INT_FIELDS = (
@@ -80,6 +90,13 @@ _FLOAT_FIELDS = (
 def new_job_id() -> str:
     """80 random bits in hex: short, because a job id is in every one of its keys."""
     return secrets.token_hex(10)
+
+
+def tracked_job_id(provider: str, external_id: str) -> str:
+    """The id of the job that tracks a provider's job: derived from the provider's own id
+    (80 bits of a hash, as long as a new job's id), so finding it again needs no index."""
+    digest = hashlib.blake2b(f"{provider}:{external_id}".encode(), digest_size=10)
+    return digest.hexdigest()
 
 
 def iso(timestamp: float) -> str:
@@ -119,15 +136,22 @@ class Store:
         # Results stored within one event-loop turn share one script call.
         self._outcomes: Batcher[Outcome, str] = Batcher(self._apply_outcomes)
         self._finish_job = redis.register_script(scripts.FINISH_JOB)
-        self._update_job = redis.register_script(scripts.UPDATE_JOB)
+        self._update_jobs = redis.register_script(scripts.UPDATE_JOBS)
+        # Reads, updates and schedule changes of concurrent steps (a worker's polls) share
+        # one pipelined round trip per event-loop turn.
+        self._reads: Batcher[str, dict[Any, Any]] = Batcher(self._read_jobs)
+        self._updates: Batcher[list[Any], str] = Batcher(self._apply_updates)
+        self._moves: Batcher[tuple[str, float | None], None] = Batcher(self._apply_moves)
         self._claim_due = redis.register_script(scripts.CLAIM_DUE)
         self._renew_leases = redis.register_script(scripts.RENEW_LEASES)
         self._reopen_job = redis.register_script(scripts.REOPEN_JOB)
         self._acquire_rate = redis.register_script(scripts.ACQUIRE_RATE)
+        self._hint_poll = redis.register_script(scripts.HINT_POLL)
 
     def _common(self) -> list[Any]:
         now = self.clock()
-        return [self.keys.prefix, repr(now), iso(now), self.events_maxlen]
+        at_ms = math.floor(now * 1000 + 0.5)  # as the scripts round it (AT_MS)
+        return [self.keys.prefix, repr(now), iso_ms(at_ms), self.events_maxlen]
 
     # -- writes -------------------------------------------------------------------------
 
@@ -142,7 +166,8 @@ class Store:
         submitting: bool = True,
         external: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> bool:
+        """Create the job and its `job.created` event; False when the id is taken."""
         fields: list[Any] = ["provider", provider]
         if total:
             fields += ["total", total]
@@ -154,25 +179,26 @@ class Store:
             fields += ["external", orjson.dumps(external)]
         for name, value in (extra or {}).items():
             fields += [name, value]
-        await self._create_job(args=[*self._common(), job_id, work, *fields])
+        created = _text(await self._create_job(args=[*self._common(), job_id, work, *fields]))
+        if created == "created":
+            log.info("job created", extra={"job_id": job_id, "provider": provider})
+        return created == "created"
 
     async def track_job(
         self,
-        job_id: str,
         provider: str,
         external_id: str,
         external: Mapping[str, Any],
         extra: Mapping[str, Any] | None = None,
     ) -> tuple[str, bool]:
         """A job polling an existing provider job: (job id, created). Tracking the same
-        provider job twice gives the first job back."""
-        index = self.keys.external(provider)
-        if not await self.redis.hsetnx(index, external_id, job_id):
-            existing = _text(await self.redis.hget(index, external_id))
-            if await self.redis.exists(self.keys.job(existing)):
-                return existing, False
-            await self.redis.hset(index, external_id, job_id)
-        await self.create_job(
+        provider job twice gives the first job back, and so does tracking a job we
+        submitted ourselves."""
+        submitted = await self.redis.hget(self.keys.external(provider), external_id)
+        if submitted is not None and await self.redis.exists(self.keys.job(_text(submitted))):
+            return _text(submitted), False
+        job_id = tracked_job_id(provider, external_id)
+        created = await self.create_job(
             job_id,
             provider,
             total=0,
@@ -181,12 +207,22 @@ class Store:
             external=external,
             extra={"status": JobStatus.RUNNING.value, **(extra or {})},
         )
-        await self.schedule(f"poll:{job_id}", self.clock())
-        return job_id, True
+        if created:
+            await self.schedule(f"poll:{job_id}", self.clock())
+        return job_id, created
+
+    async def record_external(self, provider: str, external_id: str, job_id: str) -> None:
+        """Index a provider job we submitted ourselves, so its webhooks and a later track
+        of it find our job."""
+        await self.redis.hset(self.keys.external(provider), external_id, job_id)
 
     async def job_of(self, provider: str, external_id: str) -> str | None:
+        """Our job of a provider job: one we submitted, else one that tracks it."""
         found = await self.redis.hget(self.keys.external(provider), external_id)
-        return None if found is None else _text(found)
+        if found is not None:
+            return _text(found)
+        job_id = tracked_job_id(provider, external_id)
+        return job_id if await self.redis.exists(self.keys.job(job_id)) else None
 
     async def store_documents(
         self, job_id: str, documents: Mapping[str, bytes], ttl: float
@@ -261,7 +297,18 @@ class Store:
     async def finish_job(self, job_id: str, status: JobStatus, reason: str = "") -> str:
         """Move a job to a terminal status; 'closed' when it already was terminal."""
         args = [*self._common(), job_id, status.value, reason]
-        return _text(await self._finish_job(args=args))
+        outcome = _text(await self._finish_job(args=args))
+        if outcome == "finished":
+            await self._log_end(job_id, status, reason)
+        return outcome
+
+    async def _log_end(self, job_id: str, status: JobStatus, reason: str) -> None:
+        # Only the reason's leading code ("stalled", "rejected"...): the rest may quote
+        # the provider's answer, which is no log's business.
+        provider = _text(await self.redis.hget(self.keys.job(job_id), "provider") or b"")
+        code = reason.partition(":")[0]
+        extra = {"job_id": job_id, "provider": provider, "status": status.value}
+        log.info("job ended", extra={**extra, "reason": code if _CODE.fullmatch(code) else ""})
 
     async def reopen_job(self, job_id: str) -> str:
         """Re-drive an ended job's unfinished work: reopened, not_ended or unknown_job."""
@@ -286,10 +333,16 @@ class Store:
         event: str = "",
         detail: Mapping[str, Any] | None = None,
     ) -> str:
-        args: list[Any] = [*self._common(), job_id, event, orjson.dumps(detail or {})]
+        update: list[Any] = [job_id, event, orjson.dumps(detail or {}), len(fields or {})]
         for name, value in (fields or {}).items():
-            args += [name, value]
-        return _text(await self._update_job(args=args))
+            update += [name, value]
+        return await self._updates.submit(update)
+
+    async def _apply_updates(self, batch: Sequence[list[Any]]) -> list[str]:
+        args: list[Any] = [*self._common(), len(batch)]
+        for update in batch:
+            args += update
+        return [_text(code) for code in await self._update_jobs(args=args)]
 
     # -- scheduling ---------------------------------------------------------------------
 
@@ -297,10 +350,20 @@ class Store:
         return self.keys.due_for(member, self.due_shards)
 
     async def schedule(self, member: str, at: float) -> None:
-        await self.redis.zadd(self.due_key(member), {member: at})
+        await self._moves.submit((member, at))
 
     async def unschedule(self, member: str) -> None:
-        await self.redis.zrem(self.due_key(member), member)
+        await self._moves.submit((member, None))
+
+    async def _apply_moves(self, batch: Sequence[tuple[str, float | None]]) -> list[None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for member, at in batch:
+                if at is None:
+                    pipe.zrem(self.due_key(member), member)
+                else:
+                    pipe.zadd(self.due_key(member), {member: at})
+            await pipe.execute()
+        return [None] * len(batch)
 
     async def due_at(self, member: str) -> float | None:
         score = await self.redis.zscore(self.due_key(member), member)
@@ -348,6 +411,13 @@ class Store:
         wait = await self._acquire_rate(keys=[self.keys.rate(name)], args=args)
         return float(_text(wait))
 
+    async def hint_poll(self, job_id: str) -> str:
+        """Make a job's poll due now, unless a worker holds it: then its holder polls again
+        at once (see scripts.HINT_POLL). 'due', 'flagged', 'already_due' or 'not_scheduled'."""
+        member = f"poll:{job_id}"
+        keys = [self.due_key(member), self.keys.job(job_id)]
+        return _text(await self._hint_poll(keys=keys, args=[member, repr(self.clock())]))
+
     async def ensure_group(self) -> None:
         try:
             await self.redis.xgroup_create(self.keys.work, WORK_GROUP, id="0", mkstream=True)
@@ -364,10 +434,17 @@ class Store:
     # -- reads --------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
-        raw = await self.redis.hgetall(self.keys.job(job_id))
+        raw = await self._reads.submit(job_id)
         if not raw:
             return None
         return decode_job(job_id, raw)
+
+    async def _read_jobs(self, job_ids: Sequence[str]) -> list[dict[Any, Any]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            rows: list[dict[Any, Any]] = await pipe.execute()
+        return rows
 
     async def get_state(self, job_id: str) -> dict[str, Any] | None:
         """The few fields hot paths need (status, provider, times), without the request."""

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import orjson
 import redis as sync_redis
 
 from receiver.app import create_app
+from receiver.events import event_from_entry
 from receiver.sandbox import decodo as decodo_sandbox
 from receiver.service import worker_beside
 from receiver.settings import Settings
@@ -98,9 +98,9 @@ class Deployment:
     def events(self, job_id: str) -> list[dict[str, Any]]:
         entries: Any = self.redis.xrange("receiver:stream:events")
         return [
-            event
-            for _, fields in entries
-            if (event := orjson.loads(fields[b"event"]))["job_id"] == job_id
+            event_from_entry(entry_id, fields).to_dict()
+            for entry_id, fields in entries
+            if fields[b"job_id"].decode() == job_id
         ]
 
     def sandbox_stats(self) -> dict[str, int]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import secrets
 import zlib
 from typing import Any
 
@@ -7,6 +8,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from receiver.events import event_from_entry
 from receiver.keys import WORK_GROUP
 from receiver.store import JobStatus, Store
 
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.anyio
 
 async def events(redis: Redis, store: Store) -> list[dict[str, Any]]:
     entries: Any = await redis.xrange(store.keys.events)
-    return [orjson.loads(fields[b"event"]) for _, fields in entries]
+    return [event_from_entry(entry_id, fields).to_dict() for entry_id, fields in entries]
 
 
 async def work(redis: Redis, store: Store) -> list[dict[bytes, bytes]]:
@@ -225,3 +227,35 @@ async def test_renew_leases_extends_held_leases_and_spares_rescheduled_ones(
     assert list(renewed) == ["poll:a"]
     assert await store.due_at("poll:a") == pytest.approx(renewed["poll:a"])
     assert await store.due_at("poll:b") == pytest.approx(now + 5)
+
+
+async def test_events_stream_is_trimmed_near_its_maxlen(redis: Redis) -> None:
+    store = Store(redis, events_maxlen=200)
+    await running_job(store, tasks=3000)
+    await store.apply_callbacks([("j1", f"t{i}", "done") for i in range(3000)])
+    length = await redis.xlen(store.keys.events)
+    # MAXLEN ~ trims whole stream nodes (100 entries each by default): near 200, not 3000.
+    assert 200 <= length <= 400, length
+    newest = (await events(redis, store))[-1]
+    assert newest["detail"]["task_id"] == "t2999"  # the newest are the ones kept
+
+
+async def test_results_pages_give_every_result_once(store: Store) -> None:
+    # Bodies the size of real results (a few hundred bytes compressed at least): Redis keeps
+    # a hash of a few hundred tiny values in one listpack, which HSCAN returns whole.
+    documents = {
+        f"doc{i}": orjson.dumps({"n": i, "html": secrets.token_hex(100)}) for i in range(250)
+    }
+    await store.store_documents("j1", documents, ttl=60)
+    seen: list[str] = []
+    pages, cursor = 0, 0
+    while True:
+        page, cursor = await store.results_page("j1", cursor, count=50)
+        pages += 1
+        seen += page
+        assert all(orjson.dumps(body) == documents[key] for key, body in page.items())
+        if cursor == 0:
+            break
+        assert pages < 100, "the cursor never came back to 0"
+    assert pages >= 3
+    assert sorted(seen) == sorted(documents)  # each once

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import itertools
 import re
 import time
 from collections.abc import Mapping
@@ -27,27 +26,6 @@ from receiver.errors import (
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 _RETRY_IN_MESSAGE = re.compile(r"retry after (\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
-
-
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """Spreads requests round-robin over several small connection pools.
-
-    httpcore's pool looks at every one of its connections each time a request starts or
-    ends, so one pool of many connections costs CPU that grows with its size; several
-    small pools keep that cost flat at high concurrency.
-    """
-
-    def __init__(self, shards: int, connections: int) -> None:
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self._transports = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(shards)]
-        self._next = itertools.cycle(self._transports)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await next(self._next).handle_async_request(request)
-
-    async def aclose(self) -> None:
-        for transport in self._transports:
-            await transport.aclose()
 
 
 class ProviderClient:
