@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -20,6 +19,8 @@ MAX_JOB_BODY = 32 * 1024 * 1024
 PROVIDERS = ("decodo", "firecrawl", "dify")
 # A whole number in ASCII digits (str.isdigit also takes "²").
 _WHOLE = re.compile(r"[0-9]{1,19}")
+# A next_cursor of GET /jobs: an entry id of the jobs stream, two numbers below 2**64.
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 # Job hash fields shown as they are.
 _SHOWN = (
     "id",
@@ -115,21 +116,16 @@ async def list_jobs(request: Request, services: Services) -> Response:
         limit=_limit(request, default=100, most=1000),
         cursor=_jobs_cursor(query.get("cursor")),
     )
-    next_cursor = None if cursor is None else f"{cursor[0]!r}|{cursor[1]}"
-    return json_response({"jobs": [public_job(job) for job in jobs], "next_cursor": next_cursor})
+    return json_response({"jobs": [public_job(job) for job in jobs], "next_cursor": cursor})
 
 
-def _jobs_cursor(raw: str | None) -> tuple[float, str] | None:
+def _jobs_cursor(raw: str | None) -> str | None:
     if raw is None:
         return None
-    score, _, job_id = raw.partition("|")
-    try:
-        value = float(score)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not job_id:
+    found = _STREAM_ID.fullmatch(raw)
+    if found is None or any(int(part) >= 2**64 for part in found.groups()):
         raise InvalidRequest("cursor must be a next_cursor this API gave")
-    return value, job_id
+    return raw
 
 
 def _limit(request: Request, default: int, most: int) -> int:

@@ -49,8 +49,10 @@ class Keys:
 
     @property
     def jobs(self) -> str:
-        """Sorted set: job id by creation time, for listing."""
-        return f"{self.prefix}jobs"
+        """Stream: one entry per job created (field `j`: its id), for listing newest first.
+
+        A stream entry costs about 30 bytes where a sorted-set member costs over 100."""
+        return f"{self.prefix}stream:jobs"
 
     @property
     def due(self) -> str:

@@ -32,8 +32,8 @@ _HTTP_URL = "^https?://"
 _TASK_ID = "^[ -~]{1,64}$"
 # The JSON integers the callback parser reads as integers (wider ones become floats).
 _INT_RANGE = {"minimum": -(2**63), "maximum": 2**64 - 1}
-# A next_cursor of GET /jobs: the last job's creation time (unix seconds) and its id.
-_JOBS_CURSOR = r"^-?[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?\|[0-9a-f]{20}$"
+# A next_cursor of GET /jobs: an entry id of the jobs stream (each number below 2**64).
+_JOBS_CURSOR = r"^[0-9]{1,20}-[0-9]{1,20}$"
 # An event id of the durable stream, as SSE's `id:` and `Last-Event-ID` carry it.
 _EVENT_ID = r"^\d{1,20}-\d{1,20}$"
 # The `error` of a provider's failure passed on: provider_<reason>.

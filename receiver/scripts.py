@@ -147,7 +147,7 @@ for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 -- holds only what it must.
 redis.call('HSET', jkey(j), 'status', 'submitted', 'created_at', NOW, unpack(fields))
 redis.call('HINCRBY', P .. 'stats', 'status:' .. redis.call('HGET', jkey(j), 'status'), 1)
-redis.call('ZADD', P .. 'jobs', NOW, j)
+redis.call('XADD', P .. 'stream:jobs', '*', 'j', j)
 emit(j, 'job.created', {})
 if ARGV[6] ~= '' then
   redis.call('XADD', P .. 'stream:work', '*', 'k', ARGV[6], 'j', j)

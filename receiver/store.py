@@ -58,6 +58,8 @@ UNKNOWN_JOB, UNKNOWN_TASK = "unknown_job", "unknown_task"
 # A reason's leading code, as in "stalled: no progress for 600 s".
 _CODE = re.compile(r"[a-z_]{1,40}")
 
+# The lowest id a stream entry can have, in any spelling.
+_STREAM_START = re.compile(r"0+-0+")
 # Job hash fields that hold integers.
 _INT_FIELDS = (
     "total",
@@ -488,10 +490,11 @@ class Store:
         status: str | None = None,
         provider: str | None = None,
         limit: int = 100,
-        cursor: tuple[float, str] | None = None,
+        cursor: str | None = None,
         scan: int = 10_000,
-    ) -> tuple[list[dict[str, Any]], tuple[float, str] | None]:
-        """Jobs newest first, filtered; and the cursor after the last one looked at.
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Jobs newest first, filtered; and the cursor (an entry id of the jobs stream) after
+        the last one looked at.
 
         Looks at `scan` jobs at most per call, so a rare status never makes one call slow:
         then fewer than `limit` come back, with a cursor to carry on from.
@@ -499,13 +502,19 @@ class Store:
         found: list[dict[str, Any]] = []
         looked = 0
         while len(found) < limit and looked < scan:
-            page = await self._jobs_page(cursor, min(500, scan - looked))
-            if not page:
+            if cursor is not None and _STREAM_START.fullmatch(cursor):
+                return found, None  # nothing comes before the first id (and Redis refuses it)
+            top = "+" if cursor is None else f"({cursor}"
+            raw: Any = await self.redis.xrevrange(
+                self.keys.jobs, top, "-", count=min(500, scan - looked)
+            )
+            if not raw:
                 return found, None
-            looked += len(page)
-            states = await self._pipeline_hmget([job_id for job_id, _ in page])
-            for (job_id, score), (job_status, job_provider) in zip(page, states, strict=True):
-                cursor = (score, job_id)
+            looked += len(raw)
+            page = [(_text(entry_id), _text(fields[b"j"])) for entry_id, fields in raw]
+            states = await self._pipeline_hmget([job_id for _, job_id in page])
+            for (entry_id, job_id), (job_status, job_provider) in zip(page, states, strict=True):
+                cursor = entry_id
                 if (status in (None, job_status)) and (provider in (None, job_provider)):
                     job = await self.get_job(job_id)
                     if job is not None:
@@ -513,19 +522,6 @@ class Store:
                     if len(found) == limit:
                         break
         return found, cursor
-
-    async def _jobs_page(
-        self, cursor: tuple[float, str] | None, count: int
-    ) -> list[tuple[str, float]]:
-        top = "+inf" if cursor is None else repr(cursor[0])
-        extra = 0 if cursor is None else 64  # room for jobs created in the same microsecond
-        raw: Any = await self.redis.zrevrangebyscore(
-            self.keys.jobs, top, "-inf", start=0, num=count + extra, withscores=True
-        )
-        page = [(_text(member), float(score)) for member, score in raw]
-        if cursor is not None:  # ties come in reverse member order: skip what we showed
-            page = [(m, s) for m, s in page if s < cursor[0] or m < cursor[1]]
-        return page[:count]
 
     async def _pipeline_hmget(self, job_ids: list[str]) -> list[tuple[str, str]]:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -41,7 +41,8 @@ async def test_create_job_writes_record_index_event_and_work(redis: Redis, store
     job = await redis.hgetall(store.keys.job("j1"))
     assert job[b"status"] == b"submitted" and job[b"total"] == b"3"
     assert job[b"submitting"] == b"1"
-    assert await redis.zscore(store.keys.jobs, "j1") is not None
+    indexed: Any = await redis.xrange(store.keys.jobs)
+    assert [fields for _, fields in indexed] == [{b"j": b"j1"}]
     assert [e["type"] for e in await events(redis, store)] == ["job.created"]
     assert await work(redis, store) == [{b"k": b"submit", b"j": b"j1"}]
 
