@@ -45,3 +45,5 @@ def configure_logging(style: str = "text", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request at INFO: a line per poll or fetch, and a cost on the hot path.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))

@@ -10,6 +10,7 @@ ends `expired`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -56,6 +57,8 @@ class Poller:
         self.clock = clock
         self._turns = 0  # polls this process may still make before _turns_until
         self._turns_until = 0.0
+        self._refill = asyncio.Lock()  # one refill of the turns at a time, not one per poll
+        self._blocked_until = 0.0  # monotonic time before which the shared limit said wait
 
     @property
     def rate(self) -> float:
@@ -92,18 +95,33 @@ class Poller:
     async def _take_turn(self) -> float:
         """0 when this poll may go now, else seconds to wait. Turns are taken from the shared
         rate limit a tenth of a second's worth at a time and spent within that tenth."""
-        now = time.monotonic()
-        if self._turns > 0 and now < self._turns_until:
-            self._turns -= 1
+        if self._spend_turn():
             return 0.0
-        batch = max(1, int(self.rate / 10))
-        wait = await self.store.acquire_rate(
-            f"poll:{self.provider}", 1.0 / self.rate, burst=max(batch, int(self.rate)), take=batch
-        )
-        if wait > 0:
-            return wait
-        self._turns, self._turns_until = batch - 1, now + 0.1
-        return 0.0
+        async with self._refill:  # the polls that find no turn wait for one refill
+            if self._spend_turn():
+                return 0.0
+            blocked = self._blocked_until - time.monotonic()
+            if blocked > 0:  # the shared limit said wait: no need to ask it again
+                return blocked
+            batch = max(1, int(self.rate / 10))
+            wait = await self.store.acquire_rate(
+                f"poll:{self.provider}",
+                1.0 / self.rate,
+                burst=max(batch, int(self.rate)),
+                take=batch,
+            )
+            now = time.monotonic()
+            if wait > 0:
+                self._blocked_until = now + wait
+                return wait
+            self._turns, self._turns_until = batch - 1, now + 0.1
+            return 0.0
+
+    def _spend_turn(self) -> bool:
+        if self._turns > 0 and time.monotonic() < self._turns_until:
+            self._turns -= 1
+            return True
+        return False
 
     async def _record(self, job: Mapping[str, Any], seen: Observation) -> float | None:
         job_id, now = job["id"], self.clock()
@@ -112,14 +130,15 @@ class Poller:
         interval = self._next_interval(job, moved)
         # `next_poll_at` tells a scheduled poll from a leased one (scripts.HINT_POLL); the
         # update also clears the retry count, and answers poll_now when a webhook came.
-        fields = {
-            **seen.fields,
-            "signature": seen.signature,
-            "moved_at": last_moved,
+        fields: dict[str, Any] = {
             "poll_interval": interval,
             "polled_at": now,
             "next_poll_at": now + interval,
         }
+        if moved:
+            fields |= {"signature": seen.signature, "moved_at": last_moved}
+        # Only what changed: most polls see what the last one saw.
+        fields |= {k: v for k, v in seen.fields.items() if job.get(k) != v}
         recorded = await self.store.update_job(
             job_id, fields, event="job.progress" if moved else "", detail=seen.detail
         )

@@ -46,18 +46,18 @@ class DifyJobs(Poller):
         external = job["external"]
         docs = await self.client.indexing_status(external["dataset_id"], external["batch"])
         summary = summarize(docs)
-        await self.store.record_documents(
-            job["id"],
-            {d.id: d.indexing_status for d in docs},
-            {d.id: d.error for d in docs if d.error and d.indexing_status == "error"},
+        # Matched by id: Dify lists the documents in a different order on each poll.
+        moved = signature(
+            sorted((d.id, d.indexing_status, d.completed_segments, d.total_segments) for d in docs)
         )
+        if moved != job.get("signature"):  # the documents' statuses are as recorded otherwise
+            await self.store.record_documents(
+                job["id"],
+                {d.id: d.indexing_status for d in docs},
+                {d.id: d.error for d in docs if d.error and d.indexing_status == "error"},
+            )
         seen = Observation(
-            # Matched by id: Dify lists the documents in a different order on each poll.
-            signature=signature(
-                sorted(
-                    (d.id, d.indexing_status, d.completed_segments, d.total_segments) for d in docs
-                )
-            ),
+            signature=moved,
             fields={
                 "total": summary.documents,
                 "completed": summary.completed_documents,

@@ -37,12 +37,15 @@ class ProviderClient:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.origin = httpx.URL(self.base_url).copy_with(path="/", query=None, fragment=None)
+        self._prefix = str(self.origin)  # scheme://host[:port]/: a URL under it is ours
         self._headers = dict(headers)
 
     def url(self, path: str) -> str:
         return self.base_url + path
 
     def same_origin(self, url: str) -> bool:
+        if url.startswith(self._prefix):  # the common case, without parsing the URL
+            return True
         other = httpx.URL(url)
         return (other.scheme, other.host, other.port) == (
             self.origin.scheme,
