@@ -576,3 +576,22 @@ def test_retry_resubmits_a_decodo_job_refused_at_submission(redis_process: Redis
         assert response.status_code == 202, response.text
         job = d.wait(job_id)
         assert job["status"] == "completed" and job["progress"]["completed"] == 1
+
+
+def test_polls_keep_to_the_provider_rate_shared_through_redis(
+    redis_process: RedisProcess,
+) -> None:
+    """20 jobs due at once, polls every 50 ms wanted, 5 requests a second allowed."""
+    rate, seconds = 5.0, 3.0
+    with polled_deployment(
+        redis_process, firecrawl={"scrape_delay": 60.0}, settings={"firecrawl_rps": rate}
+    ) as d:
+        batches = [d.firecrawl_batch(urls(1)) for _ in range(20)]
+        started = time.monotonic()  # the first job is polled as soon as it is created
+        for batch_id in batches:
+            d.create({"provider": "firecrawl", "batch_id": batch_id})
+        time.sleep(seconds)
+        polls = d.stats(d.firecrawl).get("GET /v2/batch/scrape/{id} 200", 0)
+        elapsed = time.monotonic() - started
+    # A burst of one second's worth, then the rate: never the 20 / 0.05 s the jobs want.
+    assert rate <= polls <= rate * (1 + elapsed) + 1, polls
