@@ -71,7 +71,8 @@ def build_worker(settings: Settings, store: Store, http: httpx.AsyncClient) -> W
     return Worker(
         store,
         Dispatcher(store, decodo, pollers, settings.poll_concurrency),
-        concurrency=settings.fetch_concurrency,
+        # Room for a second step while each fetch stores its results and is acknowledged.
+        concurrency=2 * settings.fetch_concurrency,
         claim_idle=settings.claim_idle,
         lease=settings.lease,
         heartbeat_interval=settings.heartbeat_interval,

@@ -105,6 +105,9 @@ class DecodoJobs:
         self.settings = settings
         self.clock = clock
         self._states: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        # Results requests in flight: the fetch concurrency bounds these, not the steps
+        # around them, so a fetch that is storing its results already leaves room.
+        self._fetching = asyncio.Semaphore(settings.fetch_concurrency)
 
     @property
     def callback_url(self) -> str:
@@ -163,9 +166,8 @@ class DecodoJobs:
         if self._expired(job):
             await self.store.fail_task(job_id, task_id, self._expiry_reason(), expired=True)
             return None
-        started = time.perf_counter()
         try:
-            body = await self.client.get_results(task_id)
+            body = await self._get_results(task_id)
         except Transient as exc:
             FETCHES.labels("decodo", exc.reason).inc()
             return await self._retry(job_id, f"fetch:{task_id}", exc)
@@ -173,14 +175,21 @@ class DecodoJobs:
             FETCHES.labels("decodo", exc.reason).inc()
             await self._fail_task(job, task_id, exc)
             return None
-        finally:
-            FETCH_SECONDS.labels("decodo").observe(time.perf_counter() - started)
         if body is None:  # 204: not ready yet
             FETCHES.labels("decodo", "not_ready").inc()
             return await self._retry(job_id, f"fetch:{task_id}", None)
         FETCHES.labels("decodo", "stored").inc()
         await self.store.store_results(job_id, task_id, body, self.settings.results_ttl)
         return None
+
+    async def _get_results(self, task_id: str) -> bytes | None:
+        """GET the task's results within the fetch concurrency; the request timed."""
+        async with self._fetching:
+            started = time.perf_counter()
+            try:
+                return await self.client.get_results(task_id)
+            finally:
+                FETCH_SECONDS.labels("decodo").observe(time.perf_counter() - started)
 
     # -- reconcile ----------------------------------------------------------------------
 
