@@ -61,7 +61,8 @@ local function finish(j, status, reason)
   return true
 end
 
--- When every task is terminal the job ends: completed if any task has results.
+-- When every task is terminal the job ends: completed if any task has results. Returns the
+-- status it ended the job in, if it did.
 local function settle(j)
   local h = redis.call('HMGET', jkey(j), 'status', 'completed', 'failed', 'total', 'expired',
                        'submitting')
@@ -71,19 +72,28 @@ local function settle(j)
   if c + f < t then return end
   if c > 0 or t == 0 then
     finish(j, 'completed', nil)
+    return 'completed'
   elseif x == t then
     finish(j, 'expired', 'the results of every task expired at the provider')
-  else
-    finish(j, 'failed', 'every task failed')
+    return 'expired'
   end
+  finish(j, 'failed', 'every task failed')
+  return 'failed'
 end
 
--- A provider says task t of job j is done or faulted. Returns what happened.
+-- A code, and the status the job ended in when this change ended it ('stored:completed').
+local function ending(code, ended)
+  if ended then return code .. ':' .. ended end
+  return code
+end
+
+-- A provider says task t of job j is done or faulted. Returns what happened (see ending).
 local function apply(j, t, status, source)
   local tasks = jkey(j) .. ':tasks'
   local current = redis.call('HGET', tasks, t)
   if not current then return 'unknown_task' end
   if current ~= 'pending' then return 'duplicate' end
+  local ended
   if status == 'done' then
     redis.call('HSET', tasks, t, 'done')
     redis.call('HINCRBY', jkey(j), 'received', 1)
@@ -94,10 +104,10 @@ local function apply(j, t, status, source)
     redis.call('HSET', jkey(j) .. ':errors', t, 'faulted: the provider gave up on the task')
     redis.call('HINCRBY', jkey(j), 'failed', 1)
     emit(j, 'task.failed', {task_id = t, reason = 'faulted', source = source})
-    settle(j)
+    ended = settle(j)
   end
   redis.call('HSET', jkey(j), 'updated_at', NOW)
-  return 'accepted'
+  return ending('accepted', ended)
 end
 """
 
@@ -229,8 +239,7 @@ local function outcome_of(j, t, outcome, value, ttl)
     emit(j, 'task.failed', {task_id = t, reason = value})
   end
   redis.call('HSET', jkey(j), 'updated_at', NOW)
-  settle(j)
-  return outcome
+  return ending(outcome, settle(j))
 end
 
 local out = {}

@@ -257,7 +257,8 @@ class Store:
         for callback in callbacks:
             args.extend(callback)
         codes = await self._callbacks(args=args)
-        return [_text(code) for code in codes]
+        pairs = zip(callbacks, codes, strict=True)
+        return [self._note_end(job_id, code) for (job_id, _, _), code in pairs]
 
     async def record_submission(
         self,
@@ -294,7 +295,18 @@ class Store:
         args: list[Any] = [*self._common(), len(outcomes)]
         for outcome in outcomes:
             args.extend(outcome)
-        return [_text(code) for code in await self._task_outcomes(args=args)]
+        codes = await self._task_outcomes(args=args)
+        pairs = zip(outcomes, codes, strict=True)
+        return [self._note_end(job_id, code) for (job_id, *_), code in pairs]
+
+    def _note_end(self, job_id: str, raw: Any) -> str:
+        """A script's code for one change; one that ended its (Decodo) job comes as
+        'code:status', and the end is logged."""
+        code, _, ended = _text(raw).partition(":")
+        if ended:
+            extra = {"job_id": job_id, "provider": "decodo", "status": ended}
+            log.info("job ended", extra=extra)
+        return code
 
     async def finish_job(self, job_id: str, status: JobStatus, reason: str = "") -> str:
         """Move a job to a terminal status; 'closed' when it already was terminal."""

@@ -175,6 +175,14 @@ class PolledDeployment(Deployment):
         ).json()
         return dataset_id, batch["batch"], [d["id"] for d in batch["documents"]]
 
+    def wait_for_field(self, job_id: str, name: str, timeout: float = 10.0) -> bytes:
+        """The job hash field's value, once something has set it."""
+        deadline = time.monotonic() + timeout
+        while (value := self.redis.hget(f"receiver:job:{{{job_id}}}", name)) is None:
+            assert time.monotonic() < deadline, f"job {job_id} never got its {name}"
+            time.sleep(0.02)
+        return value  # type: ignore[return-value]
+
     def configure_firecrawl(self, **knobs: Any) -> None:
         response = httpx.patch(f"{self.firecrawl}/_sandbox/config", json=knobs, timeout=10)
         assert response.status_code == 200, response.text

@@ -101,6 +101,28 @@ async def test_job_created_and_ended_are_logged_once_without_the_providers_answe
     assert "do-not-log-this-answer" not in text and "p-secret" not in text
 
 
+@pytest.mark.anyio
+async def test_decodo_jobs_settled_by_their_tasks_log_their_end_once(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    for job_id in ("by-results", "by-callback"):
+        await store.create_job(job_id, "decodo", total=2, params={}, work="")
+        tasks = [("1", "u1"), ("2", "u2")]
+        await store.record_submission(job_id, 0, tasks, last=True, reconcile_after=300)
+    with caplog.at_level(logging.INFO, logger="receiver"):
+        assert await store.apply_callbacks([("by-results", "1", "done")]) == ["accepted"]
+        assert await store.store_results("by-results", "1", b"{}", 60) == "stored"
+        assert await store.fail_task("by-results", "2", "unauthorized: no") == "failed"
+        assert await store.fail_task("by-results", "2", "unauthorized: no") == "closed"
+        callbacks = [("by-callback", "1", "faulted"), ("by-callback", "2", "faulted")]
+        assert await store.apply_callbacks(callbacks) == ["accepted", "accepted"]
+    ended = [line for line in formatted(caplog) if line["message"] == "job ended"]
+    assert [(line["job_id"], line["status"]) for line in ended] == [
+        ("by-results", "completed"),
+        ("by-callback", "failed"),
+    ]
+
+
 def test_web_logs_every_line_as_json(redis_process: RedisProcess) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "RECEIVER_"))}

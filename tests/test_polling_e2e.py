@@ -263,10 +263,7 @@ def test_firecrawl_webhook_makes_a_scheduled_poll_due_now(redis_process: RedisPr
     with polled_deployment(redis_process, firecrawl={"scrape_delay": 60.0}, settings=settings) as d:
         batch_id = d.firecrawl_batch(urls(1))
         job_id = d.create({"provider": "firecrawl", "batch_id": batch_id})
-        deadline = time.monotonic() + 10
-        while d.redis.hget(f"receiver:job:{{{job_id}}}", "next_poll_at") is None:
-            assert time.monotonic() < deadline, "the first poll never ended"
-            time.sleep(0.02)
+        d.wait_for_field(job_id, "next_poll_at")  # the first poll ended
         body = webhook_body(batch_id)
         signed = {"X-Firecrawl-Signature": sign_webhook(secret, body)}
         httpx.post(f"{d.api}/callbacks/firecrawl", content=body, headers=signed, timeout=10)
@@ -294,10 +291,7 @@ def test_firecrawl_polls_failing_past_expires_at_end_expired(redis_process: Redi
     with polled_deployment(redis_process, firecrawl=firecrawl) as d:
         batch_id = d.firecrawl_batch(urls(3))
         job_id = d.create({"provider": "firecrawl", "batch_id": batch_id})
-        deadline = time.monotonic() + 10
-        while d.redis.hget(f"receiver:job:{{{job_id}}}", "expires_at") is None:
-            assert time.monotonic() < deadline, "the first poll never recorded expiresAt"
-            time.sleep(0.02)
+        d.wait_for_field(job_id, "expires_at")  # the first poll recorded expiresAt
         d.configure_firecrawl(get_500_rate=1.0)
         job = d.wait(job_id, timeout=15)
         assert job["status"] == "expired" and job["error"].startswith("expired"), job
