@@ -68,6 +68,10 @@ class ProviderError(ReceiverError):
         if reason is not None:
             self.reason = reason
 
+    def log_fields(self) -> dict[str, object]:
+        """What a log line may say of it: the reason and the status, never the answer."""
+        return {"reason": self.reason, "status": self.status}
+
 
 class Transient(ProviderError):
     reason = "transient"

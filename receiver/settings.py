@@ -58,8 +58,10 @@ class Settings:
     lease: float = 120.0
     # Seconds between worker heartbeats; /readyz wants one fresher than 3 of these.
     heartbeat_interval: float = 5.0
-    # Seconds between batch submissions to Decodo, across every worker.
-    decodo_batch_interval: float = 1.0
+    # Seconds between batch submissions to Decodo, across every worker: a little over its
+    # one a second, counted from when we send, since a large batch reaches Decodo later
+    # than a small one sent a second after it.
+    decodo_batch_interval: float = 1.1
     # Seconds of backoff: first retry, and the cap.
     retry_base: float = 1.0
     retry_cap: float = 300.0

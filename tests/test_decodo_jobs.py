@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -77,4 +78,25 @@ async def test_reconcile_404_past_the_retention_expires_the_task(redis: Any) -> 
     assert await jobs.reconcile("j1") is None
     (task,) = await store.get_task_details("j1")
     assert task["status"] == "expired" and task["error"].startswith("expired"), task
+    await jobs.client.http.aclose()
+
+
+@pytest.mark.anyio
+async def test_failed_fetches_log_their_reason_never_the_providers_answer(
+    redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = [T0]
+    store = Store(redis, clock=lambda: clock[0])
+    await one_task_job(store)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, text="<html>do-not-log-this-answer</html>")
+
+    jobs = decodo_jobs(store, clock, answer)
+    with caplog.at_level(logging.INFO, logger="receiver"):
+        retry_at = await jobs.fetch("j1", "101")
+    assert retry_at is not None and retry_at > T0  # retried later, not failed
+    (line,) = [r for r in caplog.records if r.getMessage() == "retrying later"]
+    assert (line.job_id, line.reason, line.status) == ("j1", "unavailable", 503)  # type: ignore[attr-defined]
+    assert all("do-not-log-this-answer" not in repr(vars(r)) for r in caplog.records)
     await jobs.client.http.aclose()

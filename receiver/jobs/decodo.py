@@ -139,7 +139,10 @@ class DecodoJobs:
         except Transient as exc:
             return await self._retry(job_id, "submit", exc)
         except Permanent as exc:
-            log.warning("decodo submission refused", extra={"job_id": job_id, "reason": str(exc)})
+            log.warning(
+                "decodo submission refused",
+                extra={"job_id": job_id, "provider": "decodo", **exc.log_fields()},
+            )
             await self.store.finish_job(job_id, JobStatus.FAILED, f"{exc.reason}: {exc}")
         return None
 
@@ -271,13 +274,15 @@ class DecodoJobs:
         attempt = await self.store.redis.hincrby(self.store.keys.attempts(job_id), name, 1)
         after = exc.retry_after if isinstance(exc, RateLimited) else None
         delay = backoff(attempt - 1, self.settings.retry_base, self.settings.retry_cap, after)
+        fields = exc.log_fields() if exc else {"reason": "not_ready"}
         log.info(
             "retrying later",
             extra={
                 "job_id": job_id,
+                "provider": "decodo",
                 "work": name,
                 "delay_s": round(delay, 3),
-                "reason": str(exc) if exc else "not ready",
+                **fields,
             },
         )
         return self.clock() + delay
