@@ -42,7 +42,11 @@ def print_jobs(console: Console, jobs: Sequence[Mapping[str, Any]]) -> None:
 
 def print_job(console: Console, job: Mapping[str, Any], most: int | None = 50) -> None:
     """One job: its fields, then its tasks (or documents), the failed ones first."""
-    keys = [k for k in (*_HEAD, *job) if k in job and k not in _ITEMS]
+    # A list under an item name is printed as a table below; anything else (a Firecrawl
+    # job's count of documents) is a field like the others.
+    keys = [
+        k for k in (*_HEAD, *job) if k in job and not (k in _ITEMS and isinstance(job[k], list))
+    ]
     width = max(map(len, keys), default=0)
     for key in dict.fromkeys(keys):
         emit(console, Text.assemble((key.ljust(width), "bold"), "  ", _field(key, job[key])))

@@ -347,13 +347,27 @@ def test_watch_in_a_terminal_shows_the_bar_and_exits_0_when_the_job_completes(
         job_id, tasks = held_job(d, 3)
         with in_terminal(cli_env(d.api), "watch", job_id) as child:
             child.read_until("0 done 0 failed of 3")
+            before = len(child.output)
             finish_tasks(d, tasks[:1])
             child.read_until("1 done 0 failed of 3")
-            finish_tasks(d, tasks[1:])
+            time.sleep(0.3)  # tasks done apart in time give the bar a rate
+            finish_tasks(d, tasks[1:2])
+            child.read_until("2 done 0 failed of 3")
+            time.sleep(1.2)  # the elapsed column ticks past a second
+            finish_tasks(d, tasks[2:])
             code = child.finish()
     assert code == 0, child.output
     assert re.search(r"decodo running +━+", child.output)  # the bar
     assert f"job {job_id} completed (3 done, 0 failed of 3)" in child.output
+    # The rate (done per second, one decimal) and the elapsed time (H:MM:SS) follow the counts.
+    columns = re.compile(r"(\d) done 0 failed of 3 +(-|\d+\.\d)/s +(\d+):(\d\d):(\d\d)")
+    shown = [found.groups() for found in columns.finditer(child.output[before:])]
+    assert shown, child.output
+    # At two done, one task in the 0.3 s or more since the first: at most 1 / 0.3 a second.
+    rates = [float(rate) for done, rate, *_ in shown if done == "2" and rate != "-"]
+    assert rates and all(0 < rate <= 3.4 for rate in rates), shown
+    seconds = [int(h) * 3600 + int(m) * 60 + int(s) for _, _, h, m, s in shown]
+    assert seconds == sorted(seconds) and 1 <= seconds[-1] < 30, shown
 
 
 def test_watch_in_a_terminal_exits_1_with_the_reason_when_the_job_fails(
@@ -585,6 +599,66 @@ def test_show_prints_the_job_its_tasks_and_errors(redis_process: RedisProcess) -
     assert job["id"] == done and len(job["tasks"]) == 2
     assert not any("error" in task for task in job["tasks"])
     assert missing.returncode == 4 and "404: no job nope" in missing.stderr
+
+
+def test_show_prints_a_dify_job_with_its_documents_and_the_error(
+    redis_process: RedisProcess,
+) -> None:
+    with polled_deployment(redis_process) as d:
+        dataset, batch, docs = d.dify_batch(
+            [{"name": "a.txt", "segments": 3}, {"name": "b.pdf", "fail": True}]
+        )
+        job_id = d.create({"provider": "dify", "dataset_id": dataset, "batch": batch})
+        assert d.wait(job_id)["status"] == "failed"
+        env = cli_env(d.api)
+        shown = receiver(env, "show", job_id)
+        raw = receiver(env, "show", job_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    good, bad = docs
+    pdfium = "Failed to load document (PDFium: Data format error)."
+    assert re.search(rf"^id\s+{job_id}$", shown.stdout, re.M)
+    assert re.search(r"^provider\s+dify$", shown.stdout, re.M)
+    assert re.search(r"^status\s+failed$", shown.stdout, re.M)
+    assert re.search(r"^progress\s+1/2 \(1 failed\)$", shown.stdout, re.M)
+    assert re.search(rf"^error\s+{bad}: {re.escape(pdfium)}$", shown.stdout, re.M)
+    assert re.search(r"^segments_total\s+3$", shown.stdout, re.M)
+    assert f'"dataset_id":"{dataset}"' in shown.stdout and f'"batch":"{batch}"' in shown.stdout
+    assert "documents (2): 1 completed, 1 error" in shown.stdout
+    assert "tasks (" not in shown.stdout  # a Dify job's items are its documents
+    rows = shown.stdout[shown.stdout.index("documents (2)") :].splitlines()[2:]
+    # The document in error comes first, with its error; the completed one has none.
+    assert re.fullmatch(rf"{bad}\s+error\s+{re.escape(pdfium)}", rows[0]), rows
+    assert re.fullmatch(rf"{good}\s+completed", rows[1]), rows
+    documents = {doc["id"]: doc for doc in orjson.loads(raw.stdout)["tasks"]}
+    assert documents[bad]["error"] == pdfium and "error" not in documents[good]
+
+
+def test_show_prints_a_firecrawl_job(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process) as d:
+        job_id = d.create({"provider": "firecrawl", "urls": urls(3)})
+        job = d.wait(job_id)
+        assert job["status"] == "completed"
+        batch_id = job["external"]["batch_id"]
+        shown = receiver(cli_env(d.api), "show", job_id)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(rf"^id\s+{job_id}$", shown.stdout, re.M)
+    assert re.search(r"^provider\s+firecrawl$", shown.stdout, re.M)
+    assert re.search(r"^status\s+completed$", shown.stdout, re.M)
+    assert re.search(r"^progress\s+3/3$", shown.stdout, re.M)
+    assert re.search(rf'^external\s+{{"batch_id":"{batch_id}"}}$', shown.stdout, re.M)
+    assert re.search(r"^provider_status\s+completed$", shown.stdout, re.M)
+    assert re.search(r"^credits_used\s+3$", shown.stdout, re.M)
+    assert re.search(r"^invalid_urls\s+\[\]$", shown.stdout, re.M)
+    assert not re.search(r"^error", shown.stdout, re.M)
+
+
+def test_show_prints_a_firecrawl_jobs_count_of_documents(redis_process: RedisProcess) -> None:
+    with polled_deployment(redis_process) as d:
+        job_id = d.create({"provider": "firecrawl", "urls": urls(2)})
+        assert d.wait(job_id)["documents"] == 2
+        shown = receiver(cli_env(d.api), "show", job_id)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^documents\s+2$", shown.stdout, re.M), shown.stdout
 
 
 def test_retry_and_cancel(redis_process: RedisProcess) -> None:
