@@ -117,6 +117,12 @@ class Poller:
             self._turns, self._turns_until = batch - 1, now + 0.1
             return 0.0
 
+    async def _wait_turn(self) -> None:
+        """Wait for a turn under the shared rate: for the requests a poll, a submission or a
+        cancel makes beside its first (a batch's `next` pages), which cannot be rescheduled."""
+        while (wait := await self._take_turn()) > 0:
+            await asyncio.sleep(wait)
+
     def _spend_turn(self) -> bool:
         if self._turns > 0 and time.monotonic() < self._turns_until:
             self._turns -= 1

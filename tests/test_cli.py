@@ -14,10 +14,18 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import redis as sync_redis
 
+from receiver.sandbox import firecrawl as firecrawl_sandbox
 from receiver.sandbox.decodo import DEFAULT_AUTH
 from tests.e2e import decodo_sandbox_server
-from tests.servers import RedisProcess, consecutive_free_ports, free_port, wait_for_port
+from tests.servers import (
+    RedisProcess,
+    consecutive_free_ports,
+    free_port,
+    serve_app,
+    wait_for_port,
+)
 
 
 def receiver_env(**values: str) -> dict[str, str]:
@@ -184,6 +192,77 @@ def test_submit_and_show_through_the_cli(redis_process: RedisProcess) -> None:
             timeout=30,
         )
         assert missing.returncode != 0 and "404" in missing.stderr
+
+
+def test_submit_firecrawl_through_the_cli_polls_the_batch_to_the_end(
+    redis_process: RedisProcess,
+) -> None:
+    sync_redis.Redis.from_url(redis_process.url).flushall()
+    config = firecrawl_sandbox.FirecrawlSandboxConfig(seed=3, scrape_delay=0.01)
+    port = free_port()
+    with serve_app(firecrawl_sandbox.create_app(config)) as sandbox:
+        env = receiver_env(
+            REDIS_URL=redis_process.url,
+            RECEIVER_SECRET_KEYS="k",
+            RECEIVER_API_TOKEN="cli-token",
+            PORT=str(port),
+            FIRECRAWL_BASE_URL=sandbox,
+            FIRECRAWL_API_KEY=config.api_key,
+            RECEIVER_POLL_MIN="0.05",
+            RECEIVER_POLL_MAX="0.3",
+        )
+        with running("run", env):
+            wait_for_port(port)
+            urls = ["https://a.example/one", "https://a.example/two"]
+            submitted = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "receiver",
+                    "submit",
+                    "firecrawl",
+                    *urls,
+                    "--format",
+                    "markdown",
+                    "--format",
+                    "links",
+                    "--param",
+                    "ignoreInvalidURLs=true",
+                    "https://intranet-host/page",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert submitted.returncode == 0, submitted.stderr
+            job = orjson.loads(submitted.stdout)
+            assert job["provider"] == "firecrawl"
+            deadline = time.monotonic() + 30
+            while job["status"] not in ("completed", "failed", "cancelled", "expired"):
+                assert time.monotonic() < deadline, job
+                time.sleep(0.1)
+                shown = subprocess.run(
+                    [sys.executable, "-m", "receiver", "show", job["id"], "--json"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                job = orjson.loads(shown.stdout)
+            assert job["status"] == "completed", job
+            assert job["documents"] == 2 and job["external"]["batch_id"]
+            # --param's JSON `true` reached Firecrawl, which skipped the URL without a TLD.
+            assert job["invalid_urls"] == ["https://intranet-host/page"]
+            results = httpx.get(
+                f"http://127.0.0.1:{port}/jobs/{job['id']}/results",
+                headers={"Authorization": "Bearer cli-token"},
+                timeout=10,
+            ).json()["results"]
+    documents = sorted(results.values(), key=lambda doc: doc["metadata"]["sourceURL"])
+    assert [doc["metadata"]["sourceURL"] for doc in documents] == sorted(urls)
+    # Both --format values reached Firecrawl: each document has markdown and links.
+    assert all({"markdown", "links"} <= set(doc) for doc in documents), documents
 
 
 def test_sandbox_all_serves_the_three_providers_on_consecutive_ports() -> None:

@@ -589,3 +589,193 @@ def test_polls_keep_to_the_provider_rate_shared_through_redis(
         elapsed = time.monotonic() - started
     # A burst of one second's worth, then the rate: never the 20 / 0.05 s the jobs want.
     assert rate <= polls <= rate * (1 + elapsed) + 1, polls
+
+
+# -- settings-level stall timeouts ----------------------------------------------------------
+
+
+def stalled_worker(d: PolledDeployment, redis_url: str, **env: str) -> subprocess.Popen[bytes]:
+    """A `receiver worker` process for both polled providers, its settings from `env`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "receiver", "worker"],
+        env={
+            **worker_env(d, redis_url),
+            "DIFY_BASE_URL": f"{d.dify}/v1",
+            "DIFY_API_KEY": "dataset-sandbox",
+            **env,
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "stalls"),
+    [
+        ({"RECEIVER_STALL_AFTER": "1"}, {"firecrawl", "dify"}),
+        ({"RECEIVER_FIRECRAWL_STALL_AFTER": "1"}, {"firecrawl"}),
+        ({"RECEIVER_DIFY_STALL_AFTER": "1"}, {"dify"}),
+    ],
+)
+def test_stall_timeout_from_the_settings_per_provider(
+    redis_process: RedisProcess, env: dict[str, str], stalls: set[str]
+) -> None:
+    """Two batches that never progress, no `stall_after` of their own: the worker's
+    environment alone says which of them stalls after 1 s (the default is 30 minutes)."""
+    firecrawl = {"stall": True, "scrape_delay": 0.01}
+    with polled_deployment(
+        redis_process, firecrawl=firecrawl, dify={"stall": True}, with_worker=False
+    ) as d:
+        dataset, batch, _ = d.dify_batch([{"name": "a.txt", "segments": 2}])
+        jobs = {
+            "firecrawl": d.create(
+                {"provider": "firecrawl", "batch_id": d.firecrawl_batch(urls(3))}
+            ),
+            "dify": d.create({"provider": "dify", "dataset_id": dataset, "batch": batch}),
+        }
+        worker = stalled_worker(d, redis_process.url, **env)
+        try:
+            for provider in sorted(stalls):
+                job = d.wait(jobs[provider], timeout=20)
+                assert job["status"] == "failed", job
+                assert job["error"] == "stalled: no progress for 1 s", job
+            time.sleep(1.5)  # the others had as long, and longer: still polled
+            for provider in sorted(set(jobs) - stalls):
+                job = d.job(jobs[provider])
+                assert job["status"] == "running" and "polled_at" in job, job
+        finally:
+            worker.terminate()
+            worker.wait(20)
+
+
+@pytest.mark.parametrize("while_paused", [True, False])
+def test_stall_while_paused_setting_lets_a_paused_dify_batch_stall(
+    redis_process: RedisProcess, while_paused: bool
+) -> None:
+    env = {"RECEIVER_DIFY_STALL_AFTER": "1"}
+    if while_paused:
+        env["RECEIVER_STALL_WHILE_PAUSED"] = "true"
+    with polled_deployment(redis_process, dify={"step_seconds": 0.3}, with_worker=False) as d:
+        dataset, batch, (doc,) = d.dify_batch([{"name": "a.txt", "segments": 3}])
+        console = f"{d.dify}/console/api/datasets/{dataset}/documents/{doc}/processing"
+        assert httpx.patch(f"{console}/pause", timeout=10).status_code == 204
+        job_id = d.create({"provider": "dify", "dataset_id": dataset, "batch": batch})
+        worker = stalled_worker(d, redis_process.url, **env)
+        try:
+            if while_paused:
+                job = d.wait(job_id, timeout=20)
+                assert job["status"] == "failed" and job["paused"] == 1, job
+                assert job["error"] == "stalled: no progress for 1 s"
+            else:
+                d.wait_for_field(job_id, "paused")
+                time.sleep(2.5)  # well past the stall timeout, but paused
+                job = d.job(job_id)
+                assert job["status"] == "running" and job["paused"] == 1, job
+        finally:
+            worker.terminate()
+            worker.wait(20)
+
+
+# -- submission -----------------------------------------------------------------------------
+
+
+def test_firecrawl_submission_records_the_invalid_urls_it_ignored(
+    redis_process: RedisProcess,
+) -> None:
+    # No top-level domain: Firecrawl's URL schema refuses it, which ignoreInvalidURLs skips.
+    invalid = "https://intranet-host/page"
+    with polled_deployment(redis_process, firecrawl={"scrape_delay": 0.01}) as d:
+        job_id = d.create(
+            {"provider": "firecrawl", "urls": [*urls(2), invalid], "ignoreInvalidURLs": True}
+        )
+        job = d.wait(job_id)
+        assert job["status"] == "completed", job
+        assert job["invalid_urls"] == [invalid]
+        assert job["progress"]["total"] == job["documents"] == 2
+        sources = {doc["metadata"]["sourceURL"] for doc in d.results(job_id)["results"].values()}
+        assert sources == set(urls(2))
+        submitted = [e for e in events_of(d, job_id) if "batch_id" in e["detail"]]
+        assert [e["detail"]["invalid_urls"] for e in submitted] == [[invalid]]
+
+
+def test_firecrawl_submission_without_ignore_invalid_urls_fails_bad_request(
+    redis_process: RedisProcess,
+) -> None:
+    with polled_deployment(redis_process) as d:
+        job = d.wait(d.create({"provider": "firecrawl", "urls": [*urls(1), "https://nodot"]}))
+        assert job["status"] == "failed" and job["error"].startswith("bad_request"), job
+        assert "invalid_urls" not in job
+
+
+# -- every Firecrawl request under the rate -------------------------------------------------
+
+
+def gets_over_time(d: PolledDeployment, seconds: float) -> list[tuple[float, int]]:
+    """(seconds since the start, the sandbox's successful status GETs), sampled."""
+    started, samples = time.monotonic(), []
+    while (elapsed := time.monotonic() - started) < seconds:
+        samples.append((elapsed, d.stats(d.firecrawl).get("GET /v2/batch/scrape/{id} 200", 0)))
+        time.sleep(0.1)
+    return samples
+
+
+def test_firecrawl_next_pages_keep_to_the_provider_rate(redis_process: RedisProcess) -> None:
+    """A finished batch of 16 one-document pages, 4 requests a second allowed: its 15 `next`
+    pages are fetched by one poll, yet at the rate, not all at once."""
+    rate, pages = 4.0, 16
+    firecrawl = {"scrape_delay": 0.01, "concurrency": 50, "page_size": 1}
+    with polled_deployment(
+        redis_process, firecrawl=firecrawl, settings={"firecrawl_rps": rate}
+    ) as d:
+        batch_id = d.firecrawl_batch(urls(pages))
+        httpx.post(f"{d.firecrawl}/_sandbox/batches/{batch_id}/finish", timeout=10)
+        job_id = d.create({"provider": "firecrawl", "batch_id": batch_id})
+        samples = gets_over_time(d, 2.0)
+        job = d.wait(job_id)
+        gets = d.stats(d.firecrawl).get("GET /v2/batch/scrape/{id} 200", 0)
+    assert job["status"] == "completed" and job["documents"] == pages, job
+    assert gets == pages  # one poll saw it completed and followed `next` 15 times
+    # A burst of one second's worth, then the rate (+1: a sample may straddle a turn).
+    for elapsed, count in samples:
+        assert count <= rate * (1 + elapsed) + 1, samples
+
+
+def test_firecrawl_submissions_keep_to_the_provider_rate(redis_process: RedisProcess) -> None:
+    """12 submissions at once, 3 requests a second allowed: the POSTs wait their turns."""
+    rate = 3.0
+    firecrawl = {"scrape_delay": 60.0}
+    with polled_deployment(
+        redis_process, firecrawl=firecrawl, settings={"firecrawl_rps": rate, "poll_min": 30.0}
+    ) as d:
+        started = time.monotonic()
+        for _ in range(12):
+            d.create({"provider": "firecrawl", "urls": urls(1)})
+        time.sleep(2.0)
+        stats = d.stats(d.firecrawl)
+        elapsed = time.monotonic() - started
+    requests = stats.get("POST /v2/batch/scrape 200", 0) + stats.get(
+        "GET /v2/batch/scrape/{id} 200", 0
+    )
+    assert stats.get("POST /v2/batch/scrape 200", 0) >= rate, stats
+    assert requests <= rate * (1 + elapsed) + 1, stats
+
+
+def test_firecrawl_cancels_keep_to_the_provider_rate(redis_process: RedisProcess) -> None:
+    """8 cancels in a row, 2 requests a second allowed (no worker: only the DELETEs count)."""
+    rate, count = 2.0, 8
+    firecrawl = {"scrape_delay": 60.0}
+    with polled_deployment(
+        redis_process, firecrawl=firecrawl, settings={"firecrawl_rps": rate}, with_worker=False
+    ) as d:
+        jobs = [
+            d.create({"provider": "firecrawl", "batch_id": d.firecrawl_batch(urls(1))})
+            for _ in range(count)
+        ]
+        started = time.monotonic()
+        for job_id in jobs:
+            response = httpx.delete(f"{d.api}/jobs/{job_id}", headers=d.headers(), timeout=10)
+            assert response.status_code == 200, response.text
+        elapsed = time.monotonic() - started
+        assert d.stats(d.firecrawl)["DELETE /v2/batch/scrape/{id} 200"] == count
+    # A burst of one second's worth, then one every 1 / rate seconds.
+    assert elapsed >= (count - rate) / rate - 0.2, elapsed

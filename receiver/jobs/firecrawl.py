@@ -184,6 +184,9 @@ class FirecrawlJobs(Poller):
                 "metadata": {"job_id": job_id},
                 "events": ["completed", "failed"],
             }
+        wait = await self._take_turn()  # the POST counts against the provider's rate too
+        if wait > 0:
+            return self.clock() + wait
         try:
             submitted = await self.client.submit(params["urls"], params["options"], webhook)
         except Transient as exc:
@@ -223,7 +226,7 @@ class FirecrawlJobs(Poller):
         if batch.expires_at:
             seen.fields["expires_at"] = batch.expires_at
         if batch.terminal:
-            documents = await self.client.collect(batch)
+            documents = await self.client.collect(batch, turn=self._wait_turn)
             await self.store.store_documents(
                 job["id"],
                 {document_key(d): orjson.dumps(d) for d in documents},
@@ -251,4 +254,5 @@ class FirecrawlJobs(Poller):
         return self.clock() - last_moved > stall_after
 
     async def cancel(self, batch_id: str) -> str:
+        await self._wait_turn()  # a user waits on it: a turn is waited for, not rescheduled
         return await self.client.cancel(batch_id)

@@ -9,7 +9,7 @@ What a real (self-hosted, Aug 2025) server does, and this client allows for:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,11 +92,14 @@ class FirecrawlClient(ProviderClient):
         """GET /v2/batch/scrape/{id}: progress and every document finished so far."""
         return await self._get_status(self.url(f"/v2/batch/scrape/{_path_part(batch_id)}"))
 
-    async def collect(self, first: BatchStatus) -> list[dict[str, Any]]:
+    async def collect(
+        self, first: BatchStatus, turn: Callable[[], Awaitable[None]] | None = None
+    ) -> list[dict[str, Any]]:
         """Every document of a terminal batch: `first`'s, then its `next` pages', deduplicated.
 
         Stops when `next` is absent, when a page adds nothing new (servers that ignore
         `skip` repeat everything) or after `total` pages; refuses a `next` off our origin.
+        `turn` is awaited before each `next` request: the caller's request-rate limit.
         """
         if not first.terminal:
             raise ValueError(f"collect() needs a terminal batch, not {first.status!r}")
@@ -110,6 +113,8 @@ class FirecrawlClient(ProviderClient):
             if not self.same_origin(url):
                 host = httpx.URL(url).host
                 raise Rejected(f"firecrawl next URL on {host}", reason="foreign_next_url")
+            if turn is not None:
+                await turn()
             page = await self._get_status(url)
             pages += 1
             if not _add_new(documents, page.documents):

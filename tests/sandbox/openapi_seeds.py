@@ -2,16 +2,23 @@
 
 A seed file is a provider doc page with the OpenAPI YAML in a ````yaml fence. The seeds live in
 `../shared/seeds` beside the repository (override with RECEIVER_SEEDS_DIR).
+
+The Firecrawl seeds list fields without `required` and allow any other, so a body missing
+`status` would pass them: `firecrawl_contract()` requires what every answer a real server gave
+(shared/captures/firecrawl) holds, and no field the captures never show.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
@@ -22,6 +29,28 @@ SEEDS_DIR = Path(
 
 # The body of the first ````yaml fence, up to the closing fence.
 _FENCE = re.compile(r"^````ya?ml[^\n]*\n(.*?)^````", re.DOTALL | re.MULTILINE)
+# Firecrawl's seeds: GET /v2/batch/scrape/{id} (000) and DELETE of it (001).
+FIRECRAWL_SEEDS = ("000_5898ca8d59c9e150.txt", "001_93b458315ba733fa.txt")
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The top level of every answer captured for one method, path and status."""
+
+    required: tuple[str, ...]  # in every captured body
+    added: dict[str, Any] = field(default_factory=dict)  # captured, but not in the seed
+
+
+# By (method, seed path, status). GET 402/429/500 and DELETE 500 were never captured: the
+# seed stays as written for them.
+FIRECRAWL_OBSERVED: dict[tuple[str, str, int], Observed] = {
+    ("get", "/batch/scrape/{id}", 200): Observed(
+        ("success", "status", "completed", "total", "creditsUsed", "expiresAt", "data"),
+        {"success": {"type": "boolean"}},  # in all 29 captures, absent from the seed
+    ),
+    ("delete", "/batch/scrape/{id}", 200): Observed(("status",)),
+    ("delete", "/batch/scrape/{id}", 404): Observed(("error",)),
+}
 
 
 @functools.cache
@@ -33,6 +62,48 @@ def load_openapi(seed_name: str) -> dict[str, Any]:
         raise ValueError(f"{seed_name} holds no ````yaml fence")
     document: dict[str, Any] = yaml.safe_load(match.group(1))
     return document
+
+
+def tightened(
+    document: Mapping[str, Any], observed: Mapping[tuple[str, str, int], Observed]
+) -> dict[str, Any]:
+    """A copy of the document whose observed responses require their fields, allow no other
+    at the top level, and declare the captured fields the seed lacks."""
+    tight: dict[str, Any] = copy.deepcopy(dict(document))
+    for (method, path, status), seen in observed.items():
+        response = tight["paths"].get(path, {}).get(method, {}).get("responses", {})
+        if str(status) not in response:
+            continue
+        schema = response[str(status)]["content"]["application/json"]["schema"]
+        if "$ref" in schema:  # "#/components/schemas/Name"
+            schema = tight["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        schema.setdefault("properties", {}).update(copy.deepcopy(seen.added))
+        schema["required"] = list(seen.required)
+        schema["additionalProperties"] = False
+    return tight
+
+
+@functools.cache
+def firecrawl_contract() -> OpenApiContract:
+    """Firecrawl's seeds held to the captures (FIRECRAWL_OBSERVED)."""
+    return OpenApiContract(
+        *(tightened(load_openapi(seed), FIRECRAWL_OBSERVED) for seed in FIRECRAWL_SEEDS)
+    )
+
+
+def firecrawl_next_drift(url: str, body: Mapping[str, Any]) -> str:
+    """Why a status answer's `next` departs from every capture, or "" when it does not.
+
+    A real server sends `next` exactly when the documents after `skip` and this page are
+    fewer than `total`, and leaves it out (not null) otherwise.
+    """
+    skip = int(parse_qs(urlsplit(url).query).get("skip", ["0"])[0])
+    wanted = body["total"] > skip + len(body["data"])
+    if wanted and not isinstance(body.get("next"), str):
+        return f"no `next` with {body['total']} in total, {len(body['data'])} here after {skip}"
+    if not wanted and "next" in body:
+        return f"a `next` with all {body['total']} given after {skip}"
+    return ""
 
 
 def _template_pattern(template: str) -> re.Pattern[str]:

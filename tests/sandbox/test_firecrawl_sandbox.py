@@ -22,12 +22,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver.sandbox.firecrawl import FirecrawlSandboxConfig, create_app, parse_arguments
-from tests.sandbox.openapi_seeds import OpenApiContract, load_openapi
+from tests.sandbox.openapi_seeds import (
+    FIRECRAWL_SEEDS,
+    SEEDS_DIR,
+    OpenApiContract,
+    firecrawl_contract,
+    firecrawl_next_drift,
+    load_openapi,
+)
 from tests.servers import serve_app
 
-GET_SEED = "000_5898ca8d59c9e150.txt"
-DELETE_SEED = "001_93b458315ba733fa.txt"
-CONTRACT = OpenApiContract(load_openapi(GET_SEED), load_openapi(DELETE_SEED))
+CONTRACT = firecrawl_contract()  # the seeds, with what every capture requires
+CAPTURES = SEEDS_DIR.parent / "captures" / "firecrawl"
+STATUS_PATH = re.compile(r"^/v2/batch/scrape/[^/]+$")
 AUTH = {"Authorization": "Bearer fc-sandbox"}
 SECRET = "whsec-test"
 STRICT_MESSAGE = (
@@ -49,8 +56,23 @@ def checked(response: httpx.Response, status: int) -> Any:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    CONTRACT.validate(response.request.method, response.request.url.path, status, body)
+    path = response.request.url.path
+    CONTRACT.validate(response.request.method, path, status, body)
+    if response.request.method == "GET" and status == 200 and STATUS_PATH.match(path):
+        assert not firecrawl_next_drift(str(response.request.url), body)
     return body
+
+
+def captured() -> list[tuple[str, str, int, Any]]:
+    """(method, URL, status, JSON body) of every capture of a real Firecrawl server."""
+    records = []
+    for path in sorted(CAPTURES.glob("*.json")):
+        record = orjson.loads(path.read_bytes())
+        request, response = record["request"], record["response"]
+        records.append(
+            (request["method"], request["url"], response["status"], response.get("json"))
+        )
+    return records
 
 
 def page_urls(count: int) -> list[str]:
@@ -157,6 +179,51 @@ def test_seed_documents_the_answers_the_sandbox_gives() -> None:
     for status in (200, 404, 500):
         assert CONTRACT.documents_status("DELETE", path, status)
     assert not CONTRACT.documents_status("GET", path, 404)
+
+
+def test_contract_accepts_every_answer_captured_from_a_real_server() -> None:
+    checked_bodies = nexts = 0
+    for method, url, status, body in captured():
+        path = httpx.URL(url).path
+        if CONTRACT.validate(method, path, status, body):
+            checked_bodies += 1
+        if method == "GET" and status == 200 and STATUS_PATH.match(path):
+            assert not firecrawl_next_drift(url, body), url
+            nexts += 1
+    assert checked_bodies == 33 and nexts == 28  # 28 GET 200s, 3 DELETE 200s, 2 DELETE 404s
+
+
+def test_tightened_contract_requires_what_the_captures_show() -> None:
+    seed = OpenApiContract(*(load_openapi(name) for name in FIRECRAWL_SEEDS))
+    body = next(b for m, _, s, b in captured() if m == "GET" and s == 200 and "next" in b)
+    path = f"/v2/batch/scrape/{uuid.uuid4()}"
+    for name in ("success", "status", "completed", "total", "creditsUsed", "expiresAt", "data"):
+        drifted = {k: v for k, v in body.items() if k != name}
+        assert seed.validate("GET", path, 200, drifted)  # the seed as written lets it pass
+        with pytest.raises(ValidationError):
+            CONTRACT.validate("GET", path, 200, drifted)
+    with pytest.raises(ValidationError):
+        CONTRACT.validate("GET", path, 200, {**body, "done": True})
+    for drifted in ({}, {"status": "cancelled", "success": True}):
+        with pytest.raises(ValidationError):
+            CONTRACT.validate("DELETE", path, 200, drifted)
+    with pytest.raises(ValidationError):
+        CONTRACT.validate("DELETE", path, 404, {"success": False, "error": "Job not found"})
+
+
+def test_next_is_checked_against_total_skip_and_data() -> None:
+    url = "https://api.firecrawl.dev/v2/batch/scrape/x"
+    scraping = {"status": "scraping", "completed": 1, "total": 3, "data": [{}]}
+    assert firecrawl_next_drift(url, {**scraping, "next": f"{url}?skip=1"}) == ""
+    assert "no `next`" in firecrawl_next_drift(url, scraping)
+    assert "no `next`" in firecrawl_next_drift(url, {**scraping, "next": None})
+    done = {"status": "completed", "completed": 3, "total": 3, "data": [{}] * 3}
+    assert firecrawl_next_drift(url, done) == ""
+    assert "a `next`" in firecrawl_next_drift(url, {**done, "next": None})
+    # Pages after `skip` count: 3 of 5 here after 2 skipped is all of them.
+    page = {"status": "completed", "completed": 5, "total": 5, "data": [{}] * 3}
+    assert firecrawl_next_drift(f"{url}?skip=2", page) == ""
+    assert "no `next`" in firecrawl_next_drift(f"{url}?skip=1", page)
 
 
 @pytest.mark.anyio
