@@ -8,6 +8,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -130,3 +131,16 @@ def child_env(**overrides: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(overrides)
     return env
+
+
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`receiver ARGS` run to its end, stdout and stderr piped."""
+    return subprocess.run(
+        [sys.executable, "-m", "receiver", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -23,6 +23,7 @@ from tests.servers import (
     RedisProcess,
     consecutive_free_ports,
     free_port,
+    run_cli,
     serve_app,
     wait_for_port,
 )
@@ -128,13 +129,7 @@ def test_web_and_worker_refuse_to_start_without_secrets(redis_process: RedisProc
                 "RECEIVER_API_TOKEN": "t",
             }
             del values[missing]
-            result = subprocess.run(
-                [sys.executable, "-m", "receiver", command],
-                env=receiver_env(**values),
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
+            result = run_cli(receiver_env(**values), command, timeout=30)
             assert result.returncode != 0
             assert missing in result.stderr
             assert "k" not in result.stderr.replace(missing, "").split()
@@ -150,23 +145,16 @@ def test_submit_and_show_through_the_cli(redis_process: RedisProcess) -> None:
     )
     with running("web", env):
         wait_for_port(port)
-        submitted = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "receiver",
-                "submit",
-                "decodo",
-                "https://a.example",
-                "https://b.example",
-                "--target",
-                "universal",
-                "--param",
-                "parse=true",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
+        submitted = run_cli(
+            env,
+            "submit",
+            "decodo",
+            "https://a.example",
+            "https://b.example",
+            "--target",
+            "universal",
+            "--param",
+            "parse=true",
             timeout=30,
         )
         assert submitted.returncode == 0, submitted.stderr
@@ -176,21 +164,9 @@ def test_submit_and_show_through_the_cli(redis_process: RedisProcess) -> None:
             "key": "url",
             "params": {"target": "universal", "parse": True},
         }
-        shown = subprocess.run(
-            [sys.executable, "-m", "receiver", "show", job["id"], "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        shown = run_cli(env, "show", job["id"], "--json", timeout=30)
         assert orjson.loads(shown.stdout)["id"] == job["id"]
-        missing = subprocess.run(
-            [sys.executable, "-m", "receiver", "show", "nope"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        missing = run_cli(env, "show", "nope", timeout=30)
         assert missing.returncode != 0 and "404" in missing.stderr
 
 
@@ -214,25 +190,18 @@ def test_submit_firecrawl_through_the_cli_polls_the_batch_to_the_end(
         with running("run", env):
             wait_for_port(port)
             urls = ["https://a.example/one", "https://a.example/two"]
-            submitted = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "receiver",
-                    "submit",
-                    "firecrawl",
-                    *urls,
-                    "--format",
-                    "markdown",
-                    "--format",
-                    "links",
-                    "--param",
-                    "ignoreInvalidURLs=true",
-                    "https://intranet-host/page",
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
+            submitted = run_cli(
+                env,
+                "submit",
+                "firecrawl",
+                *urls,
+                "--format",
+                "markdown",
+                "--format",
+                "links",
+                "--param",
+                "ignoreInvalidURLs=true",
+                "https://intranet-host/page",
                 timeout=30,
             )
             assert submitted.returncode == 0, submitted.stderr
@@ -242,13 +211,7 @@ def test_submit_firecrawl_through_the_cli_polls_the_batch_to_the_end(
             while job["status"] not in ("completed", "failed", "cancelled", "expired"):
                 assert time.monotonic() < deadline, job
                 time.sleep(0.1)
-                shown = subprocess.run(
-                    [sys.executable, "-m", "receiver", "show", job["id"], "--json"],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                )
+                shown = run_cli(env, "show", job["id"], "--json", timeout=30)
                 job = orjson.loads(shown.stdout)
             assert job["status"] == "completed", job
             assert job["documents"] == 2 and job["external"]["batch_id"]

@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e import Deployment, PolledDeployment, polled_deployment
 from tests.e2e import deployment as decodo_deployment
-from tests.servers import RedisProcess, free_port, run_redis, wait_for_port
+from tests.servers import RedisProcess, free_port, run_cli, run_redis, wait_for_port
 
 BATCH = str(uuid.UUID(int=1))
 MANY = [f"https://site.example/{i}" for i in range(10_000)]
@@ -129,13 +129,7 @@ def test_cli_track_commands(deployment: PolledDeployment, redis_process: RedisPr
         try:
             wait_for_port(port)
             for args in (["firecrawl", BATCH], ["dify", "dataset-1", "20261122000000123456"]):
-                result = subprocess.run(
-                    [sys.executable, "-m", "receiver", "track", *args, "--stall-after", "60"],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                )
+                result = run_cli(env, "track", *args, "--stall-after", "60", timeout=30)
                 assert result.returncode == 0, result.stderr
                 job = orjson.loads(result.stdout)
                 assert job["provider"] == args[0] and job["status"] == "running"

@@ -10,9 +10,9 @@ import orjson
 
 from receiver.sandbox.decodo import DEFAULT_AUTH
 from tests.e2e import Deployment, deployment
-from tests.servers import RedisProcess
+from tests.servers import RedisProcess, run_cli
 from tests.test_events import finish_tasks, held_job
-from tests.test_watch import cli_env, receiver
+from tests.test_watch import cli_env
 
 WRONG_AUTH = base64.b64encode(b"reject:reject").decode()
 DAY = 86400.0
@@ -69,7 +69,7 @@ def test_retry_command_refetches_an_expired_jobs_results(redis_process: RedisPro
         assert expired["status"] == "expired", expired
         assert task_statuses(expired) == {task_id: "expired"}
         advance_sandbox_clock(d, -2 * DAY)  # the sandbox keeps the results again
-        retried = receiver(cli_env(d.api), "retry", job_id, "--json")
+        retried = run_cli(cli_env(d.api), "retry", job_id, "--json")
         assert retried.returncode == 0, retried.stderr
         assert orjson.loads(retried.stdout)["status"] == "running"
         job = d.wait(job_id)

@@ -37,7 +37,7 @@ from receiver.events import Event
 from receiver.sse import ServerSentEvent, parse_events, split_lines
 from receiver.watch import Change, JobProgress, format_line, read_change
 from tests.e2e import TOKEN, Deployment, deployment, polled_deployment
-from tests.servers import RedisProcess, serve_app
+from tests.servers import RedisProcess, run_cli, serve_app
 
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 
@@ -49,17 +49,6 @@ def cli_env(api: str, **values: str) -> dict[str, str]:
     env.update({"RECEIVER_URL": api, "RECEIVER_API_TOKEN": TOKEN, "TERM": "xterm-256color"})
     env.update(values)
     return env
-
-
-def receiver(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`receiver ARGS` with stdout and stderr piped."""
-    return subprocess.run(
-        [sys.executable, "-m", "receiver", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @dataclass
@@ -435,23 +424,23 @@ def test_watch_of_an_ended_job_exits_at_once_with_its_outcome(
         done = d.submit({"urls": urls(2)})
         d.wait(done)
         started = time.monotonic()
-        watched = receiver(env, "watch", done)
+        watched = run_cli(env, "watch", done)
         assert time.monotonic() - started < 5
         assert watched.returncode == 0, watched.stderr
         assert re.fullmatch(r"\S+ job\.state completed 2/2 failed=0\n", watched.stdout)
 
         d.configure_sandbox(completion_delay=30)
         running = d.submit({"url": "https://example.com"})
-        assert receiver(env, "cancel", running).returncode == 0
-        cancelled = receiver(env, "watch", running)
+        assert run_cli(env, "cancel", running).returncode == 0
+        cancelled = run_cli(env, "watch", running)
         assert cancelled.returncode == 2
         assert "cancelled: cancelled by a user" in cancelled.stderr
 
 
 def test_watch_refusals_have_their_own_exit_codes(redis_process: RedisProcess) -> None:
     with deployment(redis_process) as d:
-        unknown = receiver(cli_env(d.api), "watch", "nope")
-        wrong_token = receiver(cli_env(d.api, RECEIVER_API_TOKEN="wrong"), "watch", "nope")
+        unknown = run_cli(cli_env(d.api), "watch", "nope")
+        wrong_token = run_cli(cli_env(d.api, RECEIVER_API_TOKEN="wrong"), "watch", "nope")
     assert unknown.returncode == 4 and "404: no job nope" in unknown.stderr
     assert wrong_token.returncode == 5 and "401" in wrong_token.stderr
 
@@ -466,7 +455,7 @@ def test_watch_resumes_after_drops_with_the_last_event_id() -> None:
         ]
     )
     with stand_in(script) as url:
-        watched = receiver(cli_env(url), "watch", "j1")
+        watched = run_cli(cli_env(url), "watch", "j1")
     assert watched.returncode == 0, watched.stderr
     assert script.last_ids == [None, "2-0", "2-0", "3-0"]
     assert [line.split()[1:3] for line in watched.stdout.splitlines()] == [
@@ -481,7 +470,7 @@ def test_watch_resumes_after_drops_with_the_last_event_id() -> None:
 def test_watch_gives_up_when_the_stream_does_not_come_back() -> None:
     script = Script([[SCRIPTED_STATE]])  # every connection: the state, then the end
     with stand_in(script) as url:
-        watched = receiver(cli_env(url), "watch", "j1", "--retries", "2")
+        watched = run_cli(cli_env(url), "watch", "j1", "--retries", "2")
     assert watched.returncode == 5
     assert "the stream ended early; gave up after 2 reconnections" in watched.stderr
     assert script.last_ids == [None, "1-0", "1-0"]
@@ -493,7 +482,7 @@ def test_watch_without_a_job_follows_every_job_until_ctrl_c(
     with deployment(redis_process, completion_delay=60) as d:
         env = cli_env(d.api)
         ended = d.submit({"url": "https://example.com"})
-        assert receiver(env, "cancel", ended).returncode == 0
+        assert run_cli(env, "cancel", ended).returncode == 0
         first, first_tasks = held_job(d, 2)
         with piped(env, "watch") as child:
             child.read_until(f" job.state {first} decodo running 0/2 failed=0\n")
@@ -531,9 +520,9 @@ def test_jobs_lists_filters_and_limits(redis_process: RedisProcess) -> None:
     with deployment(redis_process) as d:
         done, failed, running = _ended_jobs(d)
         env = cli_env(d.api)
-        listed = receiver(env, "jobs")
-        only_failed = receiver(env, "jobs", "--status", "failed")
-        newest = receiver(env, "jobs", "--limit", "2", "--json")
+        listed = run_cli(env, "jobs")
+        only_failed = run_cli(env, "jobs", "--status", "failed")
+        newest = run_cli(env, "jobs", "--limit", "2", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line.split()[1:] for line in listed.stdout.splitlines()[1:]}
     assert rows[done][:3] == ["decodo", "completed", "2/2"]
@@ -557,9 +546,9 @@ def test_jobs_filters_by_provider(redis_process: RedisProcess) -> None:
         decodo = d.submit({"urls": urls(2)})
         firecrawl = d.create({"provider": "firecrawl", "urls": urls(2)})
         env = cli_env(d.api)
-        only = {p: receiver(env, "jobs", "--provider", p) for p in ("decodo", "firecrawl", "dify")}
-        both = receiver(env, "jobs", "--json")
-        as_json = receiver(env, "jobs", "--provider", "firecrawl", "--json")
+        only = {p: run_cli(env, "jobs", "--provider", p) for p in ("decodo", "firecrawl", "dify")}
+        both = run_cli(env, "jobs", "--json")
+        as_json = run_cli(env, "jobs", "--provider", "firecrawl", "--json")
     for answer in (*only.values(), both, as_json):
         assert answer.returncode == 0, answer.stderr
     listed = {p: [line.split()[:2] for line in a.stdout.splitlines()[1:]] for p, a in only.items()}
@@ -573,7 +562,7 @@ def test_jobs_filters_by_provider(redis_process: RedisProcess) -> None:
 def test_jobs_follows_the_cursor_up_to_the_limit() -> None:
     script = Script([])
     with stand_in(script) as url:
-        listed = receiver(cli_env(url), "jobs", "--limit", "5", "--status", "completed", "--json")
+        listed = run_cli(cli_env(url), "jobs", "--limit", "5", "--status", "completed", "--json")
     assert [job["id"] for job in orjson.loads(listed.stdout)] == [f"job{i}" for i in range(5)]
     assert script.queries == [
         {"status": "completed", "limit": "5"},
@@ -586,9 +575,9 @@ def test_show_prints_the_job_its_tasks_and_errors(redis_process: RedisProcess) -
     with deployment(redis_process) as d:
         done, failed, _ = _ended_jobs(d)
         env = cli_env(d.api)
-        shown = receiver(env, "show", failed)
-        raw = receiver(env, "show", done, "--json")
-        missing = receiver(env, "show", "nope")
+        shown = run_cli(env, "show", failed)
+        raw = run_cli(env, "show", done, "--json")
+        missing = run_cli(env, "show", "nope")
     assert shown.returncode == 0, shown.stderr
     assert re.search(rf"^id\s+{failed}$", shown.stdout, re.M)
     assert re.search(r"^status\s+failed$", shown.stdout, re.M)
@@ -611,8 +600,8 @@ def test_show_prints_a_dify_job_with_its_documents_and_the_error(
         job_id = d.create({"provider": "dify", "dataset_id": dataset, "batch": batch})
         assert d.wait(job_id)["status"] == "failed"
         env = cli_env(d.api)
-        shown = receiver(env, "show", job_id)
-        raw = receiver(env, "show", job_id, "--json")
+        shown = run_cli(env, "show", job_id)
+        raw = run_cli(env, "show", job_id, "--json")
     assert shown.returncode == 0, shown.stderr
     good, bad = docs
     pdfium = "Failed to load document (PDFium: Data format error)."
@@ -639,7 +628,7 @@ def test_show_prints_a_firecrawl_job(redis_process: RedisProcess) -> None:
         job = d.wait(job_id)
         assert job["status"] == "completed"
         batch_id = job["external"]["batch_id"]
-        shown = receiver(cli_env(d.api), "show", job_id)
+        shown = run_cli(cli_env(d.api), "show", job_id)
     assert shown.returncode == 0, shown.stderr
     assert re.search(rf"^id\s+{job_id}$", shown.stdout, re.M)
     assert re.search(r"^provider\s+firecrawl$", shown.stdout, re.M)
@@ -656,7 +645,7 @@ def test_show_prints_a_firecrawl_jobs_count_of_documents(redis_process: RedisPro
     with polled_deployment(redis_process) as d:
         job_id = d.create({"provider": "firecrawl", "urls": urls(2)})
         assert d.wait(job_id)["documents"] == 2
-        shown = receiver(cli_env(d.api), "show", job_id)
+        shown = run_cli(cli_env(d.api), "show", job_id)
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"^documents\s+2$", shown.stdout, re.M), shown.stdout
 
@@ -665,11 +654,11 @@ def test_retry_and_cancel(redis_process: RedisProcess) -> None:
     with deployment(redis_process) as d:
         done, failed, running = _ended_jobs(d)
         env = cli_env(d.api)
-        retried = receiver(env, "retry", failed, "--json")
-        refused = [receiver(env, "retry", job_id) for job_id in (done, running)]
-        unknown = receiver(env, "retry", "nope")
-        cancelled = receiver(env, "cancel", running)
-        again = receiver(env, "cancel", running)
+        retried = run_cli(env, "retry", failed, "--json")
+        refused = [run_cli(env, "retry", job_id) for job_id in (done, running)]
+        unknown = run_cli(env, "retry", "nope")
+        cancelled = run_cli(env, "cancel", running)
+        again = run_cli(env, "cancel", running)
     assert retried.returncode == 0, retried.stderr
     assert orjson.loads(retried.stdout)["status"] in ("submitted", "running")
     for answer in refused:
