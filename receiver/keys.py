@@ -92,7 +92,8 @@ class Keys:
         return f"{self.prefix}workers"
 
     def external(self, provider: str) -> str:
-        """Hash: the provider's own id of a tracked job (batch id) -> our job id."""
+        """Hash: the provider's id of a batch we submitted -> our job id. (A tracked job
+        needs no entry: its id derives from the provider's id, `store.tracked_job_id`.)"""
         return f"{self.prefix}external:{provider}"
 
     def webhook_seen(self, delivery_id: str) -> str:

@@ -132,7 +132,7 @@ class Poller:
     async def _record(self, job: Mapping[str, Any], seen: Observation) -> float | None:
         job_id, now = job["id"], self.clock()
         moved = seen.signature != job.get("signature")
-        last_moved = now if moved else float(job.get("moved_at") or job["created_at"])
+        last_moved = now if moved else last_moved_at(job)
         interval = self._next_interval(job, moved)
         # `next_poll_at` tells a scheduled poll from a leased one (scripts.HINT_POLL); the
         # update also clears the retry count, and answers poll_now when a webhook came.
@@ -151,17 +151,14 @@ class Poller:
         if seen.final is not None:
             await self.store.finish_job(job_id, seen.final, seen.reason)
             return None
-        stall_after = float(job.get("stall_after") or self.settings.stall_after_for(self.provider))
-        holding = seen.paused and not self.settings.stall_while_paused
-        if not holding and now - last_moved > stall_after:
-            reason = f"stalled: no progress for {stall_after:g} s"
-            await self.store.finish_job(job_id, JobStatus.FAILED, reason)
-            return None
-        if seen.expires_at is not None and now > seen.expires_at:
-            reason = f"expired: {self.provider} dropped the job at its expiry"
-            await self.store.finish_job(job_id, JobStatus.EXPIRED, reason)
+        if await self._end_overdue(job, now, last_moved, seen.paused, seen.expires_at):
             return None
         return now if recorded == "poll_now" else now + interval
+
+    def stall_after(self, job: Mapping[str, Any]) -> float:
+        """Seconds without progress before the job fails `stalled`: its own, else the
+        provider's, else the default."""
+        return float(job.get("stall_after") or self.settings.stall_after_for(self.provider))
 
     def _next_interval(self, job: Mapping[str, Any], moved: bool) -> float:
         low, high = self.settings.poll_min, max(self.settings.poll_min, self.settings.poll_max)
@@ -175,7 +172,13 @@ class Poller:
         """When to try again after a failed poll or submission; None once the job ended
         because it failed for longer than its stall timeout, or outlived its expiry."""
         job = await self.store.get_job(job_id)
-        if job is None or await self._end_overdue(job, exc):
+        if job is None:
+            return None
+        last_moved = last_moved_at(job)
+        paused = bool(job.get("paused"))
+        expires_at = parse_time(job.get("expires_at"))
+        failing = f" (polls failing: {exc.reason})"
+        if await self._end_overdue(job, self.clock(), last_moved, paused, expires_at, failing):
             return None
         attempt = await self.store.redis.hincrby(self.store.keys.job(job_id), "poll_attempts", 1)
         after = exc.retry_after if isinstance(exc, RateLimited) else None
@@ -191,17 +194,23 @@ class Poller:
         )
         return self.clock() + delay
 
-    async def _end_overdue(self, job: Mapping[str, Any], exc: Transient) -> bool:
-        """End the job `stalled` or `expired` when failures kept it past either limit."""
-        now = self.clock()
-        stall_after = float(job.get("stall_after") or self.settings.stall_after_for(self.provider))
-        last_moved = float(job.get("moved_at") or job["created_at"])
-        holding = bool(job.get("paused")) and not self.settings.stall_while_paused
+    async def _end_overdue(
+        self,
+        job: Mapping[str, Any],
+        now: float,
+        last_moved: float,
+        paused: bool,
+        expires_at: float | None,
+        why: str = "",
+    ) -> bool:
+        """End the job `stalled` when it made no progress for its stall timeout (unless
+        paused, by default), or `expired` past the provider's expiry; whether it ended."""
+        stall_after = self.stall_after(job)
+        holding = paused and not self.settings.stall_while_paused
         if not holding and now - last_moved > stall_after:
-            reason = f"stalled: no progress for {stall_after:g} s (polls failing: {exc.reason})"
+            reason = f"stalled: no progress for {stall_after:g} s{why}"
             await self.store.finish_job(job["id"], JobStatus.FAILED, reason)
             return True
-        expires_at = parse_time(job.get("expires_at"))
         if expires_at is not None and now > expires_at:
             reason = f"expired: {self.provider} dropped the job at its expiry"
             await self.store.finish_job(job["id"], JobStatus.EXPIRED, reason)
@@ -215,6 +224,11 @@ class Poller:
             extra={"job_id": job_id, "provider": self.provider, "reason": exc.reason},
         )
         await self.store.finish_job(job_id, status, f"{exc.reason}: {exc}")
+
+
+def last_moved_at(job: Mapping[str, Any]) -> float:
+    """Unix time the job's progress last moved (its creation, before any)."""
+    return float(job.get("moved_at") or job["created_at"])
 
 
 def parse_time(value: object) -> float | None:

@@ -12,7 +12,7 @@ import orjson
 
 from receiver.errors import InvalidRequest, Permanent, Transient
 from receiver.jobs.common import optional_stall_after
-from receiver.polling import Observation, Poller, parse_time, signature
+from receiver.polling import Observation, Poller, last_moved_at, parse_time, signature
 from receiver.providers.firecrawl import BatchStatus, FirecrawlClient, document_key
 from receiver.settings import Settings
 from receiver.store import JobStatus, Store
@@ -249,9 +249,7 @@ class FirecrawlJobs(Poller):
             return True
         if seen.signature != job.get("signature"):
             return False
-        stall_after = float(job.get("stall_after") or self.settings.stall_after_for(self.provider))
-        last_moved = float(job.get("moved_at") or job["created_at"])
-        return self.clock() - last_moved > stall_after
+        return self.clock() - last_moved_at(job) > self.stall_after(job)
 
     async def cancel(self, batch_id: str) -> str:
         await self._wait_turn()  # a user waits on it: a turn is waited for, not rescheduled
