@@ -6,6 +6,7 @@ and published on `receiver:events` and `receiver:events:<job_id>` (live, at most
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
@@ -102,6 +103,11 @@ def event_from_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> Ev
     )
 
 
+def at_ms(timestamp: float) -> int:
+    """An event's time in unix milliseconds, rounded as the scripts round it (AT_MS)."""
+    return math.floor(timestamp * 1000 + 0.5)
+
+
 def iso_ms(milliseconds: int) -> str:
     """ISO 8601 of a unix time in whole milliseconds, exactly (no float in between)."""
     seconds, millis = divmod(milliseconds, 1000)
@@ -179,7 +185,6 @@ async def _find_final(redis: Redis, keys: Keys, record: Mapping[str, str]) -> Ev
 def _rebuild_final(job_id: str, record: Mapping[str, str]) -> Event:
     """The final event as the stream held it before MAXLEN trimmed it, but for its id."""
     status = record["status"]
-    finished = datetime.fromtimestamp(float(record.get("finished_at") or 0), UTC)
     return Event(
         id="",
         type=f"job.{status}",
@@ -187,7 +192,7 @@ def _rebuild_final(job_id: str, record: Mapping[str, str]) -> Event:
         provider=record.get("provider", ""),
         status=status,
         progress={name: int(record.get(name) or 0) for name in ("completed", "failed", "total")},
-        at=finished.isoformat(timespec="milliseconds"),
+        at=iso_ms(at_ms(float(record.get("finished_at") or 0))),
         detail={"reason": record["error"]} if record.get("error") else {},
     )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-import math
 import re
 import secrets
 import time
@@ -19,7 +18,7 @@ from redis.asyncio import Redis
 
 from receiver import scripts
 from receiver.batching import Batcher
-from receiver.events import iso_ms
+from receiver.events import at_ms, iso_ms
 from receiver.keys import DUE_LEASE, WORK_GROUP, Keys
 
 log = logging.getLogger(__name__)
@@ -152,8 +151,7 @@ class Store:
 
     def _common(self) -> list[Any]:
         now = self.clock()
-        at_ms = math.floor(now * 1000 + 0.5)  # as the scripts round it (AT_MS)
-        return [self.keys.prefix, repr(now), iso_ms(at_ms), self.events_maxlen]
+        return [self.keys.prefix, repr(now), iso_ms(at_ms(now)), self.events_maxlen]
 
     # -- writes -------------------------------------------------------------------------
 

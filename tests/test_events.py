@@ -412,3 +412,16 @@ def test_metrics_count_a_duplicate_callback_once(redis_process: RedisProcess) ->
     assert second["duplicate"] - first["duplicate"] == 0
     assert third["duplicate"] - second["duplicate"] == 1
     assert third["accepted"] - second["accepted"] == 0
+
+
+@pytest.mark.anyio
+async def test_a_rebuilt_final_event_has_the_time_the_stream_entry_had(redis: Redis) -> None:
+    # 0.0127 s past the second: the event says .013 (rounded), not .012 (truncated).
+    store = Store(redis, clock=lambda: 1_800_000_000.0127)
+    await store.create_job("j1", "decodo", total=1, params={}, work="")
+    await store.finish_job("j1", JobStatus.FAILED, "rejected: no")
+    entries: Any = await redis.xrange(store.keys.events)
+    kept = event_from_entry(*entries[-1])
+    await redis.xtrim(store.keys.events, maxlen=0)
+    rebuilt = await wait(redis, "j1", timeout=0.1)
+    assert kept.at == rebuilt.at == "2027-01-15T08:00:00.013+00:00"
