@@ -268,18 +268,27 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON
 @main.command()
 @click.argument("job_id", metavar="[JOB]", required=False)
 @click.option(
+    "--give-up-after",
+    type=click.FloatRange(0),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds without any connection to the receiver before giving up.",
+)
+@click.option(
     "--retries",
     type=click.IntRange(0),
-    default=5,
-    show_default=True,
-    help="Reconnections in a row (with backoff) before giving up on a dropped stream.",
+    help="Also give up after this many failed reconnections in a row (default: no limit).",
 )
 @click.pass_context
-def watch(ctx: click.Context, job_id: str | None, retries: int) -> None:
+def watch(
+    ctx: click.Context, job_id: str | None, give_up_after: float, retries: int | None
+) -> None:
     """Follow JOB live until it ends; without JOB, every job in flight until Ctrl-C.
 
     Driven by the job's events (GET /jobs/JOB/events): a progress bar on a terminal, one
-    line per event when piped. A dropped stream is resumed where it stopped.
+    line per event when piped. A dropped stream is resumed where it stopped, with a backoff
+    of a few seconds at most; each connection made counts afresh, however quiet the job.
 
     \b
     Exit codes with JOB:
@@ -288,8 +297,8 @@ def watch(ctx: click.Context, job_id: str | None, retries: int) -> None:
       2    the job was cancelled (click's usage errors also exit 2)
       3    the job expired
       4    no such job
-      5    the receiver is unreachable or refused the request, or the stream
-           dropped and did not come back after --retries reconnections
+      5    the receiver refused the request, or there was no connection to it
+           for --give-up-after seconds (or --retries reconnections in a row)
       130  interrupted (Ctrl-C)
     Without JOB: 0 on Ctrl-C, 5 as above.
     """
@@ -298,12 +307,13 @@ def watch(ctx: click.Context, job_id: str | None, retries: int) -> None:
     base, headers = _api()
     timeout = httpx.Timeout(10.0, read=_STREAM_READ_TIMEOUT)
     with httpx.Client(headers=headers, timeout=timeout) as client:
+        sources = _EventSources(client, give_up_after, retries)
         try:
             if job_id is None:
-                _watch_all(client, base, retries)
+                _watch_all(sources, base)
                 code = 0  # pragma: no cover - it only ends by Ctrl-C or an error
             else:
-                code = _watch_job(client, base, job_id, retries)
+                code = _watch_job(sources, base, job_id)
         except WatchError as exc:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
@@ -311,10 +321,10 @@ def watch(ctx: click.Context, job_id: str | None, retries: int) -> None:
     ctx.exit(code)
 
 
-def _watch_job(client: httpx.Client, base: str, job_id: str, retries: int) -> int:
+def _watch_job(sources: _EventSources, base: str, job_id: str) -> int:
     from receiver import tables, watch
 
-    source = _event_source(client, f"{base}/jobs/{quote(job_id, safe='')}/events", retries)
+    source = sources.open(f"{base}/jobs/{quote(job_id, safe='')}/events")
     console = tables.make_console()
     if console.is_terminal:
         with watch.BarsView(console) as view:
@@ -326,11 +336,11 @@ def _watch_job(client: httpx.Client, base: str, job_id: str, retries: int) -> in
     return job.exit_code or 0
 
 
-def _watch_all(client: httpx.Client, base: str, retries: int) -> None:
+def _watch_all(sources: _EventSources, base: str) -> None:
     """Every job in flight, from the list of running ones and then the events of all."""
     from receiver import tables, watch
 
-    source = _event_source(client, f"{base}/events", retries)
+    source = sources.open(f"{base}/events")
     with contextlib.closing(source):
         source.connect()  # before listing: no event is lost between the list and the stream
         listed = [job for status in _IN_FLIGHT for job in _list_jobs(status, None, _PAGE_MOST)]
@@ -343,16 +353,25 @@ def _watch_all(client: httpx.Client, base: str, retries: int) -> None:
             watch.watch_all(source, snapshots, view)
 
 
-def _event_source(client: httpx.Client, url: str, retries: int) -> EventSource:
-    from receiver.watch import EventSource
+class _EventSources:
+    """How `receiver watch` opens its event streams: the client and when to give up."""
 
-    return EventSource(
-        client,
-        url,
-        {},
-        retries=retries,
-        notify=lambda message: click.echo(message, err=True),
-    )
+    def __init__(self, client: httpx.Client, give_up_after: float, retries: int | None) -> None:
+        self.client = client
+        self.give_up_after = give_up_after
+        self.retries = retries
+
+    def open(self, url: str) -> EventSource:
+        from receiver.watch import EventSource
+
+        return EventSource(
+            self.client,
+            url,
+            {},
+            give_up_after=self.give_up_after,
+            retries=self.retries,
+            notify=lambda message: click.echo(message, err=True),
+        )
 
 
 def _list_jobs(status: str | None, provider: str | None, limit: int) -> list[dict[str, Any]]:

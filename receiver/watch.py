@@ -42,7 +42,9 @@ STATUS_STYLES = {
 # The snapshot the receiver sends first on every connection to /jobs/{id}/events.
 SNAPSHOT = "job.state"
 # Seconds of the longest wait between two reconnections.
-_BACKOFF_CAP = 8.0
+_BACKOFF_CAP = 4.0
+# Seconds without any connection before `receiver watch` gives up, by default.
+GIVE_UP_AFTER = 300.0
 
 
 class WatchError(Exception):
@@ -54,7 +56,7 @@ class WatchError(Exception):
 
 
 class _Unavailable(Exception):
-    """The receiver answered 429 or 5xx: worth another try."""
+    """The receiver answered 429 or 5xx, or not with an event stream: worth another try."""
 
 
 _TRANSIENT = (httpx.TransportError, _Unavailable)
@@ -64,22 +66,32 @@ _TRANSIENT = (httpx.TransportError, _Unavailable)
 class EventSource:
     """The messages of an SSE endpoint, resumed with `Last-Event-ID` after every drop.
 
-    A drop (network error, 5xx, or the response ending) is followed by a reconnection after
-    an exponential backoff with jitter; after `retries` failures in a row it raises
-    WatchError. A new event (anything but the snapshot) resets the count. Iterating never
-    ends by itself: the reader stops once it has what it wanted.
+    A drop (network error, 429 or 5xx, or the response ending) is followed by a
+    reconnection after an exponential backoff with jitter, capped at a few seconds. Every
+    stream opened starts the count afresh, however quiet it then stays: WatchError comes
+    only after `give_up_after` seconds without a connection (counted from the moment one
+    was last up, or from the start), or after `retries` failed reconnections in a row when
+    that is set. Refusals (401, 404) raise at once. Iterating never ends by itself: the
+    reader stops once it has what it wanted.
     """
 
     client: httpx.Client
     url: str
     headers: Mapping[str, str]
-    retries: int = 5
+    give_up_after: float = GIVE_UP_AFTER
+    retries: int | None = None  # an extra bound on reconnections in a row; None: no bound
     backoff: float = 0.5  # seconds before the first reconnection; doubles each time
+    clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     notify: Callable[[str], None] = lambda message: None
     last_id: str | None = None
     _response: httpx.Response | None = field(default=None, init=False, repr=False)
-    _failures: int = field(default=0, init=False, repr=False)
+    _failures: int = field(default=0, init=False, repr=False)  # since a stream last opened
+    # clock() when a stream was last up (when it dropped), or when watching began.
+    _last_up: float = field(default=0.0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._last_up = self.clock()
 
     def connect(self) -> None:
         """Open the stream unless it is open, so nothing that happens from now on is missed."""
@@ -111,10 +123,9 @@ class EventSource:
             for message in iter_sse(response):
                 if message.id:
                     self.last_id = message.id
-                if message.event != SNAPSHOT:
-                    self._failures = 0
                 yield message
         finally:
+            self._last_up = self.clock()  # it was up until now
             response.close()
 
     def _open(self) -> httpx.Response:
@@ -123,25 +134,58 @@ class EventSource:
             headers["Last-Event-ID"] = self.last_id
         request = self.client.build_request("GET", self.url, headers=headers)
         response = self.client.send(request, stream=True)
-        if response.status_code < 300:
+        if _is_event_stream(response):
+            self._failures = 0
             return response
         response.read()
         response.close()
         raise _refusal(response)
 
     def _pause(self, problem: str) -> None:
+        """Wait before the next reconnection, or raise WatchError when it is time to give up."""
         self._failures += 1
-        if self._failures > self.retries:
-            tries = f"{self.retries} reconnection{'' if self.retries == 1 else 's'}"
-            raise WatchError(f"{self.url}: {problem}; gave up after {tries}")
-        delay = min(_BACKOFF_CAP, self.backoff * 2 ** (self._failures - 1))
+        down = self.clock() - self._last_up
+        self._give_up_when_due(problem, down)
+        delay = min(_BACKOFF_CAP, self.backoff * 2 ** min(self._failures - 1, 16))
         delay *= random.uniform(0.5, 1.0)
-        self.notify(f"{problem}; reconnecting in {delay:.1f} s ({self._failures}/{self.retries})")
+        # The last try comes when the time is up, so giving up does not wait a backoff more.
+        delay = min(delay, self.give_up_after - down)
+        tries = "" if self.retries is None else f"/{self.retries}"
+        self.notify(
+            f"{problem}; reconnecting in {delay:.1f} s (try {self._failures}{tries}, "
+            f"no connection for {_seconds(down)} of {_seconds(self.give_up_after)})"
+        )
         self.sleep(delay)
+
+    def _give_up_when_due(self, problem: str, down: float) -> None:
+        if down >= self.give_up_after:
+            limit = _seconds(self.give_up_after)
+            raise WatchError(f"{self.url}: {problem}; gave up after {limit} without a connection")
+        if self.retries is not None and self._failures > self.retries:
+            tries = f"{self.retries} reconnection{'' if self.retries == 1 else 's'}"
+            raise WatchError(f"{self.url}: {problem}; gave up after {tries} in a row")
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    return response.status_code == 200 and _media_type(response) == "text/event-stream"
+
+
+def _media_type(response: httpx.Response) -> str:
+    kind: str = response.headers.get("content-type", "")
+    return kind.partition(";")[0].strip().lower()
+
+
+def _seconds(value: float) -> str:
+    """`300 s`, `2.5 s`: a duration as the messages show it."""
+    return f"{round(value, 1):g} s"
 
 
 def _refusal(response: httpx.Response) -> Exception:
-    """The error of a non-2xx answer to a stream request."""
+    """The error of an answer to a stream request that is not an event stream."""
+    if response.status_code < 300:  # a proxy's page, say: as good as no connection
+        return _Unavailable(
+            f"{response.status_code}: not an event stream but {_media_type(response)!r}"
+        )
     code, message = api_error(response)
     text = f"{response.status_code}: {message}"
     if response.status_code == 429 or response.status_code >= 500:

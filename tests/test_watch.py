@@ -21,23 +21,32 @@ import sys
 import tempfile
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import redis as sync_redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from receiver.events import Event
+from receiver.sandbox.decodo import DEFAULT_AUTH
 from receiver.sse import ServerSentEvent, parse_events, split_lines
-from receiver.watch import Change, JobProgress, format_line, read_change
-from tests.e2e import TOKEN, Deployment, deployment, polled_deployment
-from tests.servers import RedisProcess, run_cli, serve_app
+from receiver.watch import (
+    Change,
+    EventSource,
+    JobProgress,
+    WatchError,
+    format_line,
+    read_change,
+)
+from tests.e2e import TOKEN, Deployment, decodo_sandbox_server, deployment, polled_deployment
+from tests.servers import RedisProcess, free_port, run_cli, serve_app, wait_for_port
 
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 
@@ -200,6 +209,7 @@ SCRIPTED_STATE = sse_frame(
     },
 )
 DROP = b""  # in a script: the connection breaks here, mid-response
+PING = b": ping\n\n"  # a heartbeat comment: the stream is open, nothing new
 
 
 @dataclass
@@ -243,6 +253,74 @@ def stand_in(script: Script) -> Iterator[str]:
     )
     with serve_app(app) as url:
         yield url
+
+
+@dataclass
+class FakeTime:
+    """A clock that only sleeping moves, for an EventSource whose backoffs take no time,
+    and the notes the source wrote for the user meanwhile."""
+
+    now: float = 0.0
+    slept: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0 and len(self.slept) < 10_000, "reconnecting forever"
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+Answer = Callable[[httpx.Request], httpx.Response]
+SOURCE_URL = "http://receiver.test/jobs/j1/events"
+
+
+def event_source(time: FakeTime, *answers: Answer, **options: Any) -> EventSource:
+    """An EventSource on fake time whose connections get `answers` in turn (the last one
+    from then on)."""
+    calls: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return answers[min(len(calls), len(answers)) - 1](request)
+
+    client = httpx.Client(transport=httpx.MockTransport(answer))
+    return EventSource(
+        client,
+        SOURCE_URL,
+        {},
+        clock=time.clock,
+        sleep=time.sleep,
+        notify=time.notes.append,
+        **options,
+    )
+
+
+def refused(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+def stream_of(*frames: bytes, time: FakeTime | None = None, up_for: float = 0.0) -> Answer:
+    """An event stream of `frames` that then ends; with `time`, it stays up `up_for` seconds
+    of it first (a quiet stream of heartbeats)."""
+
+    def body() -> Iterator[bytes]:
+        if time is not None:
+            for _ in range(10):
+                time.now += up_for / 10
+                yield PING
+        yield from frames
+
+    headers = {"content-type": "text/event-stream; charset=utf-8"}
+    return lambda request: httpx.Response(200, headers=headers, content=body())
+
+
+def drain(source: EventSource, count: int) -> list[ServerSentEvent]:
+    """The first `count` messages of the source."""
+    messages = iter(source)
+    return [next(messages) for _ in range(count)]
 
 
 # -- the SSE parser -------------------------------------------------------------------------
@@ -333,6 +411,94 @@ def test_read_change_follows_the_snapshot_then_the_events_to_the_outcome() -> No
 )
 def test_exit_code_per_status(status: str, code: int | None) -> None:
     assert JobProgress("j", "decodo", status).exit_code == code
+
+
+# -- reconnecting ---------------------------------------------------------------------------
+
+
+def test_event_source_gives_up_after_give_up_after_seconds_without_a_connection() -> None:
+    time = FakeTime()
+    source = event_source(time, refused, give_up_after=60)
+    with pytest.raises(WatchError) as raised:
+        next(iter(source))
+    assert raised.value.exit_code == 5
+    assert str(raised.value) == (
+        f"{SOURCE_URL}: connection refused; gave up after 60 s without a connection"
+    )
+    # The last try is when the time is up, not a backoff later.
+    assert time.now == pytest.approx(60)
+    assert len(time.notes) == len(time.slept) > 10
+    assert time.notes[0].startswith("connection refused; reconnecting in ")
+    assert time.notes[0].endswith(" s (try 1, no connection for 0 s of 60 s)")
+
+
+def test_event_source_backs_off_exponentially_with_jitter_up_to_a_cap() -> None:
+    time = FakeTime()
+    with pytest.raises(WatchError):
+        next(iter(event_source(time, refused, give_up_after=120)))
+    waits = time.slept[:-1]  # the last one is cut short by the deadline
+    for attempt, wait in enumerate(waits):
+        ceiling = min(4.0, 0.5 * 2**attempt)
+        assert ceiling / 2 <= wait <= ceiling, (attempt, waits)
+    assert len(set(waits)) == len(waits)  # jittered: no two clients in step
+    assert max(waits) > 2.0
+
+
+def test_event_source_counts_afresh_from_each_connection() -> None:
+    """Ten drops, each after two refused reconnections: more than --retries 3 and longer
+    than --give-up-after 10 in all, but never in a row without a connection."""
+    time = FakeTime()
+    cycle = [stream_of(), refused, refused]
+    final = stream_of(scripted_event("4-0", "job.completed", "completed", 4))
+    source = event_source(time, *cycle * 10, final, retries=3, give_up_after=10)
+    [message] = drain(source, 1)
+    assert message.event == "job.completed"
+    assert time.now > 10
+    assert len(time.slept) == 30
+    # Each connection started the backoff afresh: the first wait after a drop is the shortest.
+    assert all(wait <= 0.5 for wait in time.slept[::3]), time.slept
+    assert all(note.endswith("/3, no connection for 0 s of 10 s)") for note in time.notes[::3])
+
+
+def test_event_source_counts_the_time_without_a_connection_from_when_it_was_last_up() -> None:
+    time = FakeTime()
+    up = stream_of(SCRIPTED_STATE, time=time, up_for=1000)
+    source = event_source(time, up, refused, give_up_after=60)
+    messages = iter(source)
+    assert next(messages).event == "job.state"
+    with pytest.raises(WatchError, match="gave up after 60 s without a connection"):
+        next(messages)
+    assert time.now == pytest.approx(1060)
+    assert source.last_id == "1-0"
+    assert time.notes[0].startswith("the stream ended early; reconnecting in ")
+
+
+def test_event_source_takes_an_answer_that_is_no_event_stream_for_no_connection() -> None:
+    time = FakeTime()
+    page = httpx.Response(200, headers={"content-type": "text/html"}, content=b"<p>proxy</p>")
+    with pytest.raises(WatchError) as raised:
+        next(iter(event_source(time, lambda request: page, give_up_after=5)))
+    assert str(raised.value).endswith(
+        "200: not an event stream but 'text/html'; gave up after 5 s without a connection"
+    )
+    assert time.now == pytest.approx(5)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code"),
+    [
+        (401, {"error": "unauthorized", "message": "bad token"}, 5),
+        (404, {"error": "unknown_job", "message": "no job j1"}, 4),
+    ],
+)
+def test_event_source_refusals_end_at_once(status: int, body: dict[str, str], code: int) -> None:
+    time = FakeTime()
+    answer = httpx.Response(status, json=body)
+    with pytest.raises(WatchError) as raised:
+        next(iter(event_source(time, lambda request: answer)))
+    assert raised.value.exit_code == code
+    assert str(raised.value) == f"{status}: {body['message']}"
+    assert time.slept == []
 
 
 # -- watch, end to end ----------------------------------------------------------------------
@@ -476,13 +642,84 @@ def test_watch_resumes_after_drops_with_the_last_event_id() -> None:
     assert watched.stderr.count("reconnecting in") == 3
 
 
-def test_watch_gives_up_when_the_stream_does_not_come_back() -> None:
-    script = Script([[SCRIPTED_STATE]])  # every connection: the state, then the end
+def test_watch_counts_afresh_after_each_reconnection() -> None:
+    """Ten drops of a stream with nothing new: more than --retries, longer than
+    --give-up-after in all (each backoff is 0.25 s or more), but a connection each time."""
+    completed = scripted_event("4-0", "job.completed", "completed", 4)
+    script = Script([[SCRIPTED_STATE, PING, DROP], *[[PING, DROP]] * 9, [completed]])
+    with stand_in(script) as url:
+        watched = run_cli(cli_env(url), "watch", "j1", "--retries", "1", "--give-up-after", "2")
+    assert watched.returncode == 0, watched.stderr
+    assert script.last_ids == [None, *["1-0"] * 10]
+    assert watched.stderr.count("reconnecting in") == 10
+    assert "(try 1/1, no connection for 0 s of 2 s)" in watched.stderr
+    assert watched.stdout.splitlines()[-1].endswith(" job.completed completed 4/4 failed=0")
+
+
+def test_watch_retries_bounds_the_failed_reconnections_in_a_row() -> None:
+    script = Script([[SCRIPTED_STATE], 503])  # the state, the end, then 503 from then on
     with stand_in(script) as url:
         watched = run_cli(cli_env(url), "watch", "j1", "--retries", "2")
     assert watched.returncode == 5
-    assert "the stream ended early; gave up after 2 reconnections" in watched.stderr
+    assert "503: try later; gave up after 2 reconnections in a row" in watched.stderr
     assert script.last_ids == [None, "1-0", "1-0"]
+
+
+def test_watch_gives_up_after_give_up_after_seconds_without_a_connection() -> None:
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    watched = run_cli(cli_env(closed), "watch", "j1", "--give-up-after", "2")
+    assert time.monotonic() - started >= 2
+    assert watched.returncode == 5
+    last = watched.stderr.splitlines()[-1]
+    assert last.startswith(f"Error: {closed}/jobs/j1/events: ")
+    assert last.endswith("; gave up after 2 s without a connection")
+    assert watched.stderr.count("reconnecting in") >= 3
+    assert "Traceback" not in watched.stderr
+
+
+def test_watch_keeps_watching_a_job_quiet_for_longer_than_the_heartbeat(
+    redis_process: RedisProcess,
+) -> None:
+    """On the shipped defaults: `receiver run` with RECEIVER_SSE_HEARTBEAT unset (15 s) and
+    redis-py's own socket timeout (5 s), and a job with nothing to say for 20 s."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    redis = sync_redis.Redis.from_url(redis_process.url)
+    redis.flushall()
+    with decodo_sandbox_server(completion_delay=600) as sandbox, contextlib.closing(redis):
+        env = cli_env(
+            api,
+            REDIS_URL=redis_process.url,
+            RECEIVER_SECRET_KEYS="quiet-key",
+            RECEIVER_PUBLIC_URL=api,
+            PORT=str(port),
+            DECODO_BASE_URL=sandbox,
+            DECODO_AUTH=DEFAULT_AUTH,
+        )
+        with piped(env, "run") as server:
+            wait_for_port(port)
+            d = Deployment(api, sandbox, redis)
+            job_id, tasks = held_job(d, 1)
+            with piped(env, "watch", job_id) as child:
+                child.read_until(" job.state ")
+                time.sleep(20)  # the job's tasks wait at the sandbox: not one event
+                running = child.process.poll() is None
+                finish_tasks(d, tasks)
+                code = child.finish()
+            events = d.events(job_id)
+            server.process.terminate()
+            assert server.finish() == 0
+    assert running, child.errors
+    assert code == 0, child.errors
+    # Nothing but the outcome on stderr: no reconnection, no traceback.
+    assert child.errors == f"job {job_id} completed (1 done, 0 failed of 1)\n"
+    # One snapshot, then the job's events from where it stood, each once: no reconnection.
+    state, *lines = child.output.splitlines()
+    assert re.fullmatch(r"\S+ job\.state running 0/1 failed=0", state), child.output
+    assert lines == [expected_line(e) for e in events[-len(lines) :]], child.output
+    assert lines[-1].endswith(" job.completed completed 1/1 failed=0")
+    assert "Traceback" not in server.errors, server.errors
 
 
 def test_watch_without_a_job_follows_every_job_until_ctrl_c(
