@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
@@ -17,6 +18,7 @@ from starlette.routing import Route
 
 from receiver import api, callbacks, metrics, streams
 from receiver.ingest import CallbackCommitter
+from receiver.outages import Outages, outage_reason
 from receiver.settings import Settings
 from receiver.tokens import PassthroughSigner
 from receiver.web import Services, authed, handler, json_response
@@ -52,7 +54,9 @@ def create_app(
                 http,
                 firecrawl_jobs(settings, store, http),
                 metrics.RedisGauges(),
+                Outages(),
             )
+            metrics.DURABILITY.labels(settings.durability or "none").set(1)
             try:
                 if background is None:
                     yield
@@ -87,7 +91,14 @@ def create_app(
 
 
 async def metrics_endpoint(request: Request, services: Services) -> Response:
-    await services.gauges.refresh(services.store)
+    # Served during an outage too, with the gauges Redis cannot give left out: the
+    # outage counter and receiver_redis_up are what an operator looks for then.
+    try:
+        await services.gauges.refresh(services.store)
+    except RedisError as exc:
+        services.gauges.values = {}
+        if not services.outages.failed(exc):
+            raise
     return Response(metrics.exposition(services.gauges), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -102,13 +113,36 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request, services: Services) -> Response:
-    redis, keys = services.redis, services.store.keys
+    """Ready when Redis answers, has room to write, and a worker's heartbeat is fresh; the
+    answer names what is missing, and the durability level in force."""
+    settings, redis, keys = services.settings, services.redis, services.store.keys
+    body: dict[str, object] = {"durability": settings.durability or "none"}
+    window = 3 * settings.heartbeat_interval
     try:
-        await redis.ping()
-        fresh_after = time.time() - 3 * services.settings.heartbeat_interval
-        workers = await redis.zcount(keys.heartbeats, fresh_after, "+inf")
+        memory: Any = await redis.info("memory")
+        workers = await redis.zcount(keys.heartbeats, time.time() - window, "+inf")
     except RedisError as exc:
-        return json_response({"ready": False, "reason": f"redis: {type(exc).__name__}"}, 503)
+        services.outages.failed(exc)
+        reason = outage_reason(exc) or type(exc).__name__
+        return _not_ready(body, "redis", f"redis unavailable ({reason})")
+    services.outages.recovered()
+    full = _memory_full(memory)
+    if full:
+        return _not_ready(body, "redis", full)
     if not workers:
-        return json_response({"ready": False, "reason": "no worker heartbeat"}, 503)
-    return json_response({"ready": True, "workers": workers})
+        return _not_ready(body, "worker", f"no worker heartbeat in the last {window:g} s")
+    return json_response({"ready": True, "workers": workers, **body})
+
+
+def _not_ready(body: dict[str, object], missing: str, reason: str) -> Response:
+    return json_response({"ready": False, "missing": missing, "reason": reason, **body}, 503)
+
+
+def _memory_full(memory: Any) -> str:
+    """Why Redis cannot take writes for lack of memory, or ""."""
+    limit = int(memory.get("maxmemory", 0) or 0)
+    used = int(memory.get("used_memory", 0) or 0)
+    policy = str(memory.get("maxmemory_policy", ""))
+    if limit and policy == "noeviction" and used >= limit:
+        return f"redis out of memory: {used} of maxmemory {limit} bytes used (noeviction)"
+    return ""

@@ -17,6 +17,7 @@ from receiver.errors import (
     ExpiredToken,
     InvalidRequest,
     InvalidToken,
+    NotConfirmed,
     PayloadTooLarge,
     ReceiverError,
     UnknownJob,
@@ -40,8 +41,9 @@ _ACKNOWLEDGED = {
     code: orjson.dumps({"status": code})
     for code in (codes.ACCEPTED, codes.DUPLICATE, codes.EARLY, codes.CLOSED)
 }
-# Outcomes that are not refusals (the webhook's "ignored" included).
-_ACCEPTED_OUTCOMES = frozenset({*_ACKNOWLEDGED, "ignored"})
+# Outcomes that are not refusals (the webhook's "ignored" included), and refusals for
+# Redis's sake, logged once per outage (receiver.outages) rather than per callback.
+_UNLOGGED_OUTCOMES = frozenset({*_ACKNOWLEDGED, "ignored", "unavailable", "not_confirmed"})
 _UNKNOWN_TASK = orjson.dumps(
     {"error": "unknown_task", "message": "the task is not one of this job's tasks"}
 )
@@ -72,6 +74,8 @@ def _rejection(exc: Exception) -> str:
         return "unknown_job"
     if isinstance(exc, RedisError):
         return "unavailable"
+    if isinstance(exc, NotConfirmed):
+        return "not_confirmed"
     return "malformed"
 
 
@@ -82,7 +86,7 @@ def count(provider: str, outcome: str) -> None:
     if counter is None:
         counter = _COUNTERS[(provider, outcome)] = CALLBACKS.labels(provider, outcome)
     counter.inc()
-    if outcome not in _ACCEPTED_OUTCOMES:
+    if outcome not in _UNLOGGED_OUTCOMES:
         log.warning("callback rejected", extra={"provider": provider, "reason": outcome})
 
 
@@ -113,8 +117,10 @@ class DecodoCallbacks:
             code = await services.committer.commit((job_id, _task_id(body), _status(body)))
         except ReceiverError as exc:
             return _refusal(exc)
-        except RedisError:
+        except RedisError as exc:
+            services.outages.failed(exc)
             return 503, _UNAVAILABLE, "unavailable"
+        services.outages.recovered()
         if code in _ACKNOWLEDGED:
             return 202, _ACKNOWLEDGED[code], code
         if code == codes.UNKNOWN_JOB:

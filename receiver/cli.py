@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -43,8 +44,10 @@ def _exit_on_sigterm() -> None:
 
 
 @contextlib.contextmanager
-def _prepared(settings: Settings) -> Iterator[Settings]:
-    """Settings ready to serve: with an embedded Redis and its secrets when REDIS_URL is unset."""
+def _prepared(settings: Settings, *, join: bool = True) -> Iterator[Settings]:
+    """Settings ready to serve: with an embedded Redis and its secrets when REDIS_URL is
+    unset (`join`: one another process of the data dir runs will do), and the durability
+    level in force. Exits non-zero if the embedded Redis could not be kept running."""
     from receiver import embedded
 
     _exit_on_sigterm()
@@ -55,12 +58,31 @@ def _prepared(settings: Settings) -> Iterator[Settings]:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if not settings.embedded:
-        yield settings
+        yield _durable(settings)
         return
     found = embedded.load_secrets(settings.data_dir)
     settings = embedded.with_embedded_secrets(settings, found)
-    with embedded.embedded_redis(settings.data_dir, found.redis_password) as url:
-        yield settings.with_changes(redis_url=url)
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(
+                embedded.embedded_redis(settings.data_dir, found.redis_password, join=join)
+            )
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        try:
+            yield _durable(settings.with_changes(redis_url=server.url))
+        finally:
+            if server.failed:  # the process stops for it, whatever else was raising
+                raise click.exceptions.Exit(1)
+
+
+def _durable(settings: Settings) -> Settings:
+    from receiver.durability import check_redis
+
+    try:
+        return check_redis(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
@@ -72,13 +94,18 @@ def main() -> None:
 @main.command()
 def run() -> None:
     """Serve the web app and a worker in one process (embedded Redis when REDIS_URL is unset)."""
-    from receiver.service import serve, web_app
+    from receiver.service import ProcessStop, serve, web_app
 
     settings = _settings()
     configure_logging(settings.log_format)
-    with _prepared(settings) as ready:
-        _announce(ready)
-        serve(web_app(ready, with_worker=True), ready)
+    stop = ProcessStop()
+    try:
+        with _prepared(settings, join=False) as ready:
+            _announce(ready)
+            serve(web_app(ready, stop=stop), ready)
+    finally:
+        if stop.reason:  # the worker met a fatal fault: exit non-zero, not as on SIGTERM
+            raise click.exceptions.Exit(1)
 
 
 @main.command()
@@ -96,12 +123,19 @@ def web() -> None:
 @main.command()
 def worker() -> None:
     """Run a worker only."""
+    from receiver.outages import Fatal
     from receiver.service import run_forever, run_worker
 
     settings = _settings()
     configure_logging(settings.log_format)
-    with _prepared(settings) as ready, contextlib.suppress(KeyboardInterrupt):
-        run_forever(run_worker(ready))
+    with _prepared(settings) as ready:
+        try:
+            run_forever(run_worker(ready))
+        except Fatal as exc:
+            logging.getLogger("receiver.worker").critical(
+                "worker stopped", extra={"reason": str(exc)}
+            )
+            raise click.exceptions.Exit(1) from None
 
 
 def _announce(settings: Settings) -> None:

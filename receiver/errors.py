@@ -7,6 +7,7 @@ ReceiverError
 │   └── InvalidToken      a missing, forged, tampered, expired or foreign token (401)
 │       └── ExpiredToken
 ├── UnknownJob            no such job (404)
+├── NotConfirmed          a write's durability (WAIT/WAITAOF) not confirmed in time (503)
 └── ProviderError(status, body)       a provider answered something other than success
     ├── Transient                     worth retrying later
     │   ├── RateLimited(retry_after)  429, or a provider's own rate-limit answer
@@ -51,6 +52,14 @@ class ExpiredToken(InvalidToken):
 class UnknownJob(ReceiverError):
     status_code = 404
     code = "unknown_job"
+
+
+class NotConfirmed(ReceiverError):
+    """Redis took the write but did not confirm it as RECEIVER_DURABILITY asks: the sender
+    is told to retry (a retry is a duplicate, recorded once)."""
+
+    status_code = 503
+    code = "not_confirmed"
 
 
 class ProviderError(ReceiverError):

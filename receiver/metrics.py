@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -39,6 +40,12 @@ FETCH_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 POLLS = Counter("receiver_polls_total", "Polls, by provider and outcome.", ["provider", "outcome"])
+DURABILITY = Gauge(
+    "receiver_durability",
+    "1 for the durability level a 202 waits for (fsync, replica or none).",
+    ["level"],
+    multiprocess_mode="max",
+)
 
 
 class RedisGauges(Collector):
@@ -52,7 +59,10 @@ class RedisGauges(Collector):
         work = await redis.xlen(keys.work)
         events = await redis.xlen(keys.events)
         pending, oldest = await _pending(store)
+        memory: Any = await redis.info("memory")
         self.values = {
+            "used_memory": int(memory.get("used_memory", 0) or 0),
+            "maxmemory": int(memory.get("maxmemory", 0) or 0),
             "work": work,
             "events": events,
             "pending": pending,
@@ -83,6 +93,18 @@ class RedisGauges(Collector):
                 "receiver_event_stream_length",
                 "Events kept in the stream.",
                 value=self.values["events"],
+            ),
+        ]
+        metrics += [
+            GaugeMetricFamily(
+                "receiver_redis_used_memory_bytes",
+                "Memory Redis uses.",
+                value=self.values["used_memory"],
+            ),
+            GaugeMetricFamily(
+                "receiver_redis_maxmemory_bytes",
+                "Redis's maxmemory (0: no limit); writes fail once used memory reaches it.",
+                value=self.values["maxmemory"],
             ),
         ]
         jobs = GaugeMetricFamily("receiver_jobs", "Jobs by status.", labels=["status"])

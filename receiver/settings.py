@@ -15,6 +15,8 @@ T = TypeVar("T", int, float)
 DECODO_BASE_URL = "https://scraper-api.decodo.com"
 FIRECRAWL_BASE_URL = "https://api.firecrawl.dev"
 DIFY_BASE_URL = "https://api.dify.ai/v1"
+# The values of RECEIVER_DURABILITY (receiver.durability.Durability).
+DURABILITY_LEVELS = ("fsync", "replica", "none")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,16 @@ class Settings:
     # Port of a worker's own /metrics (0: none); web processes serve /metrics themselves.
     metrics_port: int = 0
     log_format: str = "text"
+    # What a 202 (and a 201 on POST /jobs) waits for: fsync, replica or none; "" until
+    # durability.check_redis resolves it at start (and then the level in force).
+    durability: str = ""
+    # How that level is confirmed after each write: "" (Redis waits by itself, or nothing
+    # is waited for), "waitaof" or "wait" (see receiver.durability.Confirm).
+    durability_confirm: str = ""
+    # Seconds a write waits for its WAIT/WAITAOF confirmation before the answer is 503.
+    durability_timeout: float = 1.0
+    # Seconds a stopping web process gives requests in flight (and open event streams).
+    shutdown_timeout: float = 10.0
 
     @property
     def embedded(self) -> bool:
@@ -141,6 +153,13 @@ class Settings:
             sse_heartbeat=_number(env, "RECEIVER_SSE_HEARTBEAT", base.sse_heartbeat, float),
             metrics_port=_number(env, "RECEIVER_METRICS_PORT", base.metrics_port, int),
             log_format=env.get("RECEIVER_LOG_FORMAT", base.log_format),
+            durability=_choice(env, "RECEIVER_DURABILITY", DURABILITY_LEVELS),
+            durability_timeout=_number(
+                env, "RECEIVER_DURABILITY_TIMEOUT", base.durability_timeout, float
+            ),
+            shutdown_timeout=_number(
+                env, "RECEIVER_SHUTDOWN_TIMEOUT", base.shutdown_timeout, float
+            ),
         )
 
     def stall_after_for(self, provider: str) -> float:
@@ -172,6 +191,13 @@ class Settings:
 
     def with_changes(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower()
+    if raw and raw not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
 
 
 def _optional(env: Mapping[str, str], name: str) -> float | None:

@@ -9,7 +9,7 @@ import re
 import secrets
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from receiver import scripts
 from receiver.batching import Batcher
+from receiver.errors import NotConfirmed
 from receiver.events import at_ms, iso_ms
 from receiver.keys import DUE_LEASE, WORK_GROUP, Keys
 
@@ -123,8 +124,13 @@ class Store:
         events_maxlen: int = 8_640_000,
         due_shards: int = 1,
         clock: Clock = time.time,
+        confirm: str = "",
+        confirm_timeout: float = 1.0,
     ) -> None:
         self.redis = redis
+        # The command that confirms an acknowledged write on its own connection, if any
+        # (receiver.durability): WAITAOF 1 0 <ms>, or WAIT 1 <ms>.
+        self._confirm: tuple[Any, ...] = _confirm_command(confirm, confirm_timeout)
         self.keys = keys or Keys()
         self.events_maxlen = events_maxlen
         self.due_shards = max(1, due_shards)
@@ -148,6 +154,20 @@ class Store:
         self._reopen_job = redis.register_script(scripts.REOPEN_JOB)
         self._acquire_rate = redis.register_script(scripts.ACQUIRE_RATE)
         self._hint_poll = redis.register_script(scripts.HINT_POLL)
+
+    async def _acknowledged(self, write: Callable[[Any], Awaitable[Any]]) -> Any:
+        """The answer of a write we acknowledge to a caller (a 202, a 201), once it is as
+        durable as RECEIVER_DURABILITY asks: the confirmation runs on the write's own
+        connection, in one round trip with it. NotConfirmed when it did not come in time."""
+        if not self._confirm:
+            return await write(self.redis)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await write(pipe)
+            pipe.execute_command(*self._confirm)
+            answer, confirmed = await pipe.execute()
+        if not _confirmed(confirmed):
+            raise NotConfirmed("the write was not confirmed durable in time; retry")
+        return answer
 
     def _common(self) -> list[Any]:
         now = self.clock()
@@ -179,7 +199,10 @@ class Store:
             fields += ["external", orjson.dumps(external)]
         for name, value in (extra or {}).items():
             fields += [name, value]
-        created = _text(await self._create_job(args=[*self._common(), job_id, work, *fields]))
+        args = [*self._common(), job_id, work, *fields]
+        created = _text(
+            await self._acknowledged(lambda client: self._create_job(args=args, client=client))
+        )
         if created == "created":
             log.info("job created", extra={"job_id": job_id, "provider": provider})
         return created == "created"
@@ -208,7 +231,10 @@ class Store:
             extra={"status": JobStatus.RUNNING.value, **(extra or {})},
         )
         if created:
-            await self.schedule(f"poll:{job_id}", self.clock())
+            member = f"poll:{job_id}"
+            await self._acknowledged(
+                lambda client: client.zadd(self.due_key(member), {member: self.clock()})
+            )
         return job_id, created
 
     async def record_external(self, provider: str, external_id: str, job_id: str) -> None:
@@ -254,7 +280,7 @@ class Store:
         args: list[Any] = [*self._common(), source, len(callbacks)]
         for callback in callbacks:
             args.extend(callback)
-        codes = await self._callbacks(args=args)
+        codes = await self._acknowledged(lambda client: self._callbacks(args=args, client=client))
         pairs = zip(callbacks, codes, strict=True)
         return [self._note_end(job_id, code) for (job_id, _, _), code in pairs]
 
@@ -549,6 +575,22 @@ class Store:
         next_cursor, raw = reply
         page = {_text(k): orjson.loads(decompress(v)) for k, v in raw.items()}
         return page, int(next_cursor)
+
+
+def _confirm_command(confirm: str, timeout: float) -> tuple[Any, ...]:
+    milliseconds = max(1, int(timeout * 1000))
+    if confirm == "waitaof":
+        return ("WAITAOF", 1, 0, milliseconds)
+    if confirm == "wait":
+        return ("WAIT", 1, milliseconds)
+    return ()
+
+
+def _confirmed(reply: Any) -> bool:
+    """WAIT answers the replicas that have the write; WAITAOF [local, replicas] fsynced."""
+    if isinstance(reply, list | tuple):
+        return int(reply[0]) >= 1
+    return int(reply) >= 1
 
 
 def decode_job(job_id: str, raw: Mapping[Any, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from receiver.errors import InvalidRequest, PayloadTooLarge, ProviderError, Rece
 from receiver.ingest import CallbackCommitter
 from receiver.jobs.firecrawl import FirecrawlJobs
 from receiver.metrics import RedisGauges
+from receiver.outages import Outages
 from receiver.settings import Settings
 from receiver.store import Store
 from receiver.tokens import PassthroughSigner
@@ -39,6 +40,7 @@ class Services:
     http: httpx.AsyncClient
     firecrawl: FirecrawlJobs
     gauges: RedisGauges
+    outages: Outages
 
 
 Endpoint = Callable[[Request, Services], Awaitable[Response]]
@@ -57,17 +59,22 @@ def handler(current: Callable[[], Services], endpoint: Endpoint) -> Handler:
     """An endpoint with the services, and our errors turned into JSON answers."""
 
     async def handle(request: Request) -> Response:
+        services = current()
         try:
-            return await endpoint(request, current())
+            response = await endpoint(request, services)
         except ReceiverError as exc:
             return _error_for(exc)
         except RedisError as exc:
-            log.warning("redis unavailable", extra={"error": type(exc).__name__})
+            # An outage is logged once by `outages`; anything else is a bug worth a trace.
+            if not services.outages.failed(exc):
+                log.exception("redis refused a command", extra={"path": request.url.path})
             return json_response(
                 {"error": "unavailable", "message": "storage is unavailable; retry later"},
                 503,
                 {"Retry-After": "1"},
             )
+        services.outages.recovered()
+        return response
 
     return handle
 

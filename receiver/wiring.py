@@ -11,6 +11,7 @@ from receiver.jobs.decodo import DecodoJobs
 from receiver.jobs.dify import DifyJobs
 from receiver.jobs.firecrawl import FirecrawlJobs
 from receiver.keys import Keys
+from receiver.outages import Outages
 from receiver.polling import Poller
 from receiver.providers.base import DEFAULT_TIMEOUT
 from receiver.providers.decodo import DecodoClient
@@ -21,13 +22,24 @@ from receiver.store import Store
 from receiver.tokens import PassthroughSigner
 from receiver.worker import Worker
 
+# Seconds any one Redis command may take before the call fails (and counts as an outage),
+# chosen here rather than inherited from redis-py (5 s in 8.x). Every blocking read asks
+# for less than this (events.read_events and the worker block for at most half of it).
+REDIS_TIMEOUT = 10.0
+# Seconds to open a connection to Redis.
+REDIS_CONNECT_TIMEOUT = 5.0
+
 
 def open_redis(settings: Settings) -> Redis:
-    """A client whose pool waits for a free connection rather than failing when busy."""
+    """A client whose pool waits for a free connection rather than failing when busy, with
+    every timeout chosen: a command, a connection, and the wait for a pooled connection."""
     pool = BlockingConnectionPool.from_url(
         settings.redis_url or "",
         max_connections=2 * settings.fetch_concurrency + 2 * settings.poll_concurrency + 64,
-        timeout=10,
+        timeout=REDIS_TIMEOUT,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        socket_keepalive=True,
         health_check_interval=30,
     )
     return Redis.from_pool(pool)  # closing the client closes the pool too
@@ -51,6 +63,8 @@ def open_store(settings: Settings, redis: Redis) -> Store:
         Keys(settings.key_prefix),
         events_maxlen=settings.events_maxlen,
         due_shards=settings.due_shards,
+        confirm=settings.durability_confirm,
+        confirm_timeout=settings.durability_timeout,
     )
 
 
@@ -59,7 +73,9 @@ def firecrawl_jobs(settings: Settings, store: Store, http: httpx.AsyncClient) ->
     return FirecrawlJobs(store, client, settings)
 
 
-def build_worker(settings: Settings, store: Store, http: httpx.AsyncClient) -> Worker:
+def build_worker(
+    settings: Settings, store: Store, http: httpx.AsyncClient, outages: Outages | None = None
+) -> Worker:
     signer = PassthroughSigner(settings.secret_keys, settings.token_max_age)
     decodo_client = DecodoClient(http, settings.decodo_base_url, settings.decodo_auth)
     decodo = DecodoJobs(store, decodo_client, signer, settings)
@@ -76,4 +92,5 @@ def build_worker(settings: Settings, store: Store, http: httpx.AsyncClient) -> W
         claim_idle=settings.claim_idle,
         lease=settings.lease,
         heartbeat_interval=settings.heartbeat_interval,
+        outages=outages,
     )

@@ -10,7 +10,6 @@ restarted worker carries on from what Redis holds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -19,14 +18,21 @@ import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from receiver.batching import Batcher
 from receiver.dispatch import Dispatcher, UnknownWork
 from receiver.keys import DUE_LEASE, WORK_GROUP
+from receiver.outages import Outages, backoff, supervise
 from receiver.store import Store
 
 log = logging.getLogger(__name__)
+
+# Seconds (at most) before work interrupted by a Redis outage is tried again.
+RETRY_AFTER_OUTAGE = 5.0
+# Seconds an entry of our own must have been idle before _reclaim takes it up again: its
+# step ended and its acknowledgement failed (entries at work are renewed, and known).
+OWN_UNFINISHED_IDLE = 5.0
 
 
 class Worker:
@@ -41,6 +47,7 @@ class Worker:
         due_interval: float = 0.2,
         lease: float = DUE_LEASE,
         name: str | None = None,
+        outages: Outages | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
@@ -56,18 +63,54 @@ class Worker:
         self._entries: dict[str, Any] = {}  # stream entries at work here, by id
         self._leases: dict[str, float] = {}  # due members at work here -> their lease end
         self._acks = Acknowledger(store)
+        self.outages = outages or Outages()
 
     async def run(self) -> None:
-        """Work until cancelled."""
-        await self.store.ensure_group()
+        """Work until cancelled, riding out Redis going away and coming back.
+
+        Each loop runs under `supervise`: an outage or a crash restarts it after a backoff;
+        only a fatal fault (`outages.Fatal`) ends the worker, and with it the process.
+        """
         log.info("worker started", extra={"worker": self.name})
-        loops = [self._heartbeat(), self._consume(), self._reclaim(), self._due(), self._renew()]
+        loops = {
+            "heartbeat": self._heartbeat,
+            "consume": self._consume,
+            "reclaim": self._reclaim,
+            "due": self._due,
+            "renew": self._renew,
+        }
+        tasks = [
+            asyncio.create_task(supervise(name, loop, self.outages, repair=self._repair))
+            for name, loop in loops.items()
+        ]
         try:
-            await asyncio.gather(*loops)
+            # Loops end only by a fatal fault (or cancellation): then they all stop.
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             for task in list(self._inflight):
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
+            await self._withdraw()
+
+    async def _repair(self, exc: BaseException) -> bool:
+        """Recreate the consumer group when Redis lost it (a restart without its data)."""
+        if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
+            log.warning("work group missing; creating it again", extra={"worker": self.name})
+            await self.store.ensure_group()
+            return True
+        return False
+
+    async def _withdraw(self) -> None:
+        """Take this worker's heartbeat away on the way out, so /readyz knows at once."""
+        try:
+            await asyncio.wait_for(self.store.redis.zrem(self.store.keys.heartbeats, self.name), 2)
+        except (RedisError, TimeoutError):
+            log.warning("could not withdraw the heartbeat", extra={"worker": self.name})
 
     # -- capacity -----------------------------------------------------------------------
 
@@ -100,18 +143,21 @@ class Worker:
                 pipe.zadd(keys.heartbeats, {self.name: now})
                 pipe.zremrangebyscore(keys.heartbeats, "-inf", now - 10 * self.heartbeat_interval)
                 await pipe.execute()
+            self.outages.recovered()
             await asyncio.sleep(self.heartbeat_interval)
 
     async def _consume(self) -> None:
         redis, keys = self.store.redis, self.store.keys
+        await self.store.ensure_group()
         while True:
             room = await self._wait_for_room()
             reply: Any = await redis.xreadgroup(
                 WORK_GROUP, self.name, {keys.work: ">"}, count=room, block=1000
             )
+            self.outages.recovered()
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
-                    self._spawn(self._run_entry(entry_id, fields))
+                    self._start_entry(entry_id, fields)
 
     async def _reclaim(self) -> None:
         """Take over entries another worker read but never acknowledged (it died)."""
@@ -122,9 +168,30 @@ class Worker:
             reply: Any = await redis.xautoclaim(
                 keys.work, WORK_GROUP, self.name, int(self.claim_idle * 1000), "0-0", count=room
             )
-            for entry_id, fields in reply[1]:
-                log.info("reclaimed work", extra={"entry": _text(entry_id)})
-                self._spawn(self._run_entry(entry_id, fields))
+            entries = [*reply[1], *await self._own_unfinished()]
+            if entries:
+                log.info("reclaimed work", extra={"entries": len(entries), "worker": self.name})
+            for entry_id, fields in entries:
+                self._start_entry(entry_id, fields)
+
+    async def _own_unfinished(self) -> list[Any]:
+        """Entries this worker read and then could not acknowledge (Redis was away): taken
+        up again now rather than after claim_idle."""
+        redis, keys = self.store.redis, self.store.keys
+        pending: Any = await redis.xpending_range(
+            keys.work,
+            WORK_GROUP,
+            "-",
+            "+",
+            self.free or 1,
+            consumername=self.name,
+            idle=int(OWN_UNFINISHED_IDLE * 1000),
+        )
+        ids = [p["message_id"] for p in pending if _text(p["message_id"]) not in self._entries]
+        if not ids:
+            return []
+        claimed: Any = await redis.xclaim(keys.work, WORK_GROUP, self.name, 0, ids)
+        return [(entry_id, fields) for entry_id, fields in claimed if fields]
 
     async def _due(self) -> None:
         while True:
@@ -138,20 +205,28 @@ class Worker:
 
     # -- one piece of work --------------------------------------------------------------
 
-    async def _run_entry(self, entry_id: Any, fields: Mapping[bytes, bytes]) -> None:
+    def _start_entry(self, entry_id: Any, fields: Mapping[bytes, bytes]) -> None:
+        """Start a stream entry's work, unless it is at work here already (an entry
+        reclaimed from ourselves). Registered before the task runs, so no other loop can
+        take it up meanwhile."""
         key = _text(entry_id)
-        if key in self._entries:  # reclaimed from ourselves while still at work on it
+        if key in self._entries:
             return
+        self._entries[key] = entry_id
+        self._spawn(self._run_entry(key, entry_id, fields))
+
+    async def _run_entry(self, key: str, entry_id: Any, fields: Mapping[bytes, bytes]) -> None:
         kind = _text(fields.get(b"k", b""))
         job_id = _text(fields.get(b"j", b""))
         task_id = _text(fields.get(b"t", b""))
         member = f"{kind}:{job_id}:{task_id}" if task_id else f"{kind}:{job_id}"
-        self._entries[key] = entry_id
         try:
             retry_at = await self._step(member)
             await self._acks.done(entry_id, member, retry_at)
-        except RedisError as exc:  # unacknowledged: another worker reclaims it
-            log.warning("could not acknowledge work", extra={"work": member, "error": repr(exc)})
+        except RedisError as exc:  # unacknowledged: taken up again by _reclaim
+            if not self.outages.failed(exc):
+                extra = {"work": member, "error": repr(exc)}
+                log.warning("could not acknowledge work", extra=extra)
         finally:
             del self._entries[key]
 
@@ -166,7 +241,8 @@ class Worker:
             else:
                 await self.store.schedule(member, next_at)
         except RedisError as exc:  # the lease runs out and the member comes due again
-            log.warning("could not reschedule work", extra={"work": member, "error": repr(exc)})
+            if not self.outages.failed(exc):
+                log.warning("could not reschedule work", extra={"work": member, "error": repr(exc)})
         finally:
             self._leases.pop(member, None)
 
@@ -177,15 +253,19 @@ class Worker:
         while True:
             await asyncio.sleep(self._renew_every)
             entries = list(self._entries.values())
-            with contextlib.suppress(RedisError):
+            try:
                 if entries:
                     # XCLAIM to ourselves with no minimum idle time resets the idle time;
                     # an entry acknowledged meanwhile is no longer pending and is skipped.
                     await redis.xclaim(keys.work, WORK_GROUP, self.name, 0, entries, justid=True)
                 renewed = await self.store.renew_leases(dict(self._leases), self.lease)
-                for member, lease_end in renewed.items():
-                    if member in self._leases:  # still at work
-                        self._leases[member] = lease_end
+            except RedisError as exc:  # renewed at the next turn, if Redis is back by then
+                if not self.outages.failed(exc):
+                    raise
+                continue
+            for member, lease_end in renewed.items():
+                if member in self._leases:  # still at work
+                    self._leases[member] = lease_end
 
     @property
     def _renew_every(self) -> float:
@@ -202,8 +282,10 @@ class Worker:
         except UnknownWork:
             log.error("unknown work dropped", extra={"work": member})
             return None
-        except Exception:
-            # A bug or an outage of Redis: try again later rather than lose the work.
+        except Exception as exc:
+            if self.outages.failed(exc):  # counted and logged once for the whole outage
+                return time.time() + backoff(3, cap=RETRY_AFTER_OUTAGE)
+            # A bug: try again later rather than lose the work.
             log.exception("work failed; retrying in 30 s", extra={"work": member})
             return time.time() + 30.0
 

@@ -14,7 +14,7 @@ import redis as sync_redis
 from receiver.app import create_app
 from receiver.events import event_from_entry
 from receiver.sandbox import decodo as decodo_sandbox
-from receiver.service import worker_beside
+from receiver.service import ProcessStop, worker_beside
 from receiver.settings import Settings
 from tests.servers import RedisProcess, free_port, serve_app
 
@@ -135,7 +135,10 @@ def deployment(
         config = e2e_settings(
             redis, sandbox, public_url=f"http://127.0.0.1:{port}", **(settings or {})
         )
-        app = create_app(config, background=worker_beside if with_worker else None)
+        app = create_app(
+            config,
+            background=worker_beside(ProcessStop(signal_self=False)) if with_worker else None,
+        )
         with serve_app(app, port) as api:
             yield Deployment(api, sandbox, client)
     client.close()
@@ -232,7 +235,10 @@ def polled_deployment(
             firecrawl_rps=1000.0,
             dify_rps=1000.0,
         ).with_changes(**(settings or {}))
-        app = create_app(config, background=worker_beside if with_worker else None)
+        app = create_app(
+            config,
+            background=worker_beside(ProcessStop(signal_self=False)) if with_worker else None,
+        )
         with serve_app(app, port) as api:
             yield PolledDeployment(api, decodo_url, client, firecrawl_url, dify_url)
     client.close()

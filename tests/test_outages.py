@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import pytest
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    ReadOnlyError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from receiver.outages import (
+    CRASH_LIMIT,
+    LOOP_RESTARTS,
+    OUTAGES,
+    Fatal,
+    Outages,
+    backoff,
+    outage_reason,
+    supervise,
+)
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def failing(*errors: BaseException) -> tuple[list[int], Callable[[], Awaitable[None]]]:
+    """A loop that raises each error in turn, then returns; and its count of starts."""
+    starts = [0]
+
+    async def loop() -> None:
+        starts[0] += 1
+        if starts[0] <= len(errors):
+            raise errors[starts[0] - 1]
+
+    return starts, loop
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (RedisConnectionError("Connection closed by server."), "connection"),
+        (RedisTimeoutError("Timeout reading from socket"), "timeout"),
+        (BusyLoadingError("Redis is loading the dataset in memory"), "loading"),
+        (ReadOnlyError("You can't write against a read only replica."), "readonly"),
+        (ResponseError("OOM command not allowed when used memory > 'maxmemory'."), "oom"),
+        (ResponseError("WRONGTYPE Operation against a key"), None),
+        (AuthenticationError("invalid password"), None),
+        (ValueError("a bug"), None),
+    ],
+)
+def test_outage_reason_names_passing_faults_only(error: BaseException, reason: str | None) -> None:
+    assert outage_reason(error) == reason
+
+
+def test_outages_log_once_per_outage_and_once_when_back(caplog: pytest.LogCaptureFixture) -> None:
+    time = FakeTime()
+    outages = Outages(clock=time.clock)
+    before = OUTAGES.labels("connection")._value.get()
+    caplog.set_level(logging.INFO, logger="receiver.outages")
+    for _ in range(50):
+        assert outages.failed(RedisConnectionError("Connection refused"))
+    time.now += 12.5
+    outages.recovered()
+    outages.recovered()
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["redis unavailable", "redis is back"]
+    assert caplog.records[1].outage_seconds == 12.5  # type: ignore[attr-defined]
+    assert OUTAGES.labels("connection")._value.get() == before + 1
+    assert not outages.down
+
+
+def test_outages_leave_bugs_to_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+    outages = Outages()
+    assert not outages.failed(ResponseError("WRONGTYPE Operation against a key"))
+    assert not outages.down
+    assert not caplog.records
+
+
+def test_backoff_grows_to_its_cap_with_jitter() -> None:
+    waits = [backoff(attempt, base=0.1, cap=5.0) for attempt in range(1, 12)]
+    assert 0.05 <= waits[0] <= 0.1
+    assert all(2.5 <= wait <= 5.0 for wait in waits[7:])
+    assert len({round(w, 6) for w in waits[7:]}) > 1  # jittered, not in step
+
+
+@pytest.mark.anyio
+async def test_supervise_restarts_a_loop_after_an_outage_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    time = FakeTime()
+    errors = [RedisConnectionError("Connection refused")] * 4
+    starts, loop = failing(*errors)
+    before = LOOP_RESTARTS.labels("consume", "redis")._value.get()
+    await supervise("consume", loop, Outages(), sleep=time.sleep, clock=time.clock)
+    assert starts[0] == 5
+    assert len(time.slept) == 4 and all(0 < wait <= 5 for wait in time.slept)
+    assert LOOP_RESTARTS.labels("consume", "redis")._value.get() == before + 4
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.anyio
+async def test_supervise_logs_a_crash_and_restarts_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    time = FakeTime()
+    starts, loop = failing(KeyError("a bug"))
+    await supervise("due", loop, Outages(), sleep=time.sleep, clock=time.clock)
+    assert starts[0] == 2
+    crashed = [r for r in caplog.records if r.getMessage() == "worker loop crashed; restarting"]
+    assert len(crashed) == 1 and crashed[0].exc_info
+
+
+@pytest.mark.anyio
+async def test_supervise_gives_up_on_a_loop_that_keeps_crashing() -> None:
+    time = FakeTime()
+    starts, loop = failing(*[KeyError("a bug")] * (CRASH_LIMIT + 5))
+    with pytest.raises(Fatal, match="crashed 5 times"):
+        await supervise("due", loop, Outages(), sleep=time.sleep, clock=time.clock)
+    assert starts[0] == CRASH_LIMIT
+
+
+@pytest.mark.anyio
+async def test_supervise_ends_on_a_refused_password() -> None:
+    time = FakeTime()
+    starts, loop = failing(AuthenticationError("invalid username-password pair"))
+    with pytest.raises(Fatal, match="credentials"):
+        await supervise("heartbeat", loop, Outages(), sleep=time.sleep, clock=time.clock)
+    assert starts[0] == 1
+
+
+@pytest.mark.anyio
+async def test_supervise_restarts_at_once_what_repair_mended() -> None:
+    time = FakeTime()
+    starts, loop = failing(ResponseError("NOGROUP No such key or consumer group"))
+    repaired: list[BaseException] = []
+
+    async def repair(exc: BaseException) -> bool:
+        repaired.append(exc)
+        return True
+
+    await supervise(
+        "consume",
+        loop,
+        Outages(),
+        repair=repair,
+        sleep=time.sleep,
+        clock=time.clock,
+    )
+    assert starts[0] == 2 and len(repaired) == 1 and time.slept == []
