@@ -7,20 +7,32 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
-from receiver.events import Event, consume, event_from_entry, last_event_id, subscribe, wait
+from receiver.events import (
+    Event,
+    consume,
+    event_from_entry,
+    last_event_id,
+    longest_block_ms,
+    subscribe,
+    wait,
+)
 from receiver.keys import Keys
 from receiver.store import JobStatus, Store
 from receiver.tokens import PassthroughSigner
 from tests.e2e import TOKEN, Deployment, deployment
-from tests.servers import RedisProcess
+from tests.servers import RedisProcess, free_port
 
 
 def sse_frames(lines: Iterator[str]) -> Iterator[dict[str, str]]:
@@ -45,6 +57,17 @@ async def others_events(redis: Redis, count: int) -> None:
             event = {"type": "job.created", "job_id": f"other{i}", "provider": "decodo"}
             pipe.xadd(Keys().events, {"event": orjson.dumps({**event, "status": "submitted"})})
         await pipe.execute()
+
+
+async def add_event(redis: Redis, job_id: str, kind: str) -> str:
+    """An event of the job appended to the stream as the scripts append it; its id."""
+    event = {"type": kind, "job_id": job_id, "provider": "decodo", "status": "running"}
+    entry_id: Any = await redis.xadd(Keys().events, {"event": orjson.dumps(event)})
+    return str(entry_id.decode())
+
+
+async def next_event(events: AsyncGenerator[Event, None]) -> Event:
+    return await anext(events)
 
 
 async def calls(redis: Redis, command: str) -> int:
@@ -219,6 +242,63 @@ async def test_consumers_of_one_group_split_the_events(redis: Redis, store: Stor
     await b.aclose()
     assert not set(seen["a"]) & set(seen["b"])
     assert sorted(seen["a"] + seen["b"]) == sorted(f"j{i}" for i in range(30))
+
+
+def test_reads_block_for_at_most_half_the_clients_socket_timeout() -> None:
+    url = "redis://127.0.0.1:1/0"  # never connected to
+    # A client made without one has the socket timeout redis-py gives (5 s since its 8.0).
+    default = Connection().socket_timeout
+    assert longest_block_ms(Redis.from_url(url)) == (None if default is None else default * 500)
+    assert longest_block_ms(Redis.from_url(url, socket_timeout=10)) == 5000
+    assert longest_block_ms(Redis.from_url(f"{url}?socket_timeout=0.5")) == 250
+    assert longest_block_ms(Redis.from_url(url, socket_timeout=None)) is None
+
+
+@pytest.mark.anyio
+async def test_helpers_outwait_a_quiet_longer_than_their_clients_socket_timeout(
+    redis: Redis, redis_process: RedisProcess
+) -> None:
+    # A plain client (5 s socket timeout in redis-py 8), a shorter one and none, every
+    # helper with its default BLOCK of 5 s, and 7 s of quiet.
+    clients = [
+        Redis.from_url(redis_process.url),
+        Redis.from_url(redis_process.url, socket_timeout=1),
+        Redis.from_url(redis_process.url, socket_timeout=None),
+    ]
+    streams = [subscribe(client, job_id="j1") for client in clients]
+    streams += [consume(client, f"g{i}", "c", job_id="j1") for i, client in enumerate(clients)]
+    waiting = [asyncio.create_task(next_event(events)) for events in streams]
+    waiting += [asyncio.create_task(wait(client, "j1", timeout=30)) for client in clients]
+    await asyncio.sleep(7)
+    gave_up = [task.exception() for task in waiting if task.done()]
+    assert not gave_up
+    created = await add_event(redis, "j1", "job.created")
+    failed = await add_event(redis, "j1", "job.failed")
+    got = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    assert [event.id for event in got] == [created] * 6 + [failed] * 3
+    for events in streams:
+        await events.aclose()
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_helpers_raise_what_waiting_does_not_mend(redis: Redis) -> None:
+    # Nothing listens there; the client does not retry by itself (redis-py 8's default
+    # Retry would take some 5 s a command).
+    nowhere = Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError):
+        await anext(subscribe(nowhere, after="0", retry_for=0.5))
+    assert time.monotonic() - started >= 0.5  # it kept trying meanwhile
+    with pytest.raises(RedisConnectionError):  # still away at the timeout
+        await wait(nowhere, "j1", timeout=0.3)
+    await nowhere.aclose()
+    await redis.set(Keys().events, "not a stream")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):  # at once: no retry mends it
+        await asyncio.wait_for(anext(consume(redis, "g", "c")), 5)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await asyncio.wait_for(anext(subscribe(redis, after="0")), 5)
 
 
 # -- SSE ------------------------------------------------------------------------------------
