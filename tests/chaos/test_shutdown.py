@@ -3,6 +3,8 @@ password Redis no longer takes, and one embedded Redis per data dir."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import signal
 import stat
 from pathlib import Path
@@ -87,3 +89,47 @@ def test_a_second_run_on_a_data_dir_is_refused(chaos: Chaos, tmp_path: Path) -> 
     secrets = (data_dir / "secrets.json").read_text()
     password = secrets.split('"redis_password": "')[1].split('"')[0]
     assert password.encode() not in cmdline
+
+
+def test_workers_carry_on_when_redis_comes_back_empty(chaos: Chaos) -> None:
+    """A Redis restarted without its data has neither our consumer group nor our scripts:
+    workers create the group again, scripts are loaded again, and new jobs complete."""
+    stack = chaos.stack(workers=2, settings={"RECEIVER_CLAIM_IDLE": "2"})
+    first = stack.api.submit(["https://a.example/1", "https://a.example/2"])
+    stack.wait_completed([first])
+    stack.redis.kill()
+    shutil.rmtree(stack.redis.directory)
+    stack.redis.start()
+    with stack.client() as client:
+        assert not client.exists("receiver:stream:work")
+        assert client.script_exists(*_script_shas()) == [False] * len(_script_shas())
+    api = stack.api
+    second = wait_until(lambda: _submitted(api), 30, "POST /jobs once Redis is back")
+    stack.wait_completed([second], timeout=60)
+    # The group lost while Redis stays up: the workers' reads fail NOGROUP and recreate it.
+    with stack.client() as client:
+        client.delete("receiver:stream:work")
+    third = stack.api.submit(["https://c.example/1"])
+    stack.wait_completed([third], timeout=60)
+    for worker in stack.workers:
+        worker.assert_alive("after Redis came back empty")
+    assert "work group missing; creating it again" in "".join(w.output() for w in stack.workers)
+    stack.assert_no_traceback()
+
+
+def _submitted(api: ReceiverApi) -> str | None:
+    try:
+        return api.submit(["https://b.example/1", "https://b.example/2"])
+    except AssertionError:  # 503 while the processes notice Redis is back
+        return None
+
+
+def _script_shas() -> list[str]:
+    from receiver import scripts
+
+    sources = [
+        value
+        for value in vars(scripts).values()
+        if isinstance(value, str) and "redis.call" in value
+    ]
+    return [hashlib.sha1(source.encode()).hexdigest() for source in sources]
