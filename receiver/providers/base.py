@@ -128,20 +128,35 @@ def retry_after(response: httpx.Response, now: float | None = None) -> float | N
 
 def json_object(name: str, response: httpx.Response) -> dict[str, Any]:
     """The JSON object a provider answered. An HTML page (a proxy's or a gateway's, not the
-    provider's) is worth retrying; any other body is not an answer we can use."""
+    provider's) and JSON cut short (an answer that lost its end on the way) are worth
+    retrying; any other body is not an answer we can use."""
     try:
         answer = orjson.loads(response.content)
     except orjson.JSONDecodeError:
+        status, body = response.status_code, response.text
         if looks_like_html(response):
+            raise Unavailable(f"{name} answered an HTML page", status=status, body=body) from None
+        if cut_short(response.content):
             raise Unavailable(
-                f"{name} answered an HTML page", status=response.status_code, body=response.text
+                f"{name} answered JSON cut short", status=status, body=body, reason="truncated"
             ) from None
         raise Rejected(
-            f"{name} answered a body that is not JSON", body=response.text, reason="bad_answer"
+            f"{name} answered a body that is not JSON", body=body, reason="bad_answer"
         ) from None
     if not isinstance(answer, dict):
         raise Rejected(f"{name} answered JSON that is not an object", reason="bad_answer")
     return answer
+
+
+def cut_short(content: bytes) -> bool:
+    """Whether a body that is not JSON is the start of some JSON: its parse fails only for
+    want of more (empty, or a character cut in two at the end, included)."""
+    text = content.decode("utf-8", "ignore").rstrip()  # a character cut in two drops out
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return exc.pos >= len(text)
+    return False  # it parses once stray bytes are dropped: not cut, just malformed
 
 
 def looks_like_html(response: httpx.Response) -> bool:

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import orjson
 
 from receiver.errors import Rejected
-from receiver.providers.base import ProviderClient, raise_for_status
+from receiver.providers.base import ProviderClient, json_object, raise_for_status
 
 # Items in one POST /v3/task/batch.
 BATCH_LIMIT = 3000
@@ -69,13 +68,7 @@ class DecodoClient(ProviderClient):
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise Rejected("decodo answered a body that is not JSON", body=response.text) from None
-    if not isinstance(body, dict):
-        raise Rejected("decodo answered JSON that is not an object", body=response.text)
-    return body
+    return json_object("decodo", response)
 
 
 def _submitted(task: Mapping[str, Any], params: Mapping[str, Any]) -> SubmittedTask:

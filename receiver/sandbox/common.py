@@ -7,8 +7,8 @@ import argparse
 import dataclasses
 import time
 import typing
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import orjson
@@ -33,18 +33,48 @@ class Clock:
         self.offset += seconds
 
 
+# Arrival times kept per route for its request rate: the rate is that of the latest ones.
+ARRIVALS_KEPT = 100_000
+
+
 class Stats:
-    """Counts of requests by route and answer, served at GET /_sandbox/stats."""
+    """Counts of requests by route and answer, served at GET /_sandbox/stats; and the
+    arrival times of every request to a provider route, for its peak rate."""
 
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()
+        self._arrivals: dict[str, deque[float]] = {}  # route -> monotonic seconds
 
     def count(self, name: str, status: int) -> None:
         self.requests[name] += 1
         self.requests[f"{name} {status}"] += 1
 
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.requests)
+    def arrive(self, name: str) -> None:
+        """A request to the provider route `name` came in (answered, faulted or not)."""
+        self.requests[f"requests {name}"] += 1
+        times = self._arrivals.get(name)
+        if times is None:
+            times = self._arrivals[name] = deque(maxlen=ARRIVALS_KEPT)
+        times.append(time.monotonic())
+
+    def as_dict(self, window: float = 1.0) -> dict[str, int]:
+        """The counts, and per route "requests ROUTE max/{window}s": the most requests that
+        arrived within any `window` seconds."""
+        counts = dict(self.requests)
+        for name, times in self._arrivals.items():
+            counts[f"requests {name} max/{window:g}s"] = most_within(times, window)
+        return counts
+
+
+def most_within(arrivals: Iterable[float], window: float) -> int:
+    """The most of the (sorted) times that fall in any half-open interval `window` long."""
+    times = list(arrivals)
+    most, first = 0, 0
+    for last, moment in enumerate(times):
+        while moment - times[first] >= window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -55,7 +85,14 @@ def control_routes(config: Any, clock: Clock, stats: Stats) -> list[Route]:
     """`/_sandbox/stats`, `/_sandbox/advance` (shift the clock) and `/_sandbox/config` (knobs)."""
 
     async def get_stats(request: Request) -> Response:
-        return json_response(stats.as_dict())
+        """`?window=SECONDS` sets the window of the peak rates (1 s by default)."""
+        try:
+            window = float(request.query_params.get("window", "1"))
+        except ValueError:
+            window = 0.0
+        if not window > 0:
+            return json_response({"error": "window must be a positive number of seconds"}, 400)
+        return json_response(stats.as_dict(window))
 
     async def advance(request: Request) -> Response:
         body = orjson.loads(await request.body() or b"{}")

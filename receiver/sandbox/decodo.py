@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from heapq import heappop, heappush
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -41,6 +42,7 @@ from receiver.sandbox.common import (
     control_routes,
     json_response,
 )
+from receiver.sandbox.faults import FaultKnobs, Faults, SandboxApp
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +115,9 @@ _JSON_HEADERS = {"content-type": "application/json"}
 
 
 @dataclass
-class DecodoSandboxConfig:
-    """Knobs of the Decodo simulator; every one is a `--knob-name` command-line option."""
+class DecodoSandboxConfig(FaultKnobs):
+    """Knobs of the Decodo simulator; every one is a `--knob-name` command-line option.
+    The fault knobs it shares with the other sandboxes are in `faults.FaultKnobs`."""
 
     # Expected token after "Authorization: Basic " (base64 of "user:pass").
     auth: str = field(default=DEFAULT_AUTH, repr=False)
@@ -655,7 +658,15 @@ def create_app(config: DecodoSandboxConfig | None = None, clock: Clock | None = 
     """The Decodo simulator as a Starlette app; timers and the callback client live in its
     lifespan, so run it under a server that runs the lifespan."""
     sandbox = _DecodoSandbox(config or DecodoSandboxConfig(), clock or Clock())
-    return Starlette(routes=sandbox.routes(), lifespan=sandbox.lifespan)
+    faults = Faults(sandbox.config, sandbox.stats, _error_answer)
+    return SandboxApp(faults, routes=sandbox.routes(), lifespan=sandbox.lifespan)
+
+
+def _error_answer(status: int, retry_after: int | None) -> Response:
+    """Decodo's error body for an injected fault; Retry-After only when it is given."""
+    message = "Too many requests" if status == 429 else HTTPStatus(status).phrase
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return json_response({"status": "failed", "message": message}, status, headers)
 
 
 def main(argv: list[str] | None = None) -> None:

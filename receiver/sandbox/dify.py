@@ -41,13 +41,15 @@ from receiver.sandbox.common import (
     control_routes,
     json_response,
 )
+from receiver.sandbox.faults import FaultKnobs, Faults, SandboxApp
 
 __all__ = ["DifySandboxConfig", "create_app", "main"]  # the rest is the simulator's inside
 
 
 @dataclass
-class DifySandboxConfig:
-    """Knobs of the Dify simulator; each is also `--knob-name` on the command line."""
+class DifySandboxConfig(FaultKnobs):
+    """Knobs of the Dify simulator; each is also `--knob-name` on the command line. The
+    fault knobs it shares with the other sandboxes are in `faults.FaultKnobs`."""
 
     api_key: str = field(default="dataset-sandbox", repr=False)  # the valid dataset API key
     step_seconds: float = 0.2  # seconds each indexing step lasts, before jitter
@@ -820,13 +822,22 @@ async def flask_page(request: Request, exc: Exception) -> Response:
     return html_page(NOT_FOUND_PAGE, exc.status_code)
 
 
+def fault_answer(status: int, retry_after: int | None) -> Response:
+    """Dify's error body for an injected fault; Retry-After only when it is given."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    if status == 429:
+        return error(429, "too_many_requests", TOO_MANY, headers)
+    return error(status, "internal_server_error", INTERNAL, headers)
+
+
 def create_app(config: DifySandboxConfig | None = None, clock: Clock | None = None) -> Starlette:
     """The simulator as an ASGI app; `config` stays live (PATCH /_sandbox/config changes it)."""
     config = config or DifySandboxConfig()
     clock = clock or Clock()
     stats = Stats()
     api = DifyApi(Indexer(config, clock))
-    return Starlette(
+    return SandboxApp(
+        Faults(config, stats, fault_answer),
         routes=[*api.routes(), *control_routes(config, clock, stats)],
         middleware=[Middleware(CountRequests, stats=stats)],
         exception_handlers={404: flask_page, 405: flask_page},

@@ -42,6 +42,7 @@ from receiver.sandbox.common import (
     control_routes,
     json_response,
 )
+from receiver.sandbox.faults import FaultKnobs, Faults, SandboxApp
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ OK, NOT_FOUND, FAILED = 0, 1, 2
 
 
 @dataclass
-class FirecrawlSandboxConfig:
-    """Knobs of the simulator; each is also `--knob-name` on the command line."""
+class FirecrawlSandboxConfig(FaultKnobs):
+    """Knobs of the simulator; each is also `--knob-name` on the command line. The fault
+    knobs it shares with the other sandboxes are in `faults.FaultKnobs`."""
 
     api_key: str = "fc-sandbox"  # the only bearer token accepted
     scrape_delay: float = 1.0  # seconds one page takes to scrape
@@ -561,6 +563,12 @@ def _error(message: str, status: int, with_success: bool = True) -> Response:
     return json_response(body, status)
 
 
+def _unexpected(status: int) -> Response:
+    """The real server's answer to an exception (500 UNKNOWN_ERROR)."""
+    message = f"{UNEXPECTED_MESSAGE} Your exception ID is {uuid.uuid4().hex}"
+    return json_response({"success": False, "code": "UNKNOWN_ERROR", "error": message}, status)
+
+
 def _int_param(request: Request, name: str) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or not raw.strip().isdigit():
@@ -690,10 +698,9 @@ class _FirecrawlSandbox:
             return _error("Unauthorized: Invalid token", 401)
         rate_429, rate_500 = self._fault_rates(request.method)
         if self._chance(rate_429):
-            return self._rate_limited()
+            return self._rate_limited(self.config.retry_after)
         if self._chance(rate_500):
-            message = f"{UNEXPECTED_MESSAGE} Your exception ID is {uuid.uuid4().hex}"
-            return json_response({"success": False, "code": "UNKNOWN_ERROR", "error": message}, 500)
+            return _unexpected(500)
         return None
 
     def _check_retry_after(self, request: Request) -> None:
@@ -703,16 +710,26 @@ class _FirecrawlSandbox:
             early = self.clock() < not_before
             self.stats.requests["retries too early" if early else "retries in time"] += 1
 
-    def _rate_limited(self) -> Response:
-        wait = self.config.retry_after
-        resets = formatdate(self.clock() + wait, usegmt=True)
+    def _rate_limited(self, wait: int | None) -> Response:
+        """Firecrawl's 429, its wait in the message (and in Retry-After, by the knob); with
+        `wait` None, as an injected fault may have it, nothing says when to retry."""
         message = (
             "Rate limit exceeded. Consumed (req/min): 101, Remaining (req/min): 0. Upgrade your "
-            "plan at https://firecrawl.dev/pricing for increased rate limits or please retry "
-            f"after {wait}s, resets at {resets}"
+            "plan at https://firecrawl.dev/pricing for increased rate limits"
         )
-        headers = {"Retry-After": str(wait)} if self.config.retry_after_header else None
+        headers = None
+        if wait is not None:
+            resets = formatdate(self.clock() + wait, usegmt=True)
+            message += f" or please retry after {wait}s, resets at {resets}"
+            if self.config.retry_after_header:
+                headers = {"Retry-After": str(wait)}
         return json_response({"success": False, "error": message}, 429, headers)
+
+    def error_answer(self, status: int, retry_after: int | None) -> Response:
+        """The answer of an injected fault (faults.Faults): a 429 or the 5xx body."""
+        if status == 429:
+            return self._rate_limited(retry_after)
+        return _unexpected(status)
 
     def route(self, path: str, method: str, handler: Handler, guarded: bool = True) -> Route:
         """A route whose every answer is counted in Stats, behind auth and fault injection."""
@@ -1021,7 +1038,8 @@ def create_app(
         sandbox.route("/_sandbox/batches/{id}/finish", "POST", sandbox.finish, guarded=False),
         *control_routes(sandbox.config, sandbox.clock, sandbox.stats),
     ]
-    app = Starlette(routes=routes, lifespan=sandbox.lifespan)
+    faults = Faults(sandbox.config, sandbox.stats, sandbox.error_answer)
+    app = SandboxApp(faults, routes=routes, lifespan=sandbox.lifespan)
     app.state.sandbox = sandbox
     return app
 

@@ -78,7 +78,9 @@ async def test_get_results_none_on_204_and_body_on_200() -> None:
         (httpx.Response(429, headers={"Retry-After": "7"}), RateLimited),
         (httpx.Response(500, text="oops"), Unavailable),
         (httpx.Response(503, text="oops"), Unavailable),
-        (httpx.Response(200, text="<html>"), Rejected),
+        (httpx.Response(200, text="<html>"), Unavailable),  # a proxy's page: retried
+        (httpx.Response(200, text='{"results": [{"con'), Unavailable),  # cut short: retried
+        (httpx.Response(200, text="ok"), Rejected),
     ],
 )
 async def test_errors_are_translated(response: httpx.Response, error: type[Exception]) -> None:
