@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,40 +15,27 @@ import redis as sync_redis
 from receiver.app import create_app
 from receiver.settings import Settings
 from receiver.tokens import PassthroughSigner
-from tests.sandbox.openapi_seeds import SEEDS_DIR
+from tests.data import DATA
 from tests.servers import RedisProcess, serve_app
 
-# The Decodo seed: its doc page on asynchronous requests, examples and all.
-DECODO_SEED = "002_86429b235c9c91fd.txt"
 KEYS = ("new-key", "old-key")
 
 
-@functools.cache
-def seed_example(after: str) -> dict[str, object]:
-    """The first JSON example of the Decodo seed after the first `after` in its text.
-
-    An example is a `{` at the start of a line, then its indented lines; the seed's callback
-    example lacks its closing brace, which is put back.
-    """
-    text = (SEEDS_DIR / DECODO_SEED).read_text(encoding="utf-8")
-    lines = text[text.index(after) :].splitlines()
-    block = lines[lines.index("{") :]
-    end = next((i for i, line in enumerate(block[1:], 1) if not line.startswith((" ", "}"))), None)
-    source = "\n".join(block[:end])
-    if not source.rstrip().endswith("}"):
-        source += "\n}"
-    example: dict[str, object] = orjson.loads(source)
+def load_example(name: str) -> dict[str, object]:
+    """An example body of the Decodo seed (its doc page on asynchronous requests), as kept in
+    tests/data in the seed's key order."""
+    example: dict[str, object] = orjson.loads((DATA / name).read_bytes())
     return example
 
 
 def seed_callback_body() -> dict[str, object]:
-    """The seed's example callback body, read from the seed text (not the sandbox's copy)."""
-    return dict(seed_example('"callback_url"'))
+    """The seed's example callback body, from its data file (not the sandbox's copy)."""
+    return load_example("decodo_callback_example.json")
 
 
 def seed_status_body() -> dict[str, object]:
     """The seed's first example answer of GET /v3/task/{task_id}."""
-    return dict(seed_example("/v3/task/{task_id}'"))
+    return load_example("decodo_status_example.json")
 
 
 # The seed's example callback body; tests add the passthrough note and their own task id.

@@ -1,4 +1,4 @@
-"""Real servers' request/response records (../shared/captures), replayed on httpx.MockTransport.
+"""Real servers' request/response records (tests/data/captures), replayed on httpx.MockTransport.
 
 A record is `{captured_at, request: {method, url, headers, body}, response: {status, headers,
 json | text}}`; response headers are `[[name, value], ...]` (Firecrawl) or a mapping (Dify).
@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 
-CAPTURES = Path(__file__).resolve().parents[2].parent / "shared" / "captures"
+from tests.data import DATA
+
+CAPTURES = DATA / "captures"
 
 Record = dict[str, Any]
 

@@ -1,36 +1,30 @@
-"""The OpenAPI documents inside the provider seed files, and response checks against them.
+"""The OpenAPI documents of the provider seeds, and response checks against them.
 
-A seed file is a provider doc page with the OpenAPI YAML in a ````yaml fence. The seeds live in
-`../shared/seeds` beside the repository (override with RECEIVER_SEEDS_DIR).
+A seed is a provider doc page with its OpenAPI YAML in a ````yaml fence; each fence is kept as a
+YAML file in tests/data (tests/data/README.md names the page it comes from).
 
 The Firecrawl seeds list fields without `required` and allow any other, so a body missing
 `status` would pass them: `firecrawl_contract()` requires what every answer a real server gave
-(shared/captures/firecrawl) holds, and no field the captures never show.
+(tests/data/captures/firecrawl) holds, and no field the captures never show.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
-SEEDS_DIR = Path(
-    os.environ.get("RECEIVER_SEEDS_DIR") or Path(__file__).resolve().parents[3] / "shared" / "seeds"
-)
+from tests.data import DATA
 
-# The body of the first ````yaml fence, up to the closing fence.
-_FENCE = re.compile(r"^````ya?ml[^\n]*\n(.*?)^````", re.DOTALL | re.MULTILINE)
-# Firecrawl's seeds: GET /v2/batch/scrape/{id} (000) and DELETE of it (001).
-FIRECRAWL_SEEDS = ("000_5898ca8d59c9e150.txt", "001_93b458315ba733fa.txt")
+# Firecrawl's seeds: GET /v2/batch/scrape/{id} (seed 000) and DELETE of it (seed 001).
+FIRECRAWL_SEEDS = ("firecrawl_batch_scrape_get.yaml", "firecrawl_batch_scrape_delete.yaml")
 
 
 @dataclass(frozen=True)
@@ -54,13 +48,9 @@ FIRECRAWL_OBSERVED: dict[tuple[str, str, int], Observed] = {
 
 
 @functools.cache
-def load_openapi(seed_name: str) -> dict[str, Any]:
-    """The OpenAPI document embedded in one seed file."""
-    text = (SEEDS_DIR / seed_name).read_text(encoding="utf-8")
-    match = _FENCE.search(text)
-    if match is None:
-        raise ValueError(f"{seed_name} holds no ````yaml fence")
-    document: dict[str, Any] = yaml.safe_load(match.group(1))
+def load_openapi(name: str) -> dict[str, Any]:
+    """The OpenAPI document of one seed, from its YAML file in tests/data."""
+    document: dict[str, Any] = yaml.safe_load((DATA / name).read_text(encoding="utf-8"))
     return document
 
 

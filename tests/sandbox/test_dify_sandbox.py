@@ -1,8 +1,9 @@
 """The Dify knowledge API sandbox, run on loopback and held to the seed and the captures.
 
 Every indexing-status answer goes through `check_indexing_status`: a 200 is validated against
-the seed's OpenAPI schema (shared/seeds/003_...txt), an error against Dify's error envelope,
-and error bodies are compared with what a real Dify 1.13.3 answered (shared/captures/dify).
+the seed's OpenAPI schema (tests/data/dify_indexing_status.yaml), an error against Dify's error
+envelope, and error bodies are compared with what a real Dify 1.13.3 answered
+(tests/data/captures/dify).
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from receiver.sandbox.common import Clock
 from receiver.sandbox.dify import DifySandboxConfig, create_app
+from tests.data import DATA
 from tests.servers import free_port, serve_app, wait_for_port
 
-SHARED = Path(__file__).parents[2] / ".." / "shared"
-SEED = SHARED / "seeds" / "003_390210a2ff3e81c7.txt"
-CAPTURES = SHARED / "captures" / "dify"
+SEED = DATA / "dify_indexing_status.yaml"  # the seed's ````yaml fence
+CAPTURES = DATA / "captures" / "dify"
 KEY = "dataset-sandbox"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 T0 = 1795357775.0  # the sandbox clock starts here (the captures' own time) and moves on demand
@@ -70,9 +71,8 @@ def format_checker() -> FormatChecker:
 
 
 def seed_operation() -> dict[str, Any]:
-    """The YAML inside the seed's ````yaml fence (its first line is the fence's label)."""
-    fenced = SEED.read_text(encoding="utf-8").split("````yaml", 1)[1].split("````", 1)[0]
-    operation: dict[str, Any] = yaml.safe_load(fenced.split("\n", 1)[1])
+    """The operation as the seed's doc page renders it (paths, response, components)."""
+    operation: dict[str, Any] = yaml.safe_load(SEED.read_text(encoding="utf-8"))
     return operation
 
 

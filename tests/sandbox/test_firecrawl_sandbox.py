@@ -22,9 +22,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver.sandbox.firecrawl import FirecrawlSandboxConfig, create_app, parse_arguments
+from tests.data import DATA
 from tests.sandbox.openapi_seeds import (
     FIRECRAWL_SEEDS,
-    SEEDS_DIR,
     OpenApiContract,
     firecrawl_contract,
     firecrawl_next_drift,
@@ -33,7 +33,7 @@ from tests.sandbox.openapi_seeds import (
 from tests.servers import serve_app
 
 CONTRACT = firecrawl_contract()  # the seeds, with what every capture requires
-CAPTURES = SEEDS_DIR.parent / "captures" / "firecrawl"
+CAPTURES = DATA / "captures" / "firecrawl"
 STATUS_PATH = re.compile(r"^/v2/batch/scrape/[^/]+$")
 AUTH = {"Authorization": "Bearer fc-sandbox"}
 SECRET = "whsec-test"
