@@ -24,7 +24,7 @@ import httpx
 import orjson
 import uvloop
 
-from receiver.providers.base import DEFAULT_TIMEOUT
+from receiver.providers.base import CONNECT_TIMEOUT
 from receiver.settings import Settings
 from receiver.wiring import open_http
 
@@ -67,10 +67,12 @@ async def poll(spec: PollSpec) -> int:
     dify_headers = {"Authorization": "Bearer dataset-sandbox", **accept}
     limits = httpx.Limits(max_connections=spec.pool, max_keepalive_connections=spec.pool)
     until = time.monotonic() + spec.seconds
+    settings = Settings()
     if spec.transport == "worker":  # the baseline: exactly the worker's HTTP client
-        client = open_http(Settings())
-    else:
-        client = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits)
+        client = open_http(settings)
+    else:  # httpx's own transport, with the worker's timeouts
+        timeout = httpx.Timeout(settings.provider_timeout, connect=CONNECT_TIMEOUT)
+        client = httpx.AsyncClient(timeout=timeout, limits=limits)
     async with client as http:
         loops = []
         for _ in range(spec.concurrency):

@@ -1,17 +1,20 @@
-"""Decodo callbacks to post: one prepared job, its task ids, and the seed's callback body."""
+"""Decodo callbacks to post: one prepared job, its task ids, and the seed's callback body;
+and finished tasks in the Decodo sandbox, for the worker to fetch."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import httpx
 import orjson
 from redis.asyncio import Redis
 
 from benchmarks.common import CALLBACK_PATH, SECRET_KEY, say
 from benchmarks.loadgen import LoadResult, Spec
-from receiver.sandbox.decodo import SEED_CALLBACK
+from receiver.sandbox.decodo import DEFAULT_AUTH, SEED_CALLBACK
 from receiver.store import Store, new_job_id
 from receiver.tokens import PassthroughSigner
 
@@ -19,6 +22,8 @@ from receiver.tokens import PassthroughSigner
 FIRST_TASK_ID = 7_100_000_000_000_000_000
 # Task ids recorded per RECORD_SUBMISSION script call.
 _CHUNK = 5000
+# Decodo's most items in one batch.
+_BATCH = 3000
 _PLACEHOLDER = "__TASK_ID__"
 
 
@@ -59,21 +64,44 @@ class PreparedJob:
 
 async def prepare_job(redis: Redis, tasks: int) -> PreparedJob:
     """Create the job in Redis with `tasks` pending task ids, as a submission would."""
-    store = Store(redis)
-    job_id = new_job_id()
     started = time.monotonic()
-    await store.create_job(job_id, "decodo", total=tasks, params={}, work="")
-    chunks = range(0, tasks, _CHUNK)
+    job_id = await record_job(Store(redis), [task_id(i) for i in range(tasks)])
+    say(f"prepared job {job_id} with {tasks} pending tasks in {time.monotonic() - started:.1f} s")
+    return PreparedJob(job_id, sign(job_id), tasks)
+
+
+def sign(job_id: str) -> str:
+    """The job's passthrough token, as the receiver's submission puts in its batch."""
+    return PassthroughSigner([SECRET_KEY], 48 * 3600.0).sign(job_id)
+
+
+async def record_job(store: Store, task_ids: Sequence[str]) -> str:
+    """A running Decodo job in Redis whose submission recorded these pending tasks; its id."""
+    job_id = new_job_id()
+    await store.create_job(job_id, "decodo", total=len(task_ids), params={}, work="")
+    chunks = range(0, len(task_ids), _CHUNK)
     for number, start in enumerate(chunks):
-        pairs = [
-            (task_id(i), "https://ip.decodo.com") for i in range(start, min(start + _CHUNK, tasks))
-        ]
+        pairs = [(task, "https://ip.decodo.com") for task in task_ids[start : start + _CHUNK]]
         await store.record_submission(
             job_id, number, pairs, last=number == len(chunks) - 1, reconcile_after=86400
         )
-    token = PassthroughSigner([SECRET_KEY], 48 * 3600.0).sign(job_id)
-    say(f"prepared job {job_id} with {tasks} pending tasks in {time.monotonic() - started:.1f} s")
-    return PreparedJob(job_id, token, tasks)
+    return job_id
+
+
+async def create_tasks(base_url: str, count: int) -> list[str]:
+    """Finished tasks in the Decodo sandbox (no callback_url, so it sends none); their ids."""
+    headers = {"Authorization": f"Basic {DEFAULT_AUTH}"}
+    ids: list[str] = []
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as http:
+        for start in range(0, count, _BATCH):
+            urls = [
+                f"https://ip.decodo.com/?n={i}" for i in range(start, min(start + _BATCH, count))
+            ]
+            response = await http.post("/v3/task/batch", json={"url": urls, "target": "universal"})
+            response.raise_for_status()
+            ids += [str(task["id"]) for task in response.json()["queries"]]
+    await asyncio.sleep(0.5)  # past the sandbox's completion delay: every task is done
+    return ids
 
 
 async def count_done(redis: Redis, job: PreparedJob) -> int:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,12 +77,17 @@ def revision() -> str:
     return described.stdout.strip()
 
 
-def arguments(description: str) -> argparse.Namespace:
-    """The command line of a benchmark (`--quick`); notes the revision it starts on."""
+def arguments(
+    description: str, options: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
+    """The command line of a benchmark (`--quick`, and what `options` adds); notes the
+    revision it starts on."""
     global _started_on
     _started_on = revision()
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    if options is not None:
+        options(parser)
     return parser.parse_args()
 
 
@@ -143,7 +148,7 @@ def child(
 ) -> Iterator[Child]:
     """A process for the block's duration; with `port`, only once something listens on it."""
     log = workdir / f"{name}.log"
-    with log.open("wb") as out:
+    with log.open("ab") as out:  # a child started again adds to its log
         process = subprocess.Popen(
             list(argv),
             env=child_env(env),
@@ -212,14 +217,18 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path, *, aof: bool) -> Iterator[RedisServer]:
-    """The embedded package's redis-server on a free port, its data under `workdir`."""
+def redis_server(
+    workdir: Path, *, aof: bool, fsync: str = "everysec", port: int | None = None
+) -> Iterator[RedisServer]:
+    """The embedded package's redis-server, its data under `workdir` (kept there, so a
+    server started again on the same `port` loads what the last one wrote); with `aof`, an
+    append-only file fsynced as `fsync` says (always, everysec)."""
     from receiver.embedded import redis_server_binary
 
     data = workdir / "redis"
-    data.mkdir()
-    port = free_port()
-    durability = ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else []
+    data.mkdir(exist_ok=True)
+    port = port or free_port()
+    durability = ["--appendonly", "yes", "--appendfsync", fsync] if aof else []
     argv = [
         redis_server_binary(),
         "--port",
@@ -234,6 +243,19 @@ def redis_server(workdir: Path, *, aof: bool) -> Iterator[RedisServer]:
     ]
     with child("redis", argv, workdir, port=port) as process:
         yield RedisServer(port, process)
+
+
+def filesystem(path: Path) -> str:
+    """The type and device of the filesystem holding `path` (from /proc/mounts), since
+    an fsync on tmpfs costs nothing."""
+    resolved, best = str(path.resolve()), ("", "?", "?")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            device, mount, kind = line.split()[:3]
+            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best[0]):
+                best = (mount, kind, device)
+    return f"{best[1]} ({best[2]} on {best[0]})"
 
 
 # -- receiver and sandboxes -------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 from redis.asyncio import Redis
 
+from benchmarks.callbacks import create_tasks, record_job
 from benchmarks.common import (
     PYTHON,
     Child,
@@ -38,42 +39,13 @@ from benchmarks.common import (
     workdir,
 )
 from receiver.sandbox.decodo import DEFAULT_AUTH
-from receiver.store import Store, new_job_id
+from receiver.store import Store
 
 RESULTS_LATENCY = 0.05  # seconds the sandbox takes to answer /results
 CONCURRENCY = 100  # the worker's default RECEIVER_FETCH_CONCURRENCY
-BATCH = 3000  # Decodo's most items in one batch
 CALLBACKS_PER_CALL = 500  # tasks marked done per script call
 POLL_EVERY = 0.05  # seconds between looks at the job's progress
 TIMEOUT = 600.0  # seconds the drain may take before the benchmark gives up
-
-
-async def create_tasks(base_url: str, count: int) -> list[str]:
-    """Finished tasks in the sandbox (no callback_url, so it sends none); their ids."""
-    headers = {"Authorization": f"Basic {DEFAULT_AUTH}"}
-    ids: list[str] = []
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as http:
-        for start in range(0, count, BATCH):
-            urls = [
-                f"https://ip.decodo.com/?n={i}" for i in range(start, min(start + BATCH, count))
-            ]
-            response = await http.post("/v3/task/batch", json={"url": urls, "target": "universal"})
-            response.raise_for_status()
-            ids += [str(task["id"]) for task in response.json()["queries"]]
-    await asyncio.sleep(0.5)  # past the sandbox's completion delay: every task is done
-    return ids
-
-
-async def record_job(store: Store, task_ids: list[str]) -> str:
-    job_id = new_job_id()
-    await store.create_job(job_id, "decodo", total=len(task_ids), params={}, work="")
-    chunks = range(0, len(task_ids), BATCH)
-    for number, start in enumerate(chunks):
-        pairs = [(t, "https://ip.decodo.com") for t in task_ids[start : start + BATCH]]
-        await store.record_submission(
-            job_id, number, pairs, last=number == len(chunks) - 1, reconcile_after=86400
-        )
-    return job_id
 
 
 async def wait_for_heartbeat(store: Store, worker: Child) -> None:

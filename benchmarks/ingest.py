@@ -1,29 +1,37 @@
 """Ingest: validly signed Decodo callbacks posted at full speed to one `receiver web` process.
 
-Against a real redis-server with AOF (fsync every second), with no worker running. The
-baseline is a bare Starlette endpoint under the same uvicorn settings (benchmarks/bare.py).
-Rounds alternate bare, receiver, bare, receiver, ...; each receiver round posts task ids never
-posted before. Then the acknowledgement latency at a fixed offered rate (open loop), and the
-check that every callback answered 202 is recorded `done` in Redis.
+Once per durability level (RECEIVER_DURABILITY), each against its own real redis-server:
+`fsync` (the default) with `appendonly yes` and `appendfsync always`, so every write is on
+disk before Redis answers; `none` with `appendonly no`. No worker runs. Redis keeps its data
+in the benchmark's temporary directory; the output names its filesystem (an fsync on tmpfs
+costs nothing). The baseline is a bare Starlette endpoint under the same uvicorn settings
+(benchmarks/bare.py), measured against each level in turn: rounds alternate bare, receiver,
+bare, receiver, ...; each receiver round posts task ids never posted before. Then the
+acknowledgement latency at a fixed offered rate (open loop), and the check that every
+callback answered 202 is recorded `done` in Redis.
 
-    python -m benchmarks.ingest [--quick]
+    python -m benchmarks.ingest [--quick] [--durability fsync,none]
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
 from redis.asyncio import Redis
 
 from benchmarks.callbacks import PreparedJob, count_done, count_missing, prepare_job
 from benchmarks.common import (
+    HOST,
     PYTHON,
     Child,
     arguments,
     child,
     cpu_seconds,
     emit,
+    filesystem,
     free_port,
     median,
     receiver_env,
@@ -56,10 +64,13 @@ class Sizes:
 # round ends by time, not by running out of task ids.
 FULL = Sizes(3, 5.0, 150_000, 300_000, 3000, 2000.0, 5.0)
 QUICK = Sizes(3, 1.0, 30_000, 60_000, 1000, 2000.0, 1.0)
+# The persistence of each level's redis-server: whether it keeps an AOF, and how it fsyncs.
+LEVELS: dict[str, tuple[bool, str]] = {"fsync": (True, "always"), "none": (False, "")}
 
 
 @dataclass(frozen=True)
 class Round:
+    level: str  # the durability level of the receiver measured against
     target: str  # bare | receiver
     rps: float
     answered: int
@@ -71,11 +82,25 @@ class Round:
 
 @dataclass
 class Servers:
+    level: str
     bare: Child
     bare_port: int
     receiver: Child
     receiver_port: int
     redis: Child
+
+
+@dataclass
+class Measured:
+    """One level's figures: its rounds, every load posted, the latency load, and counts."""
+
+    level: str
+    in_force: str  # the level the receiver says it runs at (/readyz)
+    rounds: list[Round]
+    loads: list[LoadResult]
+    latency: LoadResult
+    done: int
+    missing: int
 
 
 def bare_spec(job: PreparedJob, port: int, count: int, sizes: Sizes, duration: float) -> Spec:
@@ -118,13 +143,14 @@ def throughput_rounds(
             if target == "receiver":
                 loads.append(result)
             say(
-                f"round {number + 1} {target:8}: {result.rps:8.0f} answers/s  "
+                f"{servers.level:5} round {number + 1} {target:8}: {result.rps:8.0f} answers/s  "
                 f"({result.answered} in {result.elapsed:.2f} s, statuses {result.statuses}; "
                 f"cpu: server {server_pct}%, redis {redis_pct}%, load generator "
                 f"{result.cpu_pct}%; latency p50 {result.latency_ms.get('p50')} ms)"
             )
             rounds.append(
                 Round(
+                    servers.level,
                     target,
                     result.rps,
                     result.answered,
@@ -157,7 +183,8 @@ def latency_run(servers: Servers, job: PreparedJob, sizes: Sizes) -> LoadResult:
     )
     result, server_pct, redis_pct = round_on(servers, "receiver", spec)
     say(
-        f"latency at {sizes.latency_rate:.0f}/s offered for {sizes.latency_seconds:g} s: "
+        f"{servers.level:5} latency at {sizes.latency_rate:.0f}/s offered for "
+        f"{sizes.latency_seconds:g} s: "
         f"{result.answered} answered, statuses {result.statuses}, latency {result.latency_ms} "
         f"(client's own send lag {result.lag_ms}); cpu: receiver {server_pct}%, "
         f"redis {redis_pct}%"
@@ -165,24 +192,35 @@ def latency_run(servers: Servers, job: PreparedJob, sizes: Sizes) -> LoadResult:
     return result
 
 
-async def measure(directory: Path, sizes: Sizes) -> dict[str, object]:
-    with redis_server(directory, aof=True) as redis_process:
+async def measure(directory: Path, sizes: Sizes, levels: list[str]) -> dict[str, object]:
+    say(f"redis data on {filesystem(directory)}")
+    bare_port = free_port()
+    bare_argv = [PYTHON, "-m", "benchmarks.bare", "--port", str(bare_port)]
+    with child("bare", bare_argv, directory, port=bare_port) as bare:
+        measured = [
+            await measure_level(directory / level, level, bare, bare_port, sizes)
+            for level in levels
+        ]
+    return summarize(sizes, measured, filesystem(directory))
+
+
+async def measure_level(
+    directory: Path, level: str, bare: Child, bare_port: int, sizes: Sizes
+) -> Measured:
+    """One receiver on its own Redis, at one durability level, against the bare app."""
+    directory.mkdir()
+    aof, fsync = LEVELS[level]
+    with redis_server(directory, aof=aof, fsync=fsync) as redis_process:
         redis = Redis.from_url(redis_process.url)
         try:
             job = await prepare_job(redis, sizes.tasks)
-            bare_port, receiver_port = free_port(), free_port()
-            env = receiver_env(redis_process.url, receiver_port)
-            with (
-                child(
-                    "bare", [PYTHON, "-m", "benchmarks.bare", "--port", str(bare_port)],
-                    directory, port=bare_port,
-                ) as bare,
-                child(
-                    "receiver-web", [PYTHON, "-m", "receiver", "web"],
-                    directory, env=env, port=receiver_port,
-                ) as web,
-            ):  # fmt: skip
-                servers = Servers(bare, bare_port, web, receiver_port, redis_process.child)
+            port = free_port()
+            env = receiver_env(redis_process.url, port, RECEIVER_DURABILITY=level)
+            argv = [PYTHON, "-m", "receiver", "web"]
+            with child("receiver-web", argv, directory, env=env, port=port) as web:
+                in_force = durability_in_force(port)
+                say(f"{level}: the receiver runs at durability {in_force!r}")
+                servers = Servers(level, bare, bare_port, web, port, redis_process.child)
                 loads = [warm_up(servers, job, sizes)]
                 rounds, measured = throughput_rounds(servers, job, sizes)
                 latency = latency_run(servers, job, sizes)
@@ -191,62 +229,82 @@ async def measure(directory: Path, sizes: Sizes) -> dict[str, object]:
             missing = await count_missing(redis, job, loads)
         finally:
             await redis.aclose()
-    return summarize(sizes, rounds, loads, latency, done, missing)
+    say(f"{level}: {sum(load.accepted for load in loads)} acknowledged, {done} `done` in Redis")
+    return Measured(level, in_force, rounds, loads, latency, done, missing)
 
 
-def summarize(
-    sizes: Sizes,
-    rounds: list[Round],
-    loads: list[LoadResult],
-    latency: LoadResult,
-    done: int,
-    missing: int,
-) -> dict[str, object]:
-    bare = [r.rps for r in rounds if r.target == "bare"]
-    receiver = [r.rps for r in rounds if r.target == "receiver"]
-    bare_rps, receiver_rps = median(bare), median(receiver)
-    acknowledged = sum(load.accepted for load in loads)
-    say(f"{acknowledged} callbacks acknowledged with 202; {done} tasks `done` in Redis")
+def durability_in_force(port: int) -> str:
+    """The level /readyz names (it answers 503 without a worker, and names it still)."""
+    answer = httpx.get(f"http://{HOST}:{port}/readyz", timeout=10)
+    return str(answer.json().get("durability", "?"))
+
+
+def summarize(sizes: Sizes, measured: list[Measured], redis_fs: str) -> dict[str, object]:
+    result: dict[str, object] = {"benchmark": "ingest", "redis_filesystem": redis_fs}
+    for one in measured:
+        result.update({f"{name}_{one.level}": value for name, value in figures(one).items()})
     return {
-        "benchmark": "ingest",
+        **result,
+        "latency_offered_rps": sizes.latency_rate,
+        "connections": sizes.connections,
+        "round_seconds": sizes.seconds,
+        "rounds": [asdict(r) for one in measured for r in one.rounds],
+    }
+
+
+def figures(one: Measured) -> dict[str, object]:
+    """One level's figures, named without the level."""
+    bare = [r for r in one.rounds if r.target == "bare"]
+    receiver = [r for r in one.rounds if r.target == "receiver"]
+    bare_rps, receiver_rps = median([r.rps for r in bare]), median([r.rps for r in receiver])
+    latency = one.latency
+    return {
+        "in_force": one.in_force,
         "receiver_rps": round(receiver_rps, 1),
         "bare_rps": round(bare_rps, 1),
         "ratio": round(receiver_rps / bare_rps, 3),
         "p50_ms_at_2000": latency.latency_ms.get("p50"),
         "p99_ms_at_2000": latency.latency_ms.get("p99"),
-        "acknowledged": acknowledged,
-        "missing": missing,
-        "done_in_redis": done,
-        "latency_offered_rps": sizes.latency_rate,
-        "latency_answered": latency.answered,
         "latency_max_ms": latency.latency_ms.get("max"),
+        "latency_answered": latency.answered,
         "client_lag_p99_ms": latency.lag_ms.get("p99"),
-        "receiver_cpu_us_per_callback": median(
-            [r.server_cpu_us_per_answer for r in rounds if r.target == "receiver"]
-        ),
-        "bare_cpu_us_per_request": median(
-            [r.server_cpu_us_per_answer for r in rounds if r.target == "bare"]
-        ),
-        "connections": sizes.connections,
-        "round_seconds": sizes.seconds,
-        "rounds": [asdict(r) for r in rounds],
+        "acknowledged": sum(load.accepted for load in one.loads),
+        "missing": one.missing,
+        "done_in_redis": one.done,
+        "receiver_cpu_us_per_callback": median([r.server_cpu_us_per_answer for r in receiver]),
+        "bare_cpu_us_per_request": median([r.server_cpu_us_per_answer for r in bare]),
+        "redis_cpu_pct": median([r.redis_cpu_pct for r in receiver]),
     }
 
 
-async def main_async(quick: bool) -> dict[str, object]:
+async def main_async(quick: bool, levels: list[str]) -> dict[str, object]:
     sizes = QUICK if quick else FULL
     say(
-        f"ingest: {sizes.rounds}+{sizes.rounds} alternating {sizes.seconds:g} s rounds, "
-        f"{sizes.connections} keep-alive connections; then {sizes.latency_rate:.0f}/s offered "
-        f"for {sizes.latency_seconds:g} s"
+        f"ingest at durability {', '.join(levels)}: {sizes.rounds}+{sizes.rounds} alternating "
+        f"{sizes.seconds:g} s rounds each, {sizes.connections} keep-alive connections; then "
+        f"{sizes.latency_rate:.0f}/s offered for {sizes.latency_seconds:g} s"
     )
     with workdir("ingest") as directory:
-        return await measure(directory, sizes)
+        return await measure(directory, sizes, levels)
+
+
+def durability_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--durability",
+        default=",".join(LEVELS),
+        help=f"comma-separated levels to measure, of {', '.join(LEVELS)} (default: all)",
+    )
 
 
 def main() -> None:
-    args = arguments("Decodo callback ingest: receiver web vs a bare Starlette endpoint")
-    emit(run(main_async(args.quick)))
+    args = arguments(
+        "Decodo callback ingest: receiver web vs a bare Starlette endpoint", durability_option
+    )
+    levels = [level.strip() for level in args.durability.split(",") if level.strip()]
+    unknown = sorted(set(levels) - set(LEVELS))
+    if unknown or not levels:
+        raise SystemExit(f"--durability: unknown levels {unknown}; choose among {list(LEVELS)}")
+    emit(run(main_async(args.quick, levels)))
 
 
 if __name__ == "__main__":
