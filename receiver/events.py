@@ -28,7 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from receiver.backoff import backoff
 from receiver.keys import Keys
-from receiver.outages import outage_reason
+from receiver.outages import outage_reason, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -176,6 +176,7 @@ class _Retries:
             try:
                 result = await attempt()
             except RedisError as exc:
+                raise_if_cancelling()
                 await asyncio.sleep(self.failed(exc))
             else:
                 self.recovered()

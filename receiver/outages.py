@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +34,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from receiver.backoff import backoff
 from receiver.errors import ReceiverError
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,18 @@ CRASH_WINDOW = 60.0
 
 class Fatal(ReceiverError):
     """A fault no retry mends; the process logs it and exits non-zero."""
+
+
+def raise_if_cancelling() -> None:
+    """Raise CancelledError if the current task is being cancelled.
+
+    A cancellation that lands while redis-py (or `asyncio.timeout`) is timing a read can
+    come out as a timeout or a connection error: the CancelledError is gone, and a loop
+    that retries would never end. Every handler that retries calls this first.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def outage_reason(exc: BaseException) -> str | None:
@@ -127,13 +139,6 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def backoff(attempt: int, base: float = RESTART_BASE, cap: float = RESTART_CAP) -> float:
-    """Seconds to wait before try `attempt` (1, 2, ...): exponential, capped, full jitter
-    in its upper half so that restarted processes do not come back in step."""
-    ceiling: float = min(cap, base * 2.0 ** max(0, attempt - 1))
-    return ceiling / 2 + random.random() * ceiling / 2
-
-
 Loop = Callable[[], Awaitable[None]]
 # What a loop's owner does about an error before the loop starts again (e.g. recreate a
 # consumer group Redis lost); True when it was handled and the loop may restart at once.
@@ -164,6 +169,7 @@ async def supervise(
         except AuthenticationError as exc:
             raise Fatal(f"redis refused our credentials: {_brief(exc)}") from None
         except Exception as exc:
+            raise_if_cancelling()
             if repair is not None and await _repaired(repair, exc):
                 attempt = 0
                 continue
@@ -180,7 +186,7 @@ async def supervise(
                     raise Fatal(
                         f"the {name} loop crashed {len(crashes)} times in {CRASH_WINDOW:g} s"
                     ) from exc
-            await sleep(backoff(attempt))
+            await sleep(backoff(attempt - 1, RESTART_BASE, RESTART_CAP))
 
 
 async def _repaired(repair: Repair, exc: BaseException) -> bool:

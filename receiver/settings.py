@@ -50,6 +50,9 @@ class Settings:
     provider_retention: float = 24 * 3600.0
     # Seconds we keep fetched results in Redis.
     results_ttl: float = 7 * 24 * 3600.0
+    # Seconds one provider request may take; short, so a hanging provider is retried, not
+    # waited on.
+    provider_timeout: float = 30.0
     # Concurrent results fetches per worker process.
     fetch_concurrency: int = 100
     # Seconds a work entry may stay unacknowledged before another worker reclaims it.
@@ -133,6 +136,9 @@ class Settings:
                 env, "RECEIVER_PROVIDER_RETENTION", base.provider_retention, float
             ),
             results_ttl=_number(env, "RECEIVER_RESULTS_TTL", base.results_ttl, float),
+            provider_timeout=_number(
+                env, "RECEIVER_PROVIDER_TIMEOUT", base.provider_timeout, float
+            ),
             fetch_concurrency=_number(
                 env, "RECEIVER_FETCH_CONCURRENCY", base.fetch_concurrency, int
             ),

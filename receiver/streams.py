@@ -27,6 +27,7 @@ from receiver.api import public_job
 from receiver.backoff import backoff
 from receiver.errors import InvalidRequest, UnknownJob
 from receiver.events import RETRY_BASE, RETRY_CAP, Event, last_event_id, read_events
+from receiver.outages import raise_if_cancelling
 from receiver.store import JobStatus
 from receiver.web import Services
 
@@ -120,9 +121,11 @@ class _Reader:
             async with asyncio.timeout(until - now + _OVERRUN):
                 events = await read_events(redis, keys, self.cursor, block_ms)
         except TimeoutError:  # ours: Redis did not answer by the heartbeat
+            raise_if_cancelling()
             self._failed(RedisTimeoutError("no answer by the heartbeat"))
             return None
         except RedisError as exc:
+            raise_if_cancelling()
             self._failed(exc)
             return None
         self.failures = 0

@@ -13,7 +13,7 @@ from receiver.jobs.firecrawl import FirecrawlJobs
 from receiver.keys import Keys
 from receiver.outages import Outages
 from receiver.polling import Poller
-from receiver.providers.base import DEFAULT_TIMEOUT
+from receiver.providers.base import CONNECT_TIMEOUT
 from receiver.providers.decodo import DecodoClient
 from receiver.providers.dify import DifyClient
 from receiver.providers.firecrawl import FirecrawlClient
@@ -54,7 +54,8 @@ def open_http(settings: Settings) -> httpx.AsyncClient:
     connections = settings.fetch_concurrency + settings.poll_concurrency * 2 + 20
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     transport = AiohttpTransport(limits=limits, trust_env=False)
-    return httpx.AsyncClient(transport=transport, timeout=DEFAULT_TIMEOUT, follow_redirects=False)
+    timeout = httpx.Timeout(settings.provider_timeout, connect=CONNECT_TIMEOUT)
+    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
 
 
 def open_store(settings: Settings, redis: Redis) -> Store:

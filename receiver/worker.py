@@ -20,16 +20,19 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
+from receiver.backoff import backoff
 from receiver.batching import Batcher
 from receiver.dispatch import Dispatcher, UnknownWork
 from receiver.keys import DUE_LEASE, WORK_GROUP
-from receiver.outages import Outages, backoff, supervise
+from receiver.outages import Outages, raise_if_cancelling, supervise
 from receiver.store import Store
 
 log = logging.getLogger(__name__)
 
 # Seconds (at most) before work interrupted by a Redis outage is tried again.
 RETRY_AFTER_OUTAGE = 5.0
+# Seconds a stopping worker waits for its loops and steps to end.
+STOP_WAIT = 5.0
 # Seconds an entry of our own must have been idle before _reclaim takes it up again: its
 # step ended and its acknowledgement failed (entries at work are renewed, and known).
 OWN_UNFINISHED_IDLE = 5.0
@@ -89,12 +92,8 @@ class Worker:
             for task in done:
                 task.result()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for task in list(self._inflight):
-                task.cancel()
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+            await _stop(tasks)
+            await _stop(list(self._inflight))
             await self._withdraw()
 
     async def _repair(self, exc: BaseException) -> bool:
@@ -283,8 +282,9 @@ class Worker:
             log.error("unknown work dropped", extra={"work": member})
             return None
         except Exception as exc:
+            raise_if_cancelling()
             if self.outages.failed(exc):  # counted and logged once for the whole outage
-                return time.time() + backoff(3, cap=RETRY_AFTER_OUTAGE)
+                return time.time() + backoff(2, 1.0, RETRY_AFTER_OUTAGE)
             # A bug: try again later rather than lose the work.
             log.exception("work failed; retrying in 30 s", extra={"work": member})
             return time.time() + 30.0
@@ -316,6 +316,18 @@ class Acknowledger(Batcher[Done, None]):
             pipe.xdel(keys.work, *ids)
             await pipe.execute()
         return [None] * len(batch)
+
+
+async def _stop(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel tasks and wait for them, but never longer than STOP_WAIT seconds: a stop
+    must end even if a library swallowed a cancellation (the rest is left to the loop's
+    end); whatever they held unfinished is reclaimed or comes due again in Redis."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        _, left = await asyncio.wait(tasks, timeout=STOP_WAIT)
+        if left:
+            log.warning("tasks did not stop in time", extra={"tasks": len(left)})
 
 
 def _text(value: Any) -> str:

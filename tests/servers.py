@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import os
 import random
 import shutil
@@ -100,8 +102,23 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 
 class ThreadedServer(uvicorn.Server):
+    loop: asyncio.AbstractEventLoop | None = None
+
     def install_signal_handlers(self) -> None:  # the test thread is not the main thread
         pass
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def pending(self) -> str:
+        """The tasks still running on its loop, with their stacks: why it did not stop."""
+        if self.loop is None:
+            return ""
+        out = io.StringIO()
+        for task in asyncio.all_tasks(self.loop):
+            task.print_stack(file=out)
+        return out.getvalue()
 
 
 @contextlib.contextmanager
@@ -109,8 +126,16 @@ def serve_app(app: Any, port: int | None = None) -> Iterator[str]:
     """Run an ASGI app under a real uvicorn on loopback; yield its base URL."""
     port = port or free_port()
     # The asyncio loop: uvloop's close() can fail with EBUSY in a thread at test teardown.
+    # A bound on the graceful shutdown, as `receiver web` has: an open event stream never
+    # ends by itself, and would keep the server (and a worker beside it) running.
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        loop="asyncio",
+        timeout_graceful_shutdown=2,
     )
     server = ThreadedServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -124,7 +149,9 @@ def serve_app(app: Any, port: int | None = None) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        thread.join(10)
+        thread.join(30)
+        # A server left running would serve (and its worker write) into later tests.
+        assert not thread.is_alive(), f"uvicorn did not shut down:\n{server.pending()}"
 
 
 def child_env(**overrides: str) -> dict[str, str]:

@@ -153,7 +153,12 @@ def test_healthz_lives_and_readyz_wants_a_worker_heartbeat(receiver: Receiver) -
     assert httpx.get(f"{receiver.url}/healthz", timeout=10).json() == {"status": "ok"}
     not_ready = httpx.get(f"{receiver.url}/readyz", timeout=10)
     assert not_ready.status_code == 503
-    assert not_ready.json() == {"ready": False, "reason": "no worker heartbeat"}
+    assert not_ready.json() == {
+        "ready": False,
+        "missing": "worker",
+        "reason": "no worker heartbeat in the last 15 s",
+        "durability": "none",  # Settings built directly: nothing resolved a level
+    }
     receiver.redis.zadd("receiver:workers", {"w1": time.time()})
     ready = httpx.get(f"{receiver.url}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["workers"] == 1

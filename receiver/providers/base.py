@@ -22,8 +22,9 @@ from receiver.errors import (
     Unavailable,
 )
 
-# Seconds for one provider request; short, so a hanging provider is retried, not waited on.
-DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+# Seconds to connect to a provider; the whole request's bound is RECEIVER_PROVIDER_TIMEOUT,
+# set on the process's one HTTP client (receiver.wiring.open_http).
+CONNECT_TIMEOUT = 5.0
 
 _RETRY_IN_MESSAGE = re.compile(r"retry after (\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 
@@ -70,7 +71,6 @@ class ProviderClient:
                 content=content,
                 params=params,
                 headers=headers,
-                timeout=DEFAULT_TIMEOUT,
             )
         except httpx.TimeoutException as exc:
             raise Unavailable(f"{self.name} timed out: {type(exc).__name__}") from None

@@ -18,7 +18,6 @@ import httpx
 import orjson
 import pytest
 
-from receiver.providers import base
 from receiver.sandbox.decodo import DecodoSandboxConfig
 from receiver.sandbox.dify import DifySandboxConfig, create_app
 from receiver.sandbox.faults import FaultKnobs
@@ -72,12 +71,10 @@ OUTAGE_CAP = 1.0
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_a_burst_of_faults_on_every_path_still_completes_every_job(
-    redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch, fault: str
+    redis_process: RedisProcess, fault: str
 ) -> None:
     knobs, burst = FAULTS[fault]
-    if fault == "slow":  # no setting for it yet: the receiver runs in this process
-        monkeypatch.setattr(base, "DEFAULT_TIMEOUT", httpx.Timeout(CLIENT_TIMEOUT))
-    with faulty_deployment(redis_process) as d:
+    with faulty_deployment(redis_process, provider_timeout=CLIENT_TIMEOUT) as d:
         inject(d, inject_burst=burst, **knobs)
         jobs = start_jobs(d, decodo=2, firecrawl=5, dify=5)
         ended = wait_all(d, jobs)
