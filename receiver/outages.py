@@ -106,6 +106,7 @@ class Outages:
         self.clock = clock
         self.reason: str | None = None  # why Redis is unavailable; None while it answers
         self.since = 0.0  # when the current outage began (clock time)
+        self._ended = asyncio.Event()  # set when an outage ends, for `wait_for_end`
         REDIS_UP.set(1)
 
     @property
@@ -131,6 +132,17 @@ class Outages:
             self.reason = None
             REDIS_UP.set(1)
             log.info("redis is back", extra={"outage_seconds": seconds})
+            self._ended.set()
+
+    async def wait_for_end(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for an outage to end; True if one did since the
+        last call that returned True (one caller: the worker's reclaim loop)."""
+        try:
+            await asyncio.wait_for(self._ended.wait(), timeout)
+        except TimeoutError:
+            return False
+        self._ended.clear()
+        return True
 
 
 def _brief(exc: BaseException) -> str:

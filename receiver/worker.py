@@ -159,10 +159,13 @@ class Worker:
                     self._start_entry(entry_id, fields)
 
     async def _reclaim(self) -> None:
-        """Take over entries another worker read but never acknowledged (it died)."""
+        """Take over entries another worker read but never acknowledged (it died), and
+        our own whose acknowledgement failed: every claim_idle / 2, and soon after an
+        outage ends (once those have been idle OWN_UNFINISHED_IDLE)."""
         redis, keys = self.store.redis, self.store.keys
         while True:
-            await asyncio.sleep(max(self.claim_idle / 2, 0.05))
+            if await self.outages.wait_for_end(max(self.claim_idle / 2, 0.05)):
+                await asyncio.sleep(OWN_UNFINISHED_IDLE)
             room = await self._wait_for_room()
             reply: Any = await redis.xautoclaim(
                 keys.work, WORK_GROUP, self.name, int(self.claim_idle * 1000), "0-0", count=room

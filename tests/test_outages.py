@@ -181,3 +181,13 @@ async def test_supervise_ends_when_cancelled_even_if_the_cancel_came_out_as_a_re
     if not done:
         task.cancel()
     assert done and task.cancelled() and converted == [True]
+
+
+@pytest.mark.anyio
+async def test_wait_for_end_wakes_once_per_ended_outage() -> None:
+    outages = Outages()
+    assert not await outages.wait_for_end(0.01)
+    outages.failed(RedisConnectionError("Connection refused"))
+    outages.recovered()  # ended before anyone waited: still seen
+    assert await outages.wait_for_end(0.01)
+    assert not await outages.wait_for_end(0.01)  # seen once
