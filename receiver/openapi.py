@@ -9,6 +9,7 @@ from receiver import __version__
 from receiver.api import MAX_JOB_BODY, PROVIDERS
 from receiver.jobs.decodo import MAX_ITEMS
 from receiver.jobs.firecrawl import MAX_URLS, OPTIONS
+from receiver.settings import DURABILITY_LEVELS
 from receiver.store import JobStatus
 
 Schema = dict[str, Any]
@@ -237,7 +238,9 @@ def _service_paths() -> dict[str, Any]:
             )
         },
         "/readyz": {
-            "get": _operation("service", "readyz", "Redis answers and a worker beats.", readiness)
+            "get": _operation(
+                "service", "readyz", "Redis answers and has room, and a worker beats.", readiness
+            )
         },
         "/metrics": {"get": _operation("service", "metrics", "Prometheus metrics.", {"200": text})},
         "/openapi.json": {
@@ -612,11 +615,21 @@ def _answer_schemas() -> dict[str, Schema]:
             {"error": {"type": "string"}, "message": {"type": "string"}}, ["error", "message"]
         ),
         "Ready": _object(
-            {"ready": {"const": True}, "workers": {"type": "integer", "minimum": 1}},
-            ["ready", "workers"],
+            {
+                "ready": {"const": True},
+                "workers": {"type": "integer", "minimum": 1},
+                "durability": _enum(DURABILITY_LEVELS),
+            },
+            ["ready", "workers", "durability"],
         ),
         "NotReady": _object(
-            {"ready": {"const": False}, "reason": {"type": "string"}}, ["ready", "reason"]
+            {
+                "ready": {"const": False},
+                "missing": _enum(("redis", "worker")),
+                "reason": {"type": "string"},
+                "durability": _enum(DURABILITY_LEVELS),
+            },
+            ["ready", "missing", "reason", "durability"],
         ),
         "OpenAPI": _object(
             {"openapi": {"type": "string"}}, ["openapi", "info", "paths"], additionalProperties=True
