@@ -175,12 +175,22 @@ def test_firecrawl_5xx_is_retried(redis_process: RedisProcess) -> None:
         assert d.stats(d.firecrawl).get("GET /v2/batch/scrape/{id} 500", 0) > 0
 
 
-def test_firecrawl_next_on_another_origin_is_refused(redis_process: RedisProcess) -> None:
-    firecrawl = {"next_base_url": "http://127.0.0.2:9", "page_size": 2, "scrape_delay": 0.01}
+@pytest.mark.parametrize("next_base", ["http://127.0.0.2:9", "https://{host}"])
+def test_firecrawl_next_naming_another_origin_is_read_from_ours(
+    redis_process: RedisProcess, next_base: str
+) -> None:
+    """A `next` on another host, or with `https://` on the server's own plain-HTTP port (a
+    self-hosted server run without ENV=local), is read from the configured origin."""
+    firecrawl = {"next_base_url": next_base, "page_size": 2, "scrape_delay": 0.01}
     with polled_deployment(redis_process, firecrawl=firecrawl) as d:
+        if "{host}" in next_base:
+            host = d.firecrawl.removeprefix("http://")
+            d.configure_firecrawl(next_base_url=next_base.format(host=host))
         job = d.wait(d.create({"provider": "firecrawl", "urls": urls(5)}))
-        assert job["status"] == "failed"
-        assert job["error"].startswith("foreign_next_url")
+        assert job["status"] == "completed", job
+        assert job["documents"] == 5
+        pages = d.stats(d.firecrawl).get("GET /v2/batch/scrape/{id} 200", 0)
+        assert pages >= 3  # the first answer, then the next pages (2 documents each)
 
 
 def test_firecrawl_stalled_batch_fails_stalled(redis_process: RedisProcess) -> None:

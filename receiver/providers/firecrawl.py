@@ -9,6 +9,7 @@ What a real (self-hosted, Aug 2025) server does, and this client allows for:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # Batch statuses after which nothing changes but late documents (SDK: completed, failed, cancelled).
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
+# The path of a batch's status (v2, or v1 on older self-hosted servers): all a `next` may name.
+_STATUS_PATH = re.compile(r"/v[12]/batch/scrape/[A-Za-z0-9-]{1,64}")
 # Zod issues quoted in a 400's message; the full body stays on the exception.
 _DETAILS_QUOTED = 5
 
@@ -98,7 +101,8 @@ class FirecrawlClient(ProviderClient):
         """Every document of a terminal batch: `first`'s, then its `next` pages', deduplicated.
 
         Stops when `next` is absent, when a page adds nothing new (servers that ignore
-        `skip` repeat everything) or after `total` pages; refuses a `next` off our origin.
+        `skip` repeat everything) or after `total` pages. A `next` is followed on our own
+        origin whatever host it names (see `on_our_origin`).
         `turn` is awaited before each `next` request: the caller's request-rate limit.
         """
         if not first.terminal:
@@ -110,9 +114,7 @@ class FirecrawlClient(ProviderClient):
             if pages >= max(1, first.total):
                 log.warning("firecrawl pages capped", extra={"pages": pages, "total": first.total})
                 break
-            if not self.same_origin(url):
-                host = httpx.URL(url).host
-                raise Rejected(f"firecrawl next URL on {host}", reason="foreign_next_url")
+            url = self.on_our_origin(url)
             if turn is not None:
                 await turn()
             page = await self._get_status(url)
@@ -132,6 +134,28 @@ class FirecrawlClient(ProviderClient):
                 "firecrawl cancel answered no status", body=response.text, reason="bad_answer"
             )
         return status
+
+    def on_our_origin(self, next_url: str) -> str:
+        """A `next` URL's path and query on the configured origin, never the host it names:
+        a self-hosted server without ENV=local writes `https://` on its own plain-HTTP
+        port, and a `next` is no way to send our key anywhere. Only a batch status path is
+        followed; anything else is refused, saying what differs."""
+        try:
+            given = httpx.URL(next_url)
+        except (httpx.InvalidURL, ValueError):
+            raise Rejected("firecrawl next URL is not a URL", reason="foreign_next_url") from None
+        path = given.raw_path.split(b"?", 1)[0].decode("ascii", "replace")
+        prefix = httpx.URL(self.base_url).path.rstrip("/")
+        if prefix and not path.startswith(prefix + "/"):
+            path = prefix + path  # a server behind a proxy's path prefix writes it without
+        if not _STATUS_PATH.fullmatch(path[len(prefix) :]):
+            raise Rejected(
+                f"firecrawl next URL path {path[:200]!r} is not a batch status path "
+                f"({prefix}/v2/batch/scrape/<id>)",
+                reason="foreign_next_url",
+            )
+        query = given.query.decode("ascii", "replace")
+        return f"{str(self.origin).rstrip('/')}{path}" + (f"?{query}" if query else "")
 
     async def _get_status(self, url: str) -> BatchStatus:
         response = await self.request("GET", url)

@@ -184,12 +184,33 @@ async def test_collect_dedupes_by_url_then_by_content(client_for: ClientFor) -> 
     [
         "https://evil.example/v2/batch/scrape/x?skip=1",
         "http://127.0.0.1:3003/v2/batch/scrape/x?skip=1",
+        # A self-hosted server without ENV=local: https on its own plain-HTTP port.
         "https://127.0.0.1:3002/v2/batch/scrape/x?skip=1",
         "http://localhost:3002/v2/batch/scrape/x?skip=1",
     ],
 )
-async def test_collect_refuses_a_next_url_off_our_origin(
+async def test_collect_follows_a_next_url_on_our_origin_whatever_host_it_names(
     client_for: ClientFor, elsewhere: str
+) -> None:
+    handler, seen = recording(lambda r: httpx.Response(200, json=captured_json("007")))
+    client = client_for(handler)
+    first = BatchStatus("completed", 6, 6, 6, None, elsewhere, [])
+    documents = await client.collect(first)
+    assert documents  # the page's documents, read from our own origin
+    assert [str(request.url) for request in seen] == [f"{LOCAL}/v2/batch/scrape/x?skip=1"]
+
+
+@pytest.mark.parametrize(
+    ("elsewhere", "says"),
+    [
+        ("https://evil.example/v2/crawl/x?skip=1", "'/v2/crawl/x' is not a batch status path"),
+        ("http://127.0.0.1:3002/admin", "'/admin' is not a batch status path"),
+        ("http://127.0.0.1:3002/v2/batch/scrape/x/../../keys", "is not a batch status path"),
+        ("http://127.0.0.1:3002:99999/v2/batch/scrape/x", "is not a URL"),
+    ],
+)
+async def test_collect_refuses_a_next_url_that_is_not_a_batch_status(
+    client_for: ClientFor, elsewhere: str, says: str
 ) -> None:
     handler, seen = recording(lambda r: httpx.Response(200, json=captured_json("007")))
     client = client_for(handler)
@@ -197,6 +218,7 @@ async def test_collect_refuses_a_next_url_off_our_origin(
     with pytest.raises(Rejected) as caught:
         await client.collect(first)
     assert caught.value.reason == "foreign_next_url"
+    assert says in str(caught.value)
     assert seen == []  # our key never left
 
 
