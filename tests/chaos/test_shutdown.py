@@ -94,7 +94,13 @@ def test_a_second_run_on_a_data_dir_is_refused(chaos: Chaos, tmp_path: Path) -> 
 def test_workers_carry_on_when_redis_comes_back_empty(chaos: Chaos) -> None:
     """A Redis restarted without its data has neither our consumer group nor our scripts:
     workers create the group again, scripts are loaded again, and new jobs complete."""
-    stack = chaos.stack(workers=2, settings={"RECEIVER_CLAIM_IDLE": "2"})
+    # A callback refused while the processes notice Redis is back is sent again, as
+    # Decodo retries; one lost all the same is reconciled within seconds.
+    stack = chaos.stack(
+        workers=2,
+        sandbox={"callback_retries": 30, "callback_retry_delay": 0.3},
+        settings={"RECEIVER_CLAIM_IDLE": "2", "RECEIVER_RECONCILE_AFTER": "3"},
+    )
     first = stack.api.submit(["https://a.example/1", "https://a.example/2"])
     stack.wait_completed([first])
     stack.redis.kill()
