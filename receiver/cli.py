@@ -20,7 +20,7 @@ from receiver.logs import configure_logging
 from receiver.settings import Settings
 
 if TYPE_CHECKING:
-    from receiver.watch import EventSource
+    from receiver.client.watch import EventSource
 
 
 def _settings() -> Settings:
@@ -177,7 +177,7 @@ def _call(method: str, path: str, body: Any = None, params: dict[str, Any] | Non
     except httpx.HTTPError as exc:
         raise click.ClickException(f"cannot reach receiver at {base}: {exc}") from None
     if response.status_code >= 400:
-        from receiver.watch import EXIT_UNKNOWN_JOB, api_error
+        from receiver.client.watch import EXIT_UNKNOWN_JOB, api_error
 
         code, message = api_error(response)
         _fail(
@@ -336,7 +336,7 @@ def watch(
       130  interrupted (Ctrl-C)
     Without JOB: 0 on Ctrl-C, 5 as above.
     """
-    from receiver.watch import EXIT_INTERRUPTED, WatchError
+    from receiver.client.watch import EXIT_INTERRUPTED, WatchError
 
     base, headers = _api()
     timeout = httpx.Timeout(10.0, read=_STREAM_READ_TIMEOUT)
@@ -356,7 +356,7 @@ def watch(
 
 
 def _watch_job(sources: _EventSources, base: str, job_id: str) -> int:
-    from receiver import tables, watch
+    from receiver.client import tables, watch
 
     source = sources.open(f"{base}/jobs/{quote(job_id, safe='')}/events")
     console = tables.make_console()
@@ -372,7 +372,7 @@ def _watch_job(sources: _EventSources, base: str, job_id: str) -> int:
 
 def _watch_all(sources: _EventSources, base: str) -> None:
     """Every job in flight, from the list of running ones and then the events of all."""
-    from receiver import tables, watch
+    from receiver.client import tables, watch
 
     source = sources.open(f"{base}/events")
     with contextlib.closing(source):
@@ -396,7 +396,7 @@ class _EventSources:
         self.retries = retries
 
     def open(self, url: str) -> EventSource:
-        from receiver.watch import EventSource
+        from receiver.client.watch import EventSource
 
         return EventSource(
             self.client,
@@ -436,7 +436,7 @@ def jobs(status: str | None, provider: str | None, limit: int, as_json: bool) ->
     if as_json:
         _print(found)
         return
-    from receiver import tables
+    from receiver.client import tables
 
     tables.print_jobs(tables.make_console(), found)
 
@@ -480,7 +480,7 @@ def _show_job(job: Any, as_json: bool, most: int | None = 50) -> None:
     if as_json:
         _print(job)
         return
-    from receiver import tables
+    from receiver.client import tables
 
     tables.print_job(tables.make_console(), job, most)
 

@@ -34,10 +34,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from receiver.events import Event
-from receiver.sandbox.decodo import DEFAULT_AUTH
-from receiver.sse import ServerSentEvent, parse_events, split_lines
-from receiver.watch import (
+from receiver.client.sse import ServerSentEvent, parse_events, split_lines
+from receiver.client.watch import (
     Change,
     EventSource,
     JobProgress,
@@ -45,6 +43,8 @@ from receiver.watch import (
     format_line,
     read_change,
 )
+from receiver.events import Event
+from receiver.sandbox.decodo import DEFAULT_AUTH
 from tests.e2e import TOKEN, Deployment, decodo_sandbox_server, deployment, polled_deployment
 from tests.servers import RedisProcess, free_port, run_cli, serve_app, wait_for_port
 

@@ -22,8 +22,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
 from rich.text import Text
 
+from receiver.client.sse import ServerSentEvent, iter_sse
 from receiver.events import Event
-from receiver.sse import ServerSentEvent, iter_sse
 
 # Exit code of `receiver watch JOB` for each way a job ends.
 OUTCOMES = {"completed": 0, "failed": 1, "cancelled": 2, "expired": 3}

@@ -12,7 +12,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from receiver.watch import STATUS_STYLES
+from receiver.client.watch import STATUS_STYLES
 
 # Columns of piped output: wide enough that a job id and a timestamp never wrap.
 _PIPED_WIDTH = 200
