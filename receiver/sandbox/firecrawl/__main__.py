@@ -1,0 +1,3 @@
+from receiver.sandbox.firecrawl import main
+
+main()

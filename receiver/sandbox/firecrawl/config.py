@@ -1,0 +1,47 @@
+"""The Firecrawl simulator's knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from receiver.sandbox.faults import FaultKnobs
+
+
+@dataclass
+class FirecrawlSandboxConfig(FaultKnobs):
+    """Knobs of the simulator; each is also `--knob-name` on the command line. The fault
+    knobs it shares with the other sandboxes are in `faults.FaultKnobs`."""
+
+    api_key: str = "fc-sandbox"  # the only bearer token accepted
+    scrape_delay: float = 1.0  # seconds one page takes to scrape
+    jitter: float = 0.0  # up to this many extra seconds per page, drawn from the seeded RNG
+    concurrency: int = 10  # pages scraped at once (a smaller body maxConcurrency wins)
+    fail_rate: float = 0.0  # share of pages that fail outright and drop out of `total`
+    not_found_rate: float = 0.0  # share of pages whose target answers 404 (still a success)
+    linger: float = 0.0  # seconds to stay `scraping` with completed == total
+    batch_fails: bool = False  # a batch whose pages are done ends `failed`, not `completed`
+    stall: bool = False  # the last page never finishes, so the batch never completes
+    paging: str = "cloud"  # "cloud" honours skip/limit; "selfhosted" returns every document
+    page_size: int = 100  # most documents in one cloud page
+    page_max_bytes: int = 10 * 1024 * 1024  # serialized documents in one cloud page (10 MiB)
+    next_base_url: str | None = None  # origin for `next` URLs instead of the request's own
+    expiry: float = 86400.0  # seconds a batch lives after its last save
+    max_urls: int = 1000  # most URLs in one submission
+    credits: int | None = None  # credits for all submissions together; None is unlimited
+    conflict_on_completed_cancel: bool = False  # DELETE of a completed batch answers 409
+    get_429_rate: float = 0.0  # share of status polls answered 429
+    get_500_rate: float = 0.0  # share of status polls answered 500
+    get_402_rate: float = 0.0  # share of status polls answered 402 (seed 000's body)
+    post_429_rate: float = 0.0  # share of submissions answered 429
+    post_500_rate: float = 0.0  # share of submissions answered 500
+    delete_429_rate: float = 0.0  # share of cancels answered 429
+    delete_500_rate: float = 0.0  # share of cancels answered 500
+    retry_after: int = 2  # seconds quoted in the 429 message
+    retry_after_header: bool = False  # also send Retry-After (the real server does not)
+    webhook_secret: str | None = None  # signs webhooks with X-Firecrawl-Signature when set
+    webhook_drop_rate: float = 0.0  # share of webhook deliveries never sent
+    webhook_duplicate_rate: float = 0.0  # share of deliveries sent twice, identically
+    webhook_retry_delays: str = "60,300,900"  # seconds before each retry of a non-2xx delivery
+    webhook_timeout: float = 10.0  # seconds before a webhook delivery is abandoned
+    get_latency: float = 0.0  # seconds a status poll takes to answer
+    seed: int | None = None  # seed of the RNG behind every random choice

@@ -1,0 +1,125 @@
+"""What a batch's finished pages look like: their Documents, their entries at /errors, and
+the pages of results a status poll answers with."""
+
+from __future__ import annotations
+
+import html
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from receiver.sandbox.firecrawl.batches import NOT_FOUND, Batch, View
+from receiver.sandbox.firecrawl.config import FirecrawlSandboxConfig
+
+ENGINES_FAILED = (
+    "All scraping engines failed! -- Double check the URL to make sure it's not broken."
+    " If the issue persists, contact us at help@firecrawl.com."
+)
+CANCELLED_PAGE = "(Internal server error) - Parent crawl/batch scrape was cancelled"
+
+
+def iso(moment: float) -> str:
+    """Unix seconds as the real server writes times: UTC, milliseconds, a Z."""
+    whole = int(moment)
+    millis = int((moment - whole) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def _scrape_id(batch: Batch, index: int) -> str:
+    """Stable across polls, so clients can dedupe documents by it."""
+    return str(uuid.uuid5(uuid.UUID(batch.id), f"page:{index}"))
+
+
+def render_document(batch: Batch, index: int) -> dict[str, Any]:
+    """The Document of one finished page, shaped like the real server's."""
+    url = batch.urls[index]
+    missing = batch.outcome(index) == NOT_FOUND
+    title = "Error response" if missing else f"Sandbox page {index + 1}"
+    text = "Error code: 404\n\nMessage: File not found." if missing else f"Sandbox text of {url}."
+    doc: dict[str, Any] = {}
+    formats = batch.formats
+    if "markdown" in formats:
+        doc["markdown"] = f"{title}\n{'=' * len(title)}\n\n{text}"
+    if "html" in formats:
+        doc["html"] = f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>"
+    if "rawHtml" in formats:
+        doc["rawHtml"] = (
+            f"<!DOCTYPE html><html><head><title>{html.escape(title)}</title></head>"
+            f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>"
+        )
+    if "links" in formats:
+        doc["links"] = [] if missing else [f"{url.rstrip('/')}/next"]
+    if "summary" in formats:
+        doc["summary"] = f"A sandbox page: {title}."
+    if "json" in formats:
+        doc["json"] = {"title": title, "url": url}
+    doc["metadata"] = _metadata(batch, index, title, missing)
+    return doc
+
+
+def _metadata(batch: Batch, index: int, title: str, missing: bool) -> dict[str, Any]:
+    url = batch.urls[index]
+    meta: dict[str, Any] = {"title": title}
+    if not missing:
+        meta["description"] = f"Sandbox page number {index + 1}"
+    meta.update(
+        {
+            "language": "en",
+            "ogLocaleAlternate": [],
+            "scrapeId": _scrape_id(batch, index),
+            "sourceURL": url,
+            "url": url,
+            "statusCode": 404 if missing else 200,
+            "contentType": "text/html;charset=utf-8" if missing else "text/html",
+            "proxyUsed": "basic",
+            "cacheState": "miss",
+            "creditsUsed": batch.credits_per_page,
+        }
+    )
+    return meta
+
+
+def page_error(batch: Batch, index: int, moment: float, cancelled: bool) -> dict[str, Any]:
+    """The /errors entry of a page that failed, or that a cancel dropped."""
+    if cancelled:
+        code, message = "UNKNOWN_ERROR", CANCELLED_PAGE
+    elif index % 2:
+        code, message = "SCRAPE_TIMEOUT", "Scrape timed out"
+    else:
+        code, message = "SCRAPE_ALL_ENGINES_FAILED", ENGINES_FAILED
+    return {
+        "id": str(uuid.uuid5(uuid.UUID(batch.id), f"error:{index}")),
+        "timestamp": iso(moment),
+        "url": batch.urls[index],
+        "code": code,
+        "error": message,
+    }
+
+
+def results_page(
+    config: FirecrawlSandboxConfig, batch: Batch, view: View, skip: int, limit: int | None
+) -> list[bytes]:
+    """The serialized documents one status poll answers with, paged as `config.paging` says."""
+    pages = batch.ok_pages(view.finished)
+    if config.paging == "selfhosted":
+        return _serialize_page(batch, pages, None)
+    size = min(limit, config.page_size) if limit else config.page_size
+    return _serialize_page(batch, pages[skip : skip + size], config.page_max_bytes)
+
+
+def _serialize_page(batch: Batch, pages: Sequence[int], max_bytes: int | None) -> list[bytes]:
+    """Serialized documents, cut like the real server once they pass `max_bytes`."""
+    parts: list[bytes] = []
+    size = 0
+    for index in pages:
+        part = orjson.dumps(render_document(batch, index))
+        parts.append(part)
+        size += len(part)
+        if max_bytes is not None and size > max_bytes:
+            if len(parts) > 1:
+                parts.pop()
+            break
+    return parts
