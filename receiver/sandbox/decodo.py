@@ -7,7 +7,6 @@ Run it with `python -m receiver.sandbox.decodo --port 9001 --drop-rate 0.5`. Eve
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import collections
@@ -28,21 +27,14 @@ from urllib.parse import quote_plus
 
 import httpx
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.sandbox.common import (
-    Clock,
-    Stats,
-    add_config_arguments,
-    config_from_arguments,
-    control_routes,
-    json_response,
-)
+from receiver.sandbox.common import Clock, Stats, control_routes, json_response
 from receiver.sandbox.faults import FaultKnobs, Faults, SandboxApp
+from receiver.sandbox.runner import run_sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -671,16 +663,7 @@ def _error_answer(status: int, retry_after: int | None) -> Response:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m receiver.sandbox.decodo [--host H] [--port P] [--knob-name VALUE ...]`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m receiver.sandbox.decodo", description="A local Decodo async v3 API."
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9001)
-    add_config_arguments(parser, DecodoSandboxConfig)
-    arguments = parser.parse_args(argv)
-    config = config_from_arguments(DecodoSandboxConfig, vars(arguments))
-    # No access log: the drain benchmark sends thousands of requests a second.
-    uvicorn.run(create_app(config), host=arguments.host, port=arguments.port, access_log=False)
+    run_sandbox("decodo", argv)
 
 
 if __name__ == "__main__":

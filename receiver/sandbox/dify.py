@@ -12,7 +12,6 @@ Run: `python -m receiver.sandbox.dify --port 9003 --step-seconds 0.2 --error-rat
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import hmac
 import math
@@ -24,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -33,15 +31,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from receiver.sandbox.common import (
-    Clock,
-    Stats,
-    add_config_arguments,
-    config_from_arguments,
-    control_routes,
-    json_response,
-)
+from receiver.sandbox.common import Clock, Stats, control_routes, json_response
 from receiver.sandbox.faults import FaultKnobs, Faults, SandboxApp
+from receiver.sandbox.runner import run_sandbox
 
 __all__ = ["DifySandboxConfig", "create_app", "main"]  # the rest is the simulator's inside
 
@@ -845,15 +837,8 @@ def create_app(config: DifySandboxConfig | None = None, clock: Clock | None = No
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m receiver.sandbox.dify", description="Dify knowledge API simulator."
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9003)
-    add_config_arguments(parser, DifySandboxConfig)
-    arguments = parser.parse_args(argv)
-    config = config_from_arguments(DifySandboxConfig, vars(arguments))
-    uvicorn.run(create_app(config), host=arguments.host, port=arguments.port, log_level="warning")
+    """`python -m receiver.sandbox.dify [--host H] [--port P] [--knob-name VALUE ...]`."""
+    run_sandbox("dify", argv)
 
 
 if __name__ == "__main__":

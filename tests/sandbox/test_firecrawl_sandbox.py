@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.sandbox.firecrawl import FirecrawlSandboxConfig, create_app, parse_arguments
+from receiver.sandbox.firecrawl import FirecrawlSandboxConfig, create_app
 from tests.data import DATA
 from tests.sandbox.openapi_seeds import (
     FIRECRAWL_SEEDS,
@@ -823,15 +823,3 @@ async def test_webhook_drop_rate_drops_deliveries() -> None:
             await submit(client, 1, webhook=hook_url)
             await wait_for_stat(client, "webhook dropped", 3)  # started, page, completed
     assert receiver.deliveries == []
-
-
-# ---------------------------------------------------------------- command line
-
-
-def test_parse_arguments_reads_host_port_and_knobs() -> None:
-    host, port, config = parse_arguments(
-        ["--port", "9100", "--scrape-delay", "0.5", "--stall", "true", "--credits", "10"]
-    )
-    assert (host, port) == ("127.0.0.1", 9100)
-    assert (config.scrape_delay, config.stall, config.credits) == (0.5, True, 10)
-    assert parse_arguments([])[1:] == (9002, FirecrawlSandboxConfig())

@@ -5,7 +5,7 @@ Run it with `python -m receiver.sandbox.firecrawl --port 9002 --scrape-delay 0.5
 `documents` (documents, error entries, result pages), `webhooks`, `app` (routes and guards).
 """
 
-from receiver.sandbox.firecrawl.app import create_app, main, parse_arguments
+from receiver.sandbox.firecrawl.app import create_app, main
 from receiver.sandbox.firecrawl.config import FirecrawlSandboxConfig
 
-__all__ = ["FirecrawlSandboxConfig", "create_app", "main", "parse_arguments"]
+__all__ = ["FirecrawlSandboxConfig", "create_app", "main"]

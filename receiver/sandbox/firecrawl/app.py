@@ -3,7 +3,6 @@ injected answers and request counts."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hmac
@@ -14,26 +13,19 @@ from email.utils import formatdate
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.sandbox.common import (
-    Clock,
-    Stats,
-    add_config_arguments,
-    config_from_arguments,
-    control_routes,
-    json_response,
-)
+from receiver.sandbox.common import Clock, Stats, control_routes, json_response
 from receiver.sandbox.faults import Faults, SandboxApp
 from receiver.sandbox.firecrawl.batches import FAILED, Batch, Batches, View, chance
 from receiver.sandbox.firecrawl.config import FirecrawlSandboxConfig
 from receiver.sandbox.firecrawl.documents import iso, page_error, results_page
 from receiver.sandbox.firecrawl.validation import Submission, validate_submission
 from receiver.sandbox.firecrawl.webhooks import WebhookSender
+from receiver.sandbox.runner import run_sandbox
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -317,16 +309,6 @@ def create_app(
     return app
 
 
-def parse_arguments(argv: list[str] | None = None) -> tuple[str, int, FirecrawlSandboxConfig]:
-    parser = argparse.ArgumentParser(description="Firecrawl v2 batch-scrape sandbox")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9002)
-    add_config_arguments(parser, FirecrawlSandboxConfig)
-    values = vars(parser.parse_args(argv))
-    host, port = values.pop("host"), values.pop("port")
-    return host, port, config_from_arguments(FirecrawlSandboxConfig, values)
-
-
 def main(argv: list[str] | None = None) -> None:
-    host, port, config = parse_arguments(argv)
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info")
+    """`python -m receiver.sandbox.firecrawl [--host H] [--port P] [--knob-name VALUE ...]`."""
+    run_sandbox("firecrawl", argv)
