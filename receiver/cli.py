@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 import orjson
 
 from receiver.errors import ConfigError
@@ -20,7 +19,7 @@ from receiver.logs import configure_logging
 from receiver.settings import Settings
 
 if TYPE_CHECKING:
-    from receiver.client.watch import EventSource
+    from receiver.client.api import Api
 
 
 def _settings() -> Settings:
@@ -152,44 +151,12 @@ def _announce(settings: Settings) -> None:
 # -- API client commands ----------------------------------------------------------------
 
 
-def _api() -> tuple[str, dict[str, str]]:
-    settings = _settings()
-    base = os.environ.get("RECEIVER_URL", f"http://127.0.0.1:{settings.port}").rstrip("/")
-    token = settings.api_token
-    if not token and settings.embedded:
-        from receiver.embedded import load_secrets
+def _api() -> Api:
+    """The running receiver the client commands talk to (imported here, not at the top:
+    the web app and the worker load nothing of the client)."""
+    from receiver.client.api import Api
 
-        token = load_secrets(settings.data_dir).api_token
-    return base, {"Authorization": f"Bearer {token}"}
-
-
-def _call(method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
-    base, headers = _api()
-    try:
-        response = httpx.request(
-            method,
-            base + path,
-            headers=headers,
-            params=params,
-            content=orjson.dumps(body) if body is not None else None,
-            timeout=30,
-        )
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach receiver at {base}: {exc}") from None
-    if response.status_code >= 400:
-        from receiver.client.watch import EXIT_UNKNOWN_JOB, api_error
-
-        code, message = api_error(response)
-        _fail(
-            f"{response.status_code}: {message}", EXIT_UNKNOWN_JOB if code == "unknown_job" else 1
-        )
-    return orjson.loads(response.content) if response.content else {}
-
-
-def _fail(message: str, exit_code: int) -> NoReturn:
-    """Stop with an error message, as click.ClickException does, and an exit code of our own."""
-    click.echo(f"Error: {message}", err=True)
-    raise click.exceptions.Exit(exit_code)
+    return Api.from_settings(_settings())
 
 
 def _print(data: Any) -> None:
@@ -224,7 +191,7 @@ def submit_decodo(
     if target:
         body["target"] = target
     body.update(_params(params))
-    _print(_call("POST", "/jobs", body))
+    _print(_api().create_job(body))
 
 
 @submit.command("firecrawl")
@@ -245,7 +212,7 @@ def submit_firecrawl(
     if formats:
         body["formats"] = list(formats)
     body.update(_params(params))
-    _print(_call("POST", "/jobs", body))
+    _print(_api().create_job(body))
 
 
 @main.group()
@@ -261,7 +228,7 @@ def track_firecrawl(batch_id: str, stall_after: float | None) -> None:
     body: dict[str, Any] = {"provider": "firecrawl", "batch_id": batch_id}
     if stall_after is not None:
         body["stall_after"] = stall_after
-    _print(_call("POST", "/jobs", body))
+    _print(_api().create_job(body))
 
 
 @track.command("dify")
@@ -273,7 +240,7 @@ def track_dify(dataset_id: str, batch: str, stall_after: float | None) -> None:
     body: dict[str, Any] = {"provider": "dify", "dataset_id": dataset_id, "batch": batch}
     if stall_after is not None:
         body["stall_after"] = stall_after
-    _print(_call("POST", "/jobs", body))
+    _print(_api().create_job(body))
 
 
 def _params(params: tuple[str, ...]) -> dict[str, Any]:
@@ -291,11 +258,6 @@ def _params(params: tuple[str, ...]) -> dict[str, Any]:
 # -- operators' commands ----------------------------------------------------------------
 
 _STATUSES = ("submitted", "running", "completed", "failed", "cancelled", "expired")
-_IN_FLIGHT = ("submitted", "running")
-# Most jobs `GET /jobs` returns in one page.
-_PAGE_MOST = 1000
-# Seconds without a byte (heartbeats come every 15) before a stream counts as dropped.
-_STREAM_READ_TIMEOUT = 60.0
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 
 
@@ -336,93 +298,19 @@ def watch(
       130  interrupted (Ctrl-C)
     Without JOB: 0 on Ctrl-C, 5 as above.
     """
-    from receiver.client.watch import EXIT_INTERRUPTED, WatchError
+    from receiver.client import watch as watching
 
-    base, headers = _api()
-    timeout = httpx.Timeout(10.0, read=_STREAM_READ_TIMEOUT)
-    with httpx.Client(headers=headers, timeout=timeout) as client:
-        sources = _EventSources(client, give_up_after, retries)
+    notify = functools.partial(click.echo, err=True)
+    with watching.event_sources(_api(), give_up_after, retries, notify) as sources:
         try:
             if job_id is None:
-                _watch_all(sources, base)
+                watching.follow_all(sources)
                 code = 0  # pragma: no cover - it only ends by Ctrl-C or an error
             else:
-                code = _watch_job(sources, base, job_id)
-        except WatchError as exc:
-            _fail(str(exc), exc.exit_code)
+                code = watching.follow_job(sources, job_id)
         except KeyboardInterrupt:
-            code = 0 if job_id is None else EXIT_INTERRUPTED
+            code = 0 if job_id is None else watching.EXIT_INTERRUPTED
     ctx.exit(code)
-
-
-def _watch_job(sources: _EventSources, base: str, job_id: str) -> int:
-    from receiver.client import tables, watch
-
-    source = sources.open(f"{base}/jobs/{quote(job_id, safe='')}/events")
-    console = tables.make_console()
-    if console.is_terminal:
-        with watch.BarsView(console) as view:
-            job = watch.watch_job(source, view)
-        console.print(watch.outcome_text(job))
-    else:
-        job = watch.watch_job(source, watch.LineView())
-        click.echo(job.outcome(), err=True)
-    return job.exit_code or 0
-
-
-def _watch_all(sources: _EventSources, base: str) -> None:
-    """Every job in flight, from the list of running ones and then the events of all."""
-    from receiver.client import tables, watch
-
-    source = sources.open(f"{base}/events")
-    with contextlib.closing(source):
-        source.connect()  # before listing: no event is lost between the list and the stream
-        listed = [job for status in _IN_FLIGHT for job in _list_jobs(status, None, _PAGE_MOST)]
-        snapshots = {job["id"]: watch.snapshot(job) for job in listed}.values()
-        console = tables.make_console()
-        if not console.is_terminal:
-            watch.watch_all(source, snapshots, watch.LineView(with_job=True))
-            return
-        with watch.BarsView(console, with_job=True) as view:
-            watch.watch_all(source, snapshots, view)
-
-
-class _EventSources:
-    """How `receiver watch` opens its event streams: the client and when to give up."""
-
-    def __init__(self, client: httpx.Client, give_up_after: float, retries: int | None) -> None:
-        self.client = client
-        self.give_up_after = give_up_after
-        self.retries = retries
-
-    def open(self, url: str) -> EventSource:
-        from receiver.client.watch import EventSource
-
-        return EventSource(
-            self.client,
-            url,
-            {},
-            give_up_after=self.give_up_after,
-            retries=self.retries,
-            notify=lambda message: click.echo(message, err=True),
-        )
-
-
-def _list_jobs(status: str | None, provider: str | None, limit: int) -> list[dict[str, Any]]:
-    """Up to `limit` jobs, newest first, following the pages' cursors."""
-    found: list[dict[str, Any]] = []
-    cursor = None
-    while len(found) < limit:
-        params = {"status": status, "provider": provider, "cursor": cursor}
-        params = {key: value for key, value in params.items() if value}
-        page = _call(
-            "GET", "/jobs", params={**params, "limit": min(limit - len(found), _PAGE_MOST)}
-        )
-        found.extend(page.get("jobs") or [])
-        if not page.get("next_cursor") or page["next_cursor"] == cursor:
-            break
-        cursor = page["next_cursor"]
-    return found[:limit]
 
 
 @main.command()
@@ -432,7 +320,7 @@ def _list_jobs(status: str | None, provider: str | None, limit: int) -> list[dic
 @_JSON
 def jobs(status: str | None, provider: str | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first."""
-    found = _list_jobs(status, provider, limit)
+    found = _api().list_jobs(status, provider, limit)
     if as_json:
         _print(found)
         return
@@ -450,7 +338,7 @@ def show(job_id: str, show_all: bool, as_json: bool) -> None:
 
     Exits 4 when there is no such job.
     """
-    _show_job(_call("GET", f"/jobs/{quote(job_id, safe='')}"), as_json, None if show_all else 50)
+    _show_job(_api().get_job(job_id), as_json, None if show_all else 50)
 
 
 @main.command()
@@ -462,7 +350,7 @@ def retry(job_id: str, as_json: bool) -> None:
     Exits 4 when there is no such job, 1 when the receiver refuses (409: the job runs or
     completed).
     """
-    _show_job(_call("POST", f"/jobs/{quote(job_id, safe='')}/retry"), as_json)
+    _show_job(_api().retry_job(job_id), as_json)
 
 
 @main.command()
@@ -473,7 +361,7 @@ def cancel(job_id: str, as_json: bool) -> None:
 
     Exits 4 when there is no such job, 1 when the receiver refuses (409: it already ended).
     """
-    _show_job(_call("DELETE", f"/jobs/{quote(job_id, safe='')}"), as_json)
+    _show_job(_api().cancel_job(job_id), as_json)
 
 
 def _show_job(job: Any, as_json: bool, most: int | None = 50) -> None:

@@ -34,15 +34,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from receiver.client.api import ClientError
 from receiver.client.sse import ServerSentEvent, parse_events, split_lines
-from receiver.client.watch import (
-    Change,
-    EventSource,
-    JobProgress,
-    WatchError,
-    format_line,
-    read_change,
-)
+from receiver.client.stream import EventSource, WatchError
+from receiver.client.watch import Change, JobProgress, format_line, read_change
 from receiver.events import Event
 from receiver.sandbox.decodo import DEFAULT_AUTH
 from tests.e2e import TOKEN, Deployment, decodo_sandbox_server, deployment, polled_deployment
@@ -494,7 +489,7 @@ def test_event_source_takes_an_answer_that_is_no_event_stream_for_no_connection(
 def test_event_source_refusals_end_at_once(status: int, body: dict[str, str], code: int) -> None:
     time = FakeTime()
     answer = httpx.Response(status, json=body)
-    with pytest.raises(WatchError) as raised:
+    with pytest.raises(ClientError) as raised:
         next(iter(event_source(time, lambda request: answer)))
     assert raised.value.exit_code == code
     assert str(raised.value) == f"{status}: {body['message']}"

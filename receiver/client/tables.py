@@ -12,8 +12,14 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from receiver.client.watch import STATUS_STYLES
-
+STATUS_STYLES = {
+    "submitted": "dim",
+    "running": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "expired": "magenta",
+}
 # Columns of piped output: wide enough that a job id and a timestamp never wrap.
 _PIPED_WIDTH = 200
 # Job fields `show` puts first, in this order; the others follow as they come.

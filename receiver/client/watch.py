@@ -1,16 +1,17 @@
 """`receiver watch`: jobs followed through their Server-Sent Events, resumed after drops.
 
 The event stream drives everything shown: a snapshot (`job.state`) first, then each event.
-On a terminal the jobs are progress bars (rich); piped, each event is one plain line.
+On a terminal the jobs are progress bars (rich); piped, each event is one plain line on
+stdout, and the outcome of a watched job a line on stderr.
 """
 
 from __future__ import annotations
 
-import random
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol
@@ -22,192 +23,21 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
 from rich.text import Text
 
-from receiver.client.sse import ServerSentEvent, iter_sse
+from receiver.client.api import PAGE_MOST, Api, job_path
+from receiver.client.sse import ServerSentEvent
+from receiver.client.stream import GIVE_UP_AFTER, EventSource, WatchError
+from receiver.client.tables import STATUS_STYLES, make_console
 from receiver.events import Event
 
 # Exit code of `receiver watch JOB` for each way a job ends.
 OUTCOMES = {"completed": 0, "failed": 1, "cancelled": 2, "expired": 3}
-EXIT_UNKNOWN_JOB = 4  # the receiver has no such job
-EXIT_NO_STREAM = 5  # the receiver is unreachable, refused us, or the stream broke for good
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
-
-STATUS_STYLES = {
-    "submitted": "dim",
-    "running": "cyan",
-    "completed": "green",
-    "failed": "red",
-    "cancelled": "yellow",
-    "expired": "magenta",
-}
 # The snapshot the receiver sends first on every connection to /jobs/{id}/events.
 SNAPSHOT = "job.state"
-# Seconds of the longest wait between two reconnections.
-_BACKOFF_CAP = 4.0
-# Seconds without any connection before `receiver watch` gives up, by default.
-GIVE_UP_AFTER = 300.0
-
-
-class WatchError(Exception):
-    """Watching cannot go on; `exit_code` says why."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_NO_STREAM) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class _Unavailable(Exception):
-    """The receiver answered 429 or 5xx, or not with an event stream: worth another try."""
-
-
-_TRANSIENT = (httpx.TransportError, _Unavailable)
-
-
-@dataclass
-class EventSource:
-    """The messages of an SSE endpoint, resumed with `Last-Event-ID` after every drop.
-
-    A drop (network error, 429 or 5xx, or the response ending) is followed by a
-    reconnection after an exponential backoff with jitter, capped at a few seconds. Every
-    stream opened starts the count afresh, however quiet it then stays: WatchError comes
-    only after `give_up_after` seconds without a connection (counted from the moment one
-    was last up, or from the start), or after `retries` failed reconnections in a row when
-    that is set. Refusals (401, 404) raise at once. Iterating never ends by itself: the
-    reader stops once it has what it wanted.
-    """
-
-    client: httpx.Client
-    url: str
-    headers: Mapping[str, str]
-    give_up_after: float = GIVE_UP_AFTER
-    retries: int | None = None  # an extra bound on reconnections in a row; None: no bound
-    backoff: float = 0.5  # seconds before the first reconnection; doubles each time
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
-    notify: Callable[[str], None] = lambda message: None
-    last_id: str | None = None
-    _response: httpx.Response | None = field(default=None, init=False, repr=False)
-    _failures: int = field(default=0, init=False, repr=False)  # since a stream last opened
-    # clock() when a stream was last up (when it dropped), or when watching began.
-    _last_up: float = field(default=0.0, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._last_up = self.clock()
-
-    def connect(self) -> None:
-        """Open the stream unless it is open, so nothing that happens from now on is missed."""
-        while self._response is None:
-            try:
-                self._response = self._open()
-            except _TRANSIENT as exc:
-                self._pause(_describe(exc))
-
-    def close(self) -> None:
-        if self._response is not None:
-            self._response.close()
-            self._response = None
-
-    def __iter__(self) -> Iterator[ServerSentEvent]:
-        while True:
-            try:
-                self.connect()
-                yield from self._drain()
-                problem = "the stream ended early"
-            except _TRANSIENT as exc:
-                problem = _describe(exc)
-            self._pause(problem)
-
-    def _drain(self) -> Iterator[ServerSentEvent]:
-        response, self._response = self._response, None
-        assert response is not None
-        try:
-            for message in iter_sse(response):
-                if message.id:
-                    self.last_id = message.id
-                yield message
-        finally:
-            self._last_up = self.clock()  # it was up until now
-            response.close()
-
-    def _open(self) -> httpx.Response:
-        headers = {**self.headers, "Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        if self.last_id:
-            headers["Last-Event-ID"] = self.last_id
-        request = self.client.build_request("GET", self.url, headers=headers)
-        response = self.client.send(request, stream=True)
-        if _is_event_stream(response):
-            self._failures = 0
-            return response
-        response.read()
-        response.close()
-        raise _refusal(response)
-
-    def _pause(self, problem: str) -> None:
-        """Wait before the next reconnection, or raise WatchError when it is time to give up."""
-        self._failures += 1
-        down = self.clock() - self._last_up
-        self._give_up_when_due(problem, down)
-        delay = min(_BACKOFF_CAP, self.backoff * 2 ** min(self._failures - 1, 16))
-        delay *= random.uniform(0.5, 1.0)
-        # The last try comes when the time is up, so giving up does not wait a backoff more.
-        delay = min(delay, self.give_up_after - down)
-        tries = "" if self.retries is None else f"/{self.retries}"
-        self.notify(
-            f"{problem}; reconnecting in {delay:.1f} s (try {self._failures}{tries}, "
-            f"no connection for {_seconds(down)} of {_seconds(self.give_up_after)})"
-        )
-        self.sleep(delay)
-
-    def _give_up_when_due(self, problem: str, down: float) -> None:
-        if down >= self.give_up_after:
-            limit = _seconds(self.give_up_after)
-            raise WatchError(f"{self.url}: {problem}; gave up after {limit} without a connection")
-        if self.retries is not None and self._failures > self.retries:
-            tries = f"{self.retries} reconnection{'' if self.retries == 1 else 's'}"
-            raise WatchError(f"{self.url}: {problem}; gave up after {tries} in a row")
-
-
-def _is_event_stream(response: httpx.Response) -> bool:
-    return response.status_code == 200 and _media_type(response) == "text/event-stream"
-
-
-def _media_type(response: httpx.Response) -> str:
-    kind: str = response.headers.get("content-type", "")
-    return kind.partition(";")[0].strip().lower()
-
-
-def _seconds(value: float) -> str:
-    """`300 s`, `2.5 s`: a duration as the messages show it."""
-    return f"{round(value, 1):g} s"
-
-
-def _refusal(response: httpx.Response) -> Exception:
-    """The error of an answer to a stream request that is not an event stream."""
-    if response.status_code < 300:  # a proxy's page, say: as good as no connection
-        return _Unavailable(
-            f"{response.status_code}: not an event stream but {_media_type(response)!r}"
-        )
-    code, message = api_error(response)
-    text = f"{response.status_code}: {message}"
-    if response.status_code == 429 or response.status_code >= 500:
-        return _Unavailable(text)
-    if code == "unknown_job":
-        return WatchError(text, EXIT_UNKNOWN_JOB)
-    return WatchError(text)
-
-
-def api_error(response: httpx.Response) -> tuple[str, str]:
-    """(code, message) of the receiver's JSON error answer, or of any other answer."""
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        body = None
-    if isinstance(body, dict):
-        return str(body.get("error", "")), str(body.get("message") or body.get("error"))
-    return "", response.text.strip() or response.reason_phrase
-
-
-def _describe(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__
+# Job statuses `receiver watch` without a job lists before following the events of all.
+IN_FLIGHT = ("submitted", "running")
+# Seconds without a byte (heartbeats come every 15) before a stream counts as dropped.
+STREAM_READ_TIMEOUT = 60.0
 
 
 # -- what the events say ----------------------------------------------------------------
@@ -334,6 +164,71 @@ def _epoch(value: object) -> float | None:
 
 
 # -- following ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sources:
+    """How `receiver watch` opens its event streams: the receiver, the client, when to give
+    up, and where reconnections are told."""
+
+    api: Api
+    client: httpx.Client
+    give_up_after: float = GIVE_UP_AFTER
+    retries: int | None = None
+    notify: Callable[[str], None] = lambda message: None
+
+    def open(self, path: str) -> EventSource:
+        return EventSource(
+            self.client,
+            self.api.url(path),
+            {},
+            give_up_after=self.give_up_after,
+            retries=self.retries,
+            notify=self.notify,
+        )
+
+
+@contextlib.contextmanager
+def event_sources(
+    api: Api,
+    give_up_after: float = GIVE_UP_AFTER,
+    retries: int | None = None,
+    notify: Callable[[str], None] = lambda message: None,
+) -> Iterator[Sources]:
+    timeout = httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT)
+    with httpx.Client(headers=api.headers, timeout=timeout) as client:
+        yield Sources(api, client, give_up_after, retries, notify)
+
+
+def follow_job(sources: Sources, job_id: str) -> int:
+    """`receiver watch JOB`: bars on a terminal, lines when piped; the exit code."""
+    source = sources.open(job_path(job_id, "/events"))
+    console = make_console()
+    if console.is_terminal:
+        with BarsView(console) as view:
+            job = watch_job(source, view)
+        console.print(outcome_text(job))
+    else:
+        job = watch_job(source, LineView())
+        print(job.outcome(), file=sys.stderr, flush=True)
+    return job.exit_code or 0
+
+
+def follow_all(sources: Sources) -> None:
+    """`receiver watch`: every job in flight, from the list of running ones and then the
+    events of all (never ends by itself)."""
+    with contextlib.closing(sources.open("/events")) as source:
+        source.connect()  # before listing: no event is lost between the list and the stream
+        listed = [
+            job for status in IN_FLIGHT for job in sources.api.list_jobs(status, limit=PAGE_MOST)
+        ]
+        snapshots = {job["id"]: snapshot(job) for job in listed}.values()
+        console = make_console()
+        if not console.is_terminal:
+            watch_all(source, snapshots, LineView(with_job=True))
+            return
+        with BarsView(console, with_job=True) as view:
+            watch_all(source, snapshots, view)
 
 
 class View(Protocol):
