@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import httpx
 
+from receiver.backoff import backoff as backoff_delay
 from receiver.client.api import ClientError, UnknownJob, api_error
 from receiver.client.sse import ServerSentEvent, iter_sse
 
@@ -49,7 +49,7 @@ class EventSource:
     headers: Mapping[str, str]
     give_up_after: float = GIVE_UP_AFTER
     retries: int | None = None  # an extra bound on reconnections in a row; None: no bound
-    backoff: float = 0.5  # seconds before the first reconnection; doubles each time
+    backoff: float = 0.5  # seconds: the longest first wait (jittered down to half); doubles
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     notify: Callable[[str], None] = lambda message: None
@@ -115,8 +115,7 @@ class EventSource:
         self._failures += 1
         down = self.clock() - self._last_up
         self._give_up_when_due(problem, down)
-        delay = min(_BACKOFF_CAP, self.backoff * 2 ** min(self._failures - 1, 16))
-        delay *= random.uniform(0.5, 1.0)
+        delay = backoff_delay(self._failures - 1, self.backoff, _BACKOFF_CAP)
         # The last try comes when the time is up, so giving up does not wait a backoff more.
         delay = min(delay, self.give_up_after - down)
         tries = "" if self.retries is None else f"/{self.retries}"
