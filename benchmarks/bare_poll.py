@@ -2,7 +2,7 @@
 
 `python -m benchmarks.bare_poll SPEC.json` reads a `PollSpec` and, for at most
 `seconds`, runs `concurrency` loops per provider on the worker's own HTTP client
-(`receiver.wiring.open_http`: the same transport, limits and timeout; or, for comparison,
+(`receiver.providers.base.open_http`: the same transport, limits and timeout; or, for comparison,
 one on httpx's default transport), each GETting the status of the next batch round-robin
 and parsing the JSON answer. It runs on uvloop, as `receiver worker` does. The caller
 counts the requests at the sandboxes; this prints how many it made when it stops.
@@ -26,7 +26,7 @@ import uvloop
 
 from receiver.providers.base import CONNECT_TIMEOUT
 from receiver.settings import Settings
-from receiver.wiring import open_http
+from receiver.providers.base import open_http
 
 
 @dataclass

@@ -10,13 +10,13 @@ from starlette.responses import Response
 
 from receiver import store as store_module
 from receiver.errors import InvalidRequest, NotFound, Rejected, UnknownJob
-from receiver.jobs import decodo, dify, firecrawl
-from receiver.store import JobStatus, new_job_id
+from receiver.jobs.base import Provider
+from receiver.registry import PROVIDERS
+from receiver.store import JobStatus
 from receiver.web import Services, error_response, json_response, parse_json_object, read_body
 
 # Bytes a POST /jobs body may hold (100,000 URLs fit).
 MAX_JOB_BODY = 32 * 1024 * 1024
-PROVIDERS = ("decodo", "firecrawl", "dify")
 # A whole number in ASCII digits (str.isdigit also takes "²").
 _WHOLE = re.compile(r"[0-9]{1,19}")
 # A next_cursor of GET /jobs: an entry id of the jobs stream, two numbers below 2**64.
@@ -43,63 +43,23 @@ _SHOWN = (
 
 async def create_job(request: Request, services: Services) -> Response:
     body = parse_json_object(await read_body(request, MAX_JOB_BODY))
-    provider = body.get("provider")
-    if provider not in PROVIDERS:
-        raise InvalidRequest(f"provider must be one of: {', '.join(PROVIDERS)}")
-    if provider == "decodo":
-        job_id, created = await _create_decodo(body, services), True
-    elif provider == "firecrawl":
-        job_id, created = await _create_firecrawl(body, services)
-    else:
-        job_id, created = await _create_dify(body, services)
+    provider = _provider(body.get("provider"))
+    missing = provider.missing_credential(services.settings)
+    if missing is not None:
+        raise InvalidRequest(
+            f"{provider.name} jobs need {missing}: set it in the receiver's environment"
+        )
+    job_id, created = await provider.create(body, services.store)
     job = await services.store.get_job(job_id)
     status = 202 if created else 200
     return json_response(public_job(job or {}), status, {"Location": f"/jobs/{job_id}"})
 
 
-async def _create_decodo(body: dict[str, Any], services: Services) -> str:
-    request = decodo.parse_request(body)
-    job_id = new_job_id()
-    await services.store.create_job(
-        job_id, "decodo", total=len(request.items), params=request.as_params(), work="submit"
-    )
-    return job_id
-
-
-async def _create_firecrawl(body: dict[str, Any], services: Services) -> tuple[str, bool]:
-    request = firecrawl.parse_request(body)
-    extra = _stall(request.stall_after)
-    if request.batch_id is not None:
-        return await services.store.track_job(
-            "firecrawl", request.batch_id, {"batch_id": request.batch_id}, extra
-        )
-    job_id = new_job_id()
-    params = {"urls": request.urls, "options": request.options}
-    await services.store.create_job(
-        job_id,
-        "firecrawl",
-        total=len(request.urls),
-        params=params,
-        work="submit",
-        submitting=False,
-        extra=extra,
-    )
-    return job_id, True
-
-
-async def _create_dify(body: dict[str, Any], services: Services) -> tuple[str, bool]:
-    request = dify.parse_request(body)
-    external = {"dataset_id": request.dataset_id, "batch": request.batch}
-    return await services.store.track_job(
-        "dify",
-        f"{request.dataset_id}:{request.batch}",
-        external,
-        _stall(request.stall_after),
-    )
-
-
-def _stall(stall_after: float | None) -> dict[str, Any]:
-    return {} if stall_after is None else {"stall_after": stall_after}
+def _provider(name: object) -> Provider:
+    provider = PROVIDERS.get(name) if isinstance(name, str) else None
+    if provider is None:
+        raise InvalidRequest(f"provider must be one of: {', '.join(PROVIDERS)}")
+    return provider
 
 
 async def list_jobs(request: Request, services: Services) -> Response:
@@ -171,24 +131,30 @@ async def retry_job(request: Request, services: Services) -> Response:
 
 
 async def cancel_job(request: Request, services: Services) -> Response:
-    """Cancel at the provider when it can (Firecrawl), and end the job `cancelled`."""
+    """Cancel at the provider when it can (Firecrawl), and end the job `cancelled`; or,
+    when the provider still delivers what was under way, once that has landed (202)."""
     job = await _job(request, services)
     if JobStatus(job["status"]).terminal:
         return error_response(409, "job_ended", f"the job already ended {job['status']}")
-    batch_id = (job.get("external") or {}).get("batch_id")
-    if job["provider"] == "firecrawl" and batch_id:
-        try:
-            await services.firecrawl.cancel(batch_id)
-        except NotFound as exc:
-            return error_response(404, "provider_not_found", f"firecrawl: {exc}")
-        except Rejected as exc:
-            if exc.status == 409:
-                return error_response(409, "provider_conflict", f"firecrawl: {exc}")
-            raise
-    outcome = await services.store.finish_job(job["id"], JobStatus.CANCELLED, "cancelled by a user")
-    if outcome != "finished":
-        return error_response(409, "job_ended", "the job ended meanwhile")
-    return json_response(public_job(await services.store.get_job(job["id"]) or job))
+    provider = PROVIDERS[job["provider"]]
+    try:
+        cancelled = await provider.cancel(job, services.workflows[provider.name])
+    except NotFound as exc:
+        return error_response(404, "provider_not_found", f"{provider.name}: {exc}")
+    except Rejected as exc:
+        if exc.status == 409:
+            return error_response(409, "provider_conflict", f"{provider.name}: {exc}")
+        raise
+    store = services.store
+    if cancelled.provider_status is not None:
+        await store.update_job(job["id"], {"provider_status": cancelled.provider_status})
+    if cancelled.ends_now:
+        outcome = await store.finish_job(job["id"], JobStatus.CANCELLED, "cancelled by a user")
+        if outcome != "finished":
+            return error_response(409, "job_ended", "the job ended meanwhile")
+    answer = public_job(await store.get_job(job["id"]) or job)
+    answer["cancel"] = {"at_provider": cancelled.at_provider, "message": cancelled.message}
+    return json_response(answer, 200 if cancelled.ends_now else 202)
 
 
 async def _job(request: Request, services: Services) -> dict[str, Any]:
@@ -205,11 +171,7 @@ def public_job(job: dict[str, Any]) -> dict[str, Any]:
     for key in ("created_at", "updated_at", "submitted_at", "finished_at", "polled_at"):
         if key in job:
             shown[key] = store_module.iso(job[key])
-    params = job.get("params") or {}
-    if job.get("provider") == "decodo" and params:
-        shown["request"] = {
-            "items": len(params.get("items", [])),
-            "key": params.get("key"),
-            "params": params.get("params", {}),
-        }
+    provider = PROVIDERS.get(job.get("provider", ""))
+    if provider is not None:
+        shown |= provider.public(job)
     return shown

@@ -17,12 +17,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver import api, callbacks, metrics, streams
-from receiver.ingest import CallbackCommitter
+from receiver.jobs.base import Context
 from receiver.outages import Outages, outage_reason
+from receiver.providers.base import open_http
+from receiver.registry import workflows
 from receiver.settings import Settings
+from receiver.store import callback_committer, open_redis, open_store
 from receiver.tokens import PassthroughSigner
 from receiver.web import Services, authed, handler, json_response
-from receiver.wiring import firecrawl_jobs, open_http, open_redis, open_store
 
 Background = Callable[[Services], contextlib.AbstractAsyncContextManager[None]]
 
@@ -50,9 +52,9 @@ def create_app(
                 redis,
                 store,
                 signer,
-                CallbackCommitter(store),
+                callback_committer(store),
                 http,
-                firecrawl_jobs(settings, store, http),
+                workflows(Context(settings, store, http, signer)),
                 metrics.RedisGauges(),
                 Outages(),
             )

@@ -114,7 +114,7 @@ class DecodoCallbacks:
             if token is None:
                 raise InvalidToken("missing passthrough token")
             job_id = services.signer.verify(token)
-            code = await services.committer.commit((job_id, _task_id(body), _status(body)))
+            code = await services.committer.submit((job_id, _task_id(body), _status(body)))
         except ReceiverError as exc:
             return _refusal(exc)
         except RedisError as exc:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from receiver import __version__
-from receiver.api import MAX_JOB_BODY, PROVIDERS
-from receiver.jobs.decodo import MAX_ITEMS
-from receiver.jobs.firecrawl import MAX_URLS, OPTIONS
+from receiver.api import MAX_JOB_BODY
+from receiver.registry import PROVIDERS
+from receiver.schemas import Schema, enum, obj, ref
 from receiver.settings import DURABILITY_LEVELS
 from receiver.store import JobStatus
-
-Schema = dict[str, Any]
 
 # Event types, in the order a job goes through them.
 EVENT_TYPES = (
@@ -25,10 +22,6 @@ EVENT_TYPES = (
     "job.cancelled",
     "job.expired",
 )
-# An id receiver puts in a provider's URL path (Dify's dataset id and batch); ".." is refused.
-_SAFE_ID = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-_UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-_HTTP_URL = "^https?://"
 # A Decodo task id as a callback carries it: 1 to 64 printable ASCII characters.
 _TASK_ID = "^[ -~]{1,64}$"
 # The JSON integers the callback parser reads as integers (wider ones become floats).
@@ -64,22 +57,8 @@ def document() -> dict[str, Any]:
 # -- building blocks ----------------------------------------------------------------------
 
 
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _object(properties: Schema, required: Sequence[str] = (), **more: Any) -> Schema:
-    """An object with exactly these properties, unless `more` sets additionalProperties."""
-    base = {"type": "object", "required": list(required), "properties": properties}
-    return {**base, "additionalProperties": False, **more}
-
-
-def _enum(values: Sequence[str]) -> Schema:
-    return {"type": "string", "enum": list(values)}
-
-
 def _statuses() -> Schema:
-    return _enum([s.value for s in JobStatus])
+    return enum([s.value for s in JobStatus])
 
 
 def _answer(description: str, schema: Schema, headers: Schema | None = None) -> Schema:
@@ -97,7 +76,7 @@ def _error(
     choices: list[Schema] = [{"enum": list(codes)}] if codes else []
     choices += [{"pattern": pattern}] if pattern else []
     code = choices[0] if len(choices) == 1 else {"anyOf": choices}
-    schema = {"allOf": [_ref("Error"), {"properties": {"error": code}}]}
+    schema = {"allOf": [ref("Error"), {"properties": {"error": code}}]}
     return _answer(description, schema, headers)
 
 
@@ -159,7 +138,7 @@ def _bearer(name: str, summary: str, responses: Schema, **more: Any) -> Schema:
 
 
 def _body(name: str) -> Schema:
-    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+    return {"required": True, "content": {"application/json": {"schema": ref(name)}}}
 
 
 # -- paths --------------------------------------------------------------------------------
@@ -228,8 +207,8 @@ def _service_paths() -> dict[str, Any]:
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
     readiness = {
-        "200": _answer("Ready.", _ref("Ready")),
-        "503": _answer("Not ready, and why.", _ref("NotReady")),
+        "200": _answer("Ready.", ref("Ready")),
+        "503": _answer("Not ready, and why.", ref("NotReady")),
     }
     return {
         "/healthz": {
@@ -248,7 +227,7 @@ def _service_paths() -> dict[str, Any]:
                 "service",
                 "openapi",
                 "This document.",
-                {"200": _answer("The document.", _ref("OpenAPI"))},
+                {"200": _answer("The document.", ref("OpenAPI"))},
             )
         },
     }
@@ -266,8 +245,8 @@ def _job_paths() -> dict[str, Any]:
 def _create_job() -> Schema:
     location = {"Location": _header("/jobs/{id} of the job.")}
     responses = {
-        "202": _answer("Created.", _ref("Job"), location),
-        "200": _answer("That batch is tracked already: its job.", _ref("Job"), location),
+        "202": _answer("Created.", ref("Job"), location),
+        "200": _answer("That batch is tracked already: its job.", ref("Job"), location),
         "400": _bad_request("Not a valid job request; `message` says why."),
         "413": _too_large(f"{MAX_JOB_BODY} bytes"),
     }
@@ -277,12 +256,12 @@ def _create_job() -> Schema:
 
 def _list_jobs() -> Schema:
     responses = {
-        "200": _answer("One page of jobs.", _ref("JobList")),
+        "200": _answer("One page of jobs.", ref("JobList")),
         "400": _bad_request("A bad limit, status, provider or cursor."),
     }
     parameters = [
         _parameter("query", "status", _statuses(), "Only jobs with this status."),
-        _parameter("query", "provider", _enum(PROVIDERS), "Only this provider's jobs."),
+        _parameter("query", "provider", enum(list(PROVIDERS)), "Only this provider's jobs."),
         _limit(100, 1000),
         _parameter(
             "query",
@@ -295,14 +274,14 @@ def _list_jobs() -> Schema:
 
 
 def _show_job() -> Schema:
-    responses = {"200": _answer("The job.", _ref("JobDetail")), "404": _unknown_job()}
+    responses = {"200": _answer("The job.", ref("JobDetail")), "404": _unknown_job()}
     summary = "A job with its tasks (Decodo) or documents (Dify)."
     return _bearer("show_job", summary, responses, parameters=[_job_id()])
 
 
 def _cancel_job() -> Schema:
     responses = {
-        "200": _answer("Cancelled.", _ref("Job")),
+        "200": _answer("Cancelled.", ref("Job")),
         "404": _error(
             "No such job, or the provider no longer knows the batch.",
             "unknown_job",
@@ -327,7 +306,7 @@ def _cancel_job() -> Schema:
 
 def _retry_job() -> Schema:
     responses = {
-        "202": _answer("Running again.", _ref("Job")),
+        "202": _answer("Running again.", ref("Job")),
         "404": _unknown_job(),
         "409": _error("The job is not failed, expired or cancelled.", "job_not_ended"),
     }
@@ -337,7 +316,7 @@ def _retry_job() -> Schema:
 
 def _job_results() -> Schema:
     responses = {
-        "200": _answer("One page of results.", _ref("Results")),
+        "200": _answer("One page of results.", ref("Results")),
         "400": _bad_request("A bad limit or cursor."),
         "404": _unknown_job(),
     }
@@ -391,18 +370,18 @@ def _count() -> Schema:
 def _job_schemas() -> dict[str, Schema]:
     count = _count()
     cursor = {"type": ["string", "null"], "description": "null: no more."}
-    tasks = _object(
-        {"tasks": {"type": "array", "items": _ref("Task")}}, ["tasks"], additionalProperties=True
+    tasks = obj(
+        {"tasks": {"type": "array", "items": ref("Task")}}, ["tasks"], additionalProperties=True
     )
     return {
-        "Progress": _object(
+        "Progress": obj(
             {"completed": count, "failed": count, "total": count},
             ["completed", "failed", "total"],
             description="completed: tasks with stored results; failed: failed or expired.",
         ),
         "Job": _job(),
-        "JobDetail": {"allOf": [_ref("Job"), tasks]},
-        "Task": _object(
+        "JobDetail": {"allOf": [ref("Job"), tasks]},
+        "Task": obj(
             {
                 "id": {"type": "string"},
                 "status": {
@@ -415,11 +394,11 @@ def _job_schemas() -> dict[str, Schema]:
             },
             ["id", "status"],
         ),
-        "JobList": _object(
-            {"jobs": {"type": "array", "items": _ref("Job")}, "next_cursor": cursor},
+        "JobList": obj(
+            {"jobs": {"type": "array", "items": ref("Job")}, "next_cursor": cursor},
             ["jobs", "next_cursor"],
         ),
-        "Results": _object(
+        "Results": obj(
             {
                 "job_id": {"type": "string"},
                 "status": _statuses(),
@@ -437,10 +416,10 @@ def _job_schemas() -> dict[str, Schema]:
 
 def _job() -> Schema:
     count, time = _count(), {"type": "string", "format": "date-time"}
-    request = _object(
+    request = obj(
         {
             "items": {"type": "integer", "minimum": 1},
-            "key": _enum(["url", "query"]),
+            "key": enum(["url", "query"]),
             "params": {"type": "object", "description": "Decodo's own parameters, as given."},
         },
         ["items", "key", "params"],
@@ -448,9 +427,9 @@ def _job() -> Schema:
     )
     properties = {
         "id": {"type": "string"},
-        "provider": _enum(PROVIDERS),
+        "provider": enum(list(PROVIDERS)),
         "status": _statuses(),
-        "progress": _ref("Progress"),
+        "progress": ref("Progress"),
         "error": {"type": "string", "description": "Why it failed or was cancelled."},
         "external": {"type": "object", "description": "The provider's ids of the job."},
         "provider_status": {"type": "string"},
@@ -465,120 +444,38 @@ def _job() -> Schema:
         "request": request,
     }
     # Fields may be added: clients ignore the ones they do not know.
-    return _object(properties, ["id", "provider", "status", "progress"], additionalProperties=True)
+    return obj(properties, ["id", "provider", "status", "progress"], additionalProperties=True)
 
 
 def _event() -> Schema:
     properties = {
         "id": {"type": "string", "pattern": _EVENT_ID},
-        "type": _enum(EVENT_TYPES),
+        "type": enum(EVENT_TYPES),
         "job_id": {"type": "string"},
-        "provider": _enum(PROVIDERS),
+        "provider": enum(list(PROVIDERS)),
         "status": _statuses(),
-        "progress": _ref("Progress"),
+        "progress": ref("Progress"),
         "at": {"type": "string", "format": "date-time"},
         "detail": {"type": "object", "description": "What changed: task_id, reason, source."},
     }
-    return _object(properties, list(properties), additionalProperties=True)
+    return obj(properties, list(properties), additionalProperties=True)
 
 
 def _request_schemas() -> dict[str, Schema]:
+    requests: dict[str, Schema] = {}
+    for provider in PROVIDERS.values():
+        requests |= provider.request_schemas()
     return {
-        "JobRequest": {
-            "oneOf": [
-                _ref("DecodoJobRequest"),
-                _ref("FirecrawlTrackRequest"),
-                _ref("FirecrawlSubmitRequest"),
-                _ref("DifyJobRequest"),
-            ]
-        },
-        "DecodoJobRequest": _decodo_request(),
-        "FirecrawlTrackRequest": _object(
-            {
-                "provider": {"const": "firecrawl"},
-                "batch_id": {"type": "string", "pattern": _UUID},
-                "stall_after": _stall_after(),
-            },
-            ["provider", "batch_id"],
-            description="Track a batch scrape submitted elsewhere.",
-        ),
-        "FirecrawlSubmitRequest": _firecrawl_submit(),
-        "DifyJobRequest": _dify_request(),
+        "JobRequest": {"oneOf": [ref(name) for name in requests]},
+        **requests,
         "DecodoCallback": _decodo_callback_body(),
-        "FirecrawlWebhook": _object(
+        "FirecrawlWebhook": obj(
             dict.fromkeys(("webhookId", "id", "type"), {"type": "string", "minLength": 1}),
             ["webhookId", "id", "type"],
             additionalProperties=True,
             description="Firecrawl's webhook event; only webhookId, id and type are read.",
         ),
     }
-
-
-def _stall_after() -> Schema:
-    return {
-        "type": "number",
-        "exclusiveMinimum": 0,
-        "description": "Seconds without progress after which the job fails as stalled.",
-    }
-
-
-def _decodo_request() -> Schema:
-    url, query = {"type": "string", "pattern": _HTTP_URL}, {"type": "string", "pattern": r"\S"}
-    many = {"type": "array", "minItems": 1, "maxItems": MAX_ITEMS}
-    properties = {
-        "provider": {"const": "decodo"},
-        "url": url,
-        "query": query,
-        "urls": {**many, "items": url},
-        "queries": {**many, "items": query},
-        "target": {"type": "string"},
-        # receiver sets these itself.
-        **dict.fromkeys(("callback_url", "passthrough", "passtrough"), False),
-    }
-    return _object(
-        properties,
-        ["provider"],
-        oneOf=[{"required": [key]} for key in ("url", "query", "urls", "queries")],
-        additionalProperties=True,
-        description="Exactly one of url, query, urls, queries; other keys are Decodo's own "
-        "parameters, passed on as given.",
-    )
-
-
-def _firecrawl_submit() -> Schema:
-    options = {
-        name: {"description": "Passed on to Firecrawl as given."} for name in sorted(OPTIONS)
-    }
-    urls = {
-        "type": "array",
-        "minItems": 1,
-        "maxItems": MAX_URLS,
-        "items": {"type": "string", "pattern": _HTTP_URL},
-    }
-    return _object(
-        {
-            "provider": {"const": "firecrawl"},
-            "urls": urls,
-            "stall_after": _stall_after(),
-            **options,
-        },
-        ["provider", "urls"],
-        description="Submit a batch scrape (POST /v2/batch/scrape) with Firecrawl's options.",
-    )
-
-
-def _dify_request() -> Schema:
-    safe_id = {"type": "string", "pattern": _SAFE_ID, "not": {"pattern": r"\.\."}}
-    return _object(
-        {
-            "provider": {"const": "dify"},
-            "dataset_id": safe_id,
-            "batch": safe_id,
-            "stall_after": _stall_after(),
-        },
-        ["provider", "dataset_id", "batch"],
-        description="Track the indexing of a batch of documents in a dataset.",
-    )
 
 
 def _decodo_callback_body() -> Schema:
@@ -597,7 +494,7 @@ def _decodo_callback_body() -> Schema:
         "passthrough": token,
         "passtrough": token,
     }
-    return _object(
+    return obj(
         properties,
         allOf=[
             {"anyOf": [{"required": ["passthrough"]}, {"required": ["passtrough"]}]},
@@ -611,31 +508,31 @@ def _decodo_callback_body() -> Schema:
 
 def _answer_schemas() -> dict[str, Schema]:
     return {
-        "Error": _object(
+        "Error": obj(
             {"error": {"type": "string"}, "message": {"type": "string"}}, ["error", "message"]
         ),
-        "Ready": _object(
+        "Ready": obj(
             {
                 "ready": {"const": True},
                 "workers": {"type": "integer", "minimum": 1},
-                "durability": _enum(DURABILITY_LEVELS),
+                "durability": enum(DURABILITY_LEVELS),
             },
             ["ready", "workers", "durability"],
         ),
-        "NotReady": _object(
+        "NotReady": obj(
             {
                 "ready": {"const": False},
-                "missing": _enum(("redis", "worker")),
+                "missing": enum(("redis", "worker")),
                 "reason": {"type": "string"},
-                "durability": _enum(DURABILITY_LEVELS),
+                "durability": enum(DURABILITY_LEVELS),
             },
             ["ready", "missing", "reason", "durability"],
         ),
-        "OpenAPI": _object(
+        "OpenAPI": obj(
             {"openapi": {"type": "string"}}, ["openapi", "info", "paths"], additionalProperties=True
         ),
     }
 
 
 def _status_answer(*statuses: str) -> Schema:
-    return _object({"status": _enum(statuses)}, ["status"])
+    return obj({"status": enum(statuses)}, ["status"])

@@ -23,6 +23,7 @@ import orjson
 
 from receiver.backoff import backoff
 from receiver.errors import Permanent, RateLimited, Transient
+from receiver.jobs.base import UnknownWork
 from receiver.metrics import POLLS
 from receiver.settings import Settings
 from receiver.store import JobStatus, Store
@@ -50,11 +51,14 @@ class Poller:
     """The provider-independent half of polling; subclasses observe one provider."""
 
     provider = "provider"
+    direct: frozenset[str] = frozenset()  # every poll reads its job first
 
     def __init__(self, store: Store, settings: Settings, clock: Callable[[], float] = time.time):
         self.store = store
         self.settings = settings
         self.clock = clock
+        # Polls of this provider in flight in this process.
+        self._polling = asyncio.Semaphore(settings.poll_concurrency)
         self._turns = 0  # polls this process may still make before _turns_until
         self._turns_until = 0.0
         self._refill = asyncio.Lock()  # one refill of the turns at a time, not one per poll
@@ -70,6 +74,18 @@ class Poller:
     async def submit(self, job_id: str) -> float | None:
         """Submit a new job to the provider; providers that only get tracked have none."""
         return None
+
+    async def run(
+        self, kind: str, job_id: str, task_id: str, job: Mapping[str, Any] | None
+    ) -> float | None:
+        if kind == "submit":
+            return await self.submit(job_id)
+        if kind == "poll":
+            if job is None:
+                return None
+            async with self._polling:
+                return await self.poll(job)
+        raise UnknownWork(f"{self.provider} jobs have no {kind!r} work")
 
     async def poll(self, job: Mapping[str, Any]) -> float | None:
         """One poll of the job (as `Store.get_job` read it); when to poll it again, or None

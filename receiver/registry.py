@@ -1,4 +1,4 @@
-"""Every provider receiver knows, by name: one entry each (see `receiver.jobs.base.Provider`).
+"""Every provider receiver knows, by name (see `receiver.jobs.base.Provider`).
 
 Adding a provider is one module under `receiver/jobs/` defining its `PROVIDER`, and one
 line here.
@@ -6,20 +6,14 @@ line here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from receiver.jobs import decodo, dify, firecrawl
+from receiver.jobs.base import Context, Provider, Workflow
 
-from receiver import display
-from receiver.display import Display
-
-
-@dataclass(frozen=True)
-class _Entry:  # placeholder until the registry holds the providers' full entries
-    name: str
-    display: Display
-
-
-PROVIDERS = {
-    "decodo": _Entry("decodo", Display("tasks", display.decodo)),
-    "firecrawl": _Entry("firecrawl", Display("pages", display.firecrawl)),
-    "dify": _Entry("dify", Display("documents", display.dify)),
+PROVIDERS: dict[str, Provider] = {
+    entry.name: entry for entry in (decodo.PROVIDER, firecrawl.PROVIDER, dify.PROVIDER)
 }
+
+
+def workflows(context: Context) -> dict[str, Workflow]:
+    """Each provider's workflow, built for one process."""
+    return {name: entry.workflow(context) for name, entry in PROVIDERS.items()}

@@ -313,7 +313,7 @@ REOPEN_JOB = (
     PRELUDE
     + r"""
 local j = ARGV[5]
-local h = redis.call('HMGET', jkey(j), 'status', 'provider', 'external')
+local h = redis.call('HMGET', jkey(j), 'status', 'submitting', 'external')
 if not h[1] then return 'unknown_job' end
 if h[1] ~= 'failed' and h[1] ~= 'expired' and h[1] ~= 'cancelled' then return 'not_ended' end
 set_status(j, 'running')
@@ -321,9 +321,12 @@ redis.call('HDEL', jkey(j), 'error', 'finished_at', 'final_event')
 redis.call('HSET', jkey(j), 'updated_at', NOW, 'moved_at', NOW)
 redis.call('DEL', jkey(j) .. ':attempts')
 local refetched = 0
-if h[2] == 'decodo' and redis.call('HEXISTS', jkey(j), 'submitting') == 1 then
+-- By what the job holds, whatever its provider: a submission under way is resumed; tasks
+-- waiting for callbacks are fetched and reconciled; a provider job is polled; else the
+-- job was never submitted.
+if h[2] then
   redis.call('XADD', P .. 'stream:work', '*', 'k', 'submit', 'j', j)
-elseif h[2] == 'decodo' then
+elseif redis.call('EXISTS', jkey(j) .. ':tasks') == 1 then
   local tasks = redis.call('HGETALL', jkey(j) .. ':tasks')
   for i = 1, #tasks, 2 do
     local t, status = tasks[i], tasks[i + 1]

@@ -16,9 +16,11 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
 from receiver.app import Background, create_app
+from receiver.providers.base import open_http
 from receiver.settings import Settings
+from receiver.store import open_redis, open_store
 from receiver.web import Services
-from receiver.wiring import build_worker, open_http, open_redis, open_store
+from receiver.worker import build_worker
 
 log = logging.getLogger(__name__)
 

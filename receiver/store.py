@@ -14,17 +14,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from receiver import scripts
 from receiver.batching import Batcher
 from receiver.errors import NotConfirmed
 from receiver.events import at_ms, iso_ms
 from receiver.keys import DUE_LEASE, WORK_GROUP, Keys
+from receiver.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+Callback = tuple[str, str, str]  # job id, task id, done | faulted
+
+# Seconds any one Redis command may take before the call fails (and counts as an outage),
+# chosen here rather than inherited from redis-py (5 s in 8.x). Every blocking read asks
+# for less than this (events.read_events and the worker block for at most half of it).
+REDIS_TIMEOUT = 10.0
+# Seconds to open a connection to Redis.
+REDIS_CONNECT_TIMEOUT = 5.0
+# Batches of callbacks in flight at once. With `appendfsync always` each script call waits
+# for Redis's fsync: a second batch in flight is taken while the first one's is on disk.
+COMMITS_IN_FLIGHT = 2
 
 
 class JobStatus(enum.StrEnum):
@@ -618,3 +630,35 @@ def decode_job(job_id: str, raw: Mapping[Any, Any]) -> dict[str, Any]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def open_redis(settings: Settings) -> Redis:
+    """A client whose pool waits for a free connection rather than failing when busy, with
+    every timeout chosen: a command, a connection, and the wait for a pooled connection."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url or "",
+        max_connections=2 * settings.fetch_concurrency + 2 * settings.poll_concurrency + 64,
+        timeout=REDIS_TIMEOUT,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+    return Redis.from_pool(pool)  # closing the client closes the pool too
+
+
+def open_store(settings: Settings, redis: Redis) -> Store:
+    return Store(
+        redis,
+        Keys(settings.key_prefix),
+        events_maxlen=settings.events_maxlen,
+        due_shards=settings.due_shards,
+        confirm=settings.durability_confirm,
+        confirm_timeout=settings.durability_timeout,
+    )
+
+
+def callback_committer(store: Store, max_batch: int = 512) -> Batcher[Callback, str]:
+    """Group commit of callbacks: those that arrive in one event-loop turn share one script
+    call (one Redis round trip per batch); each caller gets its code."""
+    return Batcher(store.apply_callbacks, max_batch, COMMITS_IN_FLIGHT)

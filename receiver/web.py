@@ -16,13 +16,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
+from receiver.batching import Batcher
 from receiver.errors import InvalidRequest, PayloadTooLarge, ProviderError, ReceiverError
-from receiver.ingest import CallbackCommitter
-from receiver.jobs.firecrawl import FirecrawlJobs
+from receiver.jobs.base import Workflow
 from receiver.metrics import RedisGauges
 from receiver.outages import Outages
 from receiver.settings import Settings
-from receiver.store import Store
+from receiver.store import Callback, Store
 from receiver.tokens import PassthroughSigner
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,9 @@ class Services:
     redis: Redis
     store: Store
     signer: PassthroughSigner
-    committer: CallbackCommitter
+    committer: Batcher[Callback, str]  # callbacks recorded in group commits
     http: httpx.AsyncClient
-    firecrawl: FirecrawlJobs
+    workflows: dict[str, Workflow]  # each provider's, for what the API asks of them (cancel)
     gauges: RedisGauges
     outages: Outages
 

@@ -18,14 +18,19 @@ import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
+import httpx
 from redis.exceptions import RedisError, ResponseError
 
 from receiver.backoff import backoff
 from receiver.batching import Batcher
 from receiver.dispatch import Dispatcher, UnknownWork
+from receiver.jobs.base import Context
 from receiver.keys import DUE_LEASE, WORK_GROUP
 from receiver.outages import Outages, raise_if_cancelling, supervise
+from receiver.registry import workflows
+from receiver.settings import Settings
 from receiver.store import Store
+from receiver.tokens import PassthroughSigner
 
 log = logging.getLogger(__name__)
 
@@ -335,3 +340,21 @@ async def _stop(tasks: Sequence[asyncio.Task[Any]]) -> None:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def build_worker(
+    settings: Settings, store: Store, http: httpx.AsyncClient, outages: Outages | None = None
+) -> Worker:
+    """A worker running every provider's workflow, as the settings ask."""
+    signer = PassthroughSigner(settings.secret_keys, settings.token_max_age)
+    context = Context(settings, store, http, signer)
+    return Worker(
+        store,
+        Dispatcher(store, workflows(context)),
+        # Room for a second step while each fetch stores its results and is acknowledged.
+        concurrency=2 * settings.fetch_concurrency,
+        claim_idle=settings.claim_idle,
+        lease=settings.lease,
+        heartbeat_interval=settings.heartbeat_interval,
+        outages=outages,
+    )

@@ -82,6 +82,43 @@ def test_bad_job_request_is_refused_and_writes_nothing(
     assert deployment.redis.dbsize() == 0
 
 
+# A job of each provider, and the credential variable it needs on the providers' own hosts.
+NEEDS_CREDENTIAL = {
+    "DECODO_AUTH": ({"decodo_auth": ""}, {"provider": "decodo", "url": "https://a.example"}),
+    "FIRECRAWL_API_KEY": (
+        {"firecrawl_api_key": "", "firecrawl_base_url": "https://api.firecrawl.dev"},
+        {"provider": "firecrawl", "urls": ["https://a.example"]},
+    ),
+    "DIFY_API_KEY": (
+        {"dify_api_key": ""},
+        {"provider": "dify", "dataset_id": "d", "batch": "20261122000000123456"},
+    ),
+}
+
+
+@pytest.mark.parametrize("variable", sorted(NEEDS_CREDENTIAL))
+def test_a_job_whose_provider_has_no_credentials_is_refused_naming_the_variable(
+    redis_process: RedisProcess, variable: str
+) -> None:
+    changes, body = NEEDS_CREDENTIAL[variable]
+    with polled_deployment(redis_process, settings=changes, with_worker=False) as d:
+        d.redis.flushall()
+        response = httpx.post(
+            f"{d.api}/jobs", content=orjson.dumps(body), headers=d.headers(), timeout=30
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid_request"
+        assert variable in response.json()["message"]
+        assert d.redis.dbsize() == 0
+
+
+def test_a_self_hosted_firecrawl_needs_no_key(redis_process: RedisProcess) -> None:
+    """USE_DB_AUTHENTICATION=false servers take no key: only the cloud's origin needs one."""
+    with polled_deployment(redis_process, settings={"firecrawl_api_key": ""}) as d:
+        job_id = d.create({"provider": "firecrawl", "urls": ["https://a.example/1"]})
+        assert d.job(job_id)["status"] in ("submitted", "running", "completed", "failed")
+
+
 def test_malformed_json_job_request(deployment: PolledDeployment) -> None:
     deployment.redis.flushall()
     response = httpx.post(
@@ -119,6 +156,8 @@ def test_cli_track_commands(deployment: PolledDeployment, redis_process: RedisPr
         "PATH": "/usr/bin",
         "RECEIVER_API_TOKEN": "cli",
         "PORT": str(port),
+        "FIRECRAWL_API_KEY": "fc-test",
+        "DIFY_API_KEY": "dataset-test",
     }
     with subprocess.Popen(
         [sys.executable, "-m", "receiver", "web"],

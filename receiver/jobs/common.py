@@ -9,7 +9,7 @@ from typing import Any
 from receiver.errors import InvalidRequest
 
 # An id we put in a provider's URL path: letters, digits and - _ . only.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def optional_stall_after(body: Mapping[str, Any]) -> float | None:
@@ -24,6 +24,6 @@ def optional_stall_after(body: Mapping[str, Any]) -> float | None:
 
 def safe_id(body: Mapping[str, Any], name: str) -> str:
     value = body.get(name)
-    if not isinstance(value, str) or not _SAFE_ID.fullmatch(value) or ".." in value:
+    if not isinstance(value, str) or not SAFE_ID.fullmatch(value) or ".." in value:
         raise InvalidRequest(f"{name} must be an id of letters, digits, - and _")
     return value

@@ -9,7 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from receiver import display, schemas
 from receiver.backoff import backoff
+from receiver.display import Display
 from receiver.errors import (
     InvalidRequest,
     NotFound,
@@ -17,10 +19,11 @@ from receiver.errors import (
     RateLimited,
     Transient,
 )
+from receiver.jobs.base import Context, Provider, Schema, UnknownWork
 from receiver.metrics import FETCH_SECONDS, FETCHES
 from receiver.providers.decodo import BATCH_LIMIT, DONE, FAULTED, DecodoClient, SubmittedTask
 from receiver.settings import Settings
-from receiver.store import JobStatus, Store, TaskStatus
+from receiver.store import JobStatus, Store, TaskStatus, new_job_id
 from receiver.tokens import PassthroughSigner
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,9 @@ def parse_request(body: Mapping[str, Any]) -> DecodoRequest:
 class DecodoJobs:
     """The worker's side of Decodo jobs. Each step returns when to run it again, or None."""
 
+    # Results fetches and reconciliations go by job id: the fetch is the hot path.
+    direct = frozenset({"fetch", "reconcile"})
+
     def __init__(
         self,
         store: Store,
@@ -112,6 +118,17 @@ class DecodoJobs:
     @property
     def callback_url(self) -> str:
         return self.settings.public_url + "/callbacks/decodo"
+
+    async def run(
+        self, kind: str, job_id: str, task_id: str, job: Mapping[str, Any] | None
+    ) -> float | None:
+        if kind == "fetch":
+            return await self.fetch(job_id, task_id)
+        if kind == "reconcile":
+            return await self.reconcile(job_id)
+        if kind == "submit":
+            return await self.submit(job_id)
+        raise UnknownWork(f"decodo jobs have no {kind!r} work")
 
     # -- submit -------------------------------------------------------------------------
 
@@ -286,3 +303,62 @@ class DecodoJobs:
             },
         )
         return self.clock() + delay
+
+
+class Decodo(Provider):
+    """Decodo's Scraper API: tasks submitted with a callback URL, results fetched on callback."""
+
+    name = "decodo"
+    display = Display("tasks", display.decodo)
+    credentials = (("decodo_auth", "DECODO_AUTH"),)
+
+    async def create(self, body: Mapping[str, Any], store: Store) -> tuple[str, bool]:
+        request = parse_request(body)
+        job_id = new_job_id()
+        await store.create_job(
+            job_id, self.name, total=len(request.items), params=request.as_params(), work="submit"
+        )
+        return job_id, True
+
+    def workflow(self, context: Context) -> DecodoJobs:
+        settings = context.settings
+        client = DecodoClient(context.http, settings.decodo_base_url, settings.decodo_auth)
+        return DecodoJobs(context.store, client, context.signer, settings)
+
+    def public(self, job: Mapping[str, Any]) -> dict[str, Any]:
+        params = job.get("params") or {}
+        if not params:
+            return {}
+        request = {
+            "items": len(params.get("items", [])),
+            "key": params.get("key"),
+            "params": params.get("params", {}),
+        }
+        return {"request": request}
+
+    def request_schemas(self) -> dict[str, Schema]:
+        url = {"type": "string", "pattern": schemas.HTTP_URL}
+        query = {"type": "string", "pattern": r"\S"}
+        many = {"type": "array", "minItems": 1, "maxItems": MAX_ITEMS}
+        properties = {
+            "provider": {"const": self.name},
+            "url": url,
+            "query": query,
+            "urls": {**many, "items": url},
+            "queries": {**many, "items": query},
+            "target": {"type": "string"},
+            # receiver sets these itself.
+            **dict.fromkeys(sorted(_RESERVED), False),
+        }
+        request = schemas.obj(
+            properties,
+            ["provider"],
+            oneOf=[{"required": [key]} for key in _INPUTS],
+            additionalProperties=True,
+            description="Exactly one of url, query, urls, queries; other keys are Decodo's "
+            "own parameters, passed on as given.",
+        )
+        return {"DecodoJobRequest": request}
+
+
+PROVIDER = Decodo()

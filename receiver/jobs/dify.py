@@ -6,8 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from receiver import display, schemas
+from receiver.display import Display
 from receiver.errors import InvalidRequest
-from receiver.jobs.common import optional_stall_after, safe_id
+from receiver.jobs.base import Cancelled, Context, Provider, Schema, Workflow, stall
+from receiver.jobs.common import SAFE_ID, optional_stall_after, safe_id
 from receiver.polling import Observation, Poller, signature
 from receiver.providers.dify import COMPLETED, FAILED, DifyClient, summarize
 from receiver.settings import Settings
@@ -81,3 +84,46 @@ class DifyJobs(Poller):
             seen.final = JobStatus.FAILED
             seen.reason = "; ".join(f"{doc}: {error}" for doc, error in summary.errors.items())
         return seen
+
+
+class Dify(Provider):
+    """Dify's knowledge API: the indexing of a batch of documents, polled to the end."""
+
+    name = "dify"
+    display = Display("documents", display.dify)
+    credentials = (("dify_api_key", "DIFY_API_KEY"),)
+
+    async def create(self, body: Mapping[str, Any], store: Store) -> tuple[str, bool]:
+        request = parse_request(body)
+        external = {"dataset_id": request.dataset_id, "batch": request.batch}
+        external_id = f"{request.dataset_id}:{request.batch}"
+        return await store.track_job(self.name, external_id, external, stall(request.stall_after))
+
+    def workflow(self, context: Context) -> DifyJobs:
+        settings = context.settings
+        client = DifyClient(context.http, settings.dify_base_url, settings.dify_api_key)
+        return DifyJobs(context.store, client, settings)
+
+    async def cancel(self, job: Mapping[str, Any], workflow: Workflow) -> Cancelled:
+        return Cancelled(
+            "cancelled here only: Dify's service API cannot stop indexing, so Dify goes on "
+            "indexing these documents (receiver retry follows them again)",
+            at_provider=False,
+        )
+
+    def request_schemas(self) -> dict[str, Schema]:
+        safe_id = {"type": "string", "pattern": SAFE_ID.pattern, "not": {"pattern": r"\.\."}}
+        request = schemas.obj(
+            {
+                "provider": {"const": self.name},
+                "dataset_id": safe_id,
+                "batch": safe_id,
+                "stall_after": schemas.stall_after(),
+            },
+            ["provider", "dataset_id", "batch"],
+            description="Track the indexing of a batch of documents in a dataset.",
+        )
+        return {"DifyJobRequest": request}
+
+
+PROVIDER = Dify()

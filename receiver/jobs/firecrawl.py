@@ -10,12 +10,15 @@ from typing import Any
 
 import orjson
 
+from receiver import display, schemas
+from receiver.display import Display
 from receiver.errors import InvalidRequest, Permanent, Transient
+from receiver.jobs.base import Cancelled, Context, Provider, Schema, Workflow, stall
 from receiver.jobs.common import optional_stall_after
 from receiver.polling import Observation, Poller, last_moved_at, parse_time, signature
 from receiver.providers.firecrawl import BatchStatus, FirecrawlClient, document_key
-from receiver.settings import Settings
-from receiver.store import JobStatus, Store
+from receiver.settings import FIRECRAWL_BASE_URL, Settings
+from receiver.store import JobStatus, Store, new_job_id
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ OPTION_KINDS: dict[str, tuple[str, str | None]] = {
 }
 OPTIONS = frozenset(OPTION_KINDS)
 PROXIES = ("basic", "stealth", "enhanced", "auto")
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # What each kind of option value accepts, and how an error names it.
 _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "any": (lambda v: True, "anything"),
@@ -70,7 +73,7 @@ _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "object": (lambda v: isinstance(v, dict), "an object"),
     "format": (lambda v: _is_format(v), "a format name or an object with a string type"),
     "proxy": (lambda v: v in PROXIES, "one of " + ", ".join(PROXIES)),
-    "uuid": (lambda v: isinstance(v, str) and bool(_UUID.fullmatch(v)), "a batch id (a UUID)"),
+    "uuid": (lambda v: isinstance(v, str) and bool(UUID.fullmatch(v)), "a batch id (a UUID)"),
 }
 # Job outcome for each terminal batch status.
 _FINAL = {
@@ -98,7 +101,7 @@ def parse_request(body: Mapping[str, Any]) -> FirecrawlRequest:
         raise InvalidRequest("give either batch_id (to track a batch) or urls (to submit one)")
     if "batch_id" in body:
         batch_id = body["batch_id"]
-        if not isinstance(batch_id, str) or not _UUID.fullmatch(batch_id):
+        if not isinstance(batch_id, str) or not UUID.fullmatch(batch_id):
             raise InvalidRequest("batch_id must be a Firecrawl batch id (a UUID)")
         if set(body) & OPTIONS:
             raise InvalidRequest("scrape options only go with urls, not with batch_id")
@@ -254,3 +257,84 @@ class FirecrawlJobs(Poller):
     async def cancel(self, batch_id: str) -> str:
         await self._wait_turn()  # a user waits on it: a turn is waited for, not rescheduled
         return await self.client.cancel(batch_id)
+
+
+class Firecrawl(Provider):
+    """Firecrawl's v2 batch scrape: submitted or tracked, polled to the end (webhooks hint)."""
+
+    name = "firecrawl"
+    display = Display("pages", display.firecrawl)
+    credentials = (("firecrawl_api_key", "FIRECRAWL_API_KEY"),)
+
+    def missing_credential(self, settings: Settings) -> str | None:
+        # A self-hosted server runs without keys (USE_DB_AUTHENTICATION=false); the cloud not.
+        if settings.firecrawl_base_url.rstrip("/") != FIRECRAWL_BASE_URL:
+            return None
+        return super().missing_credential(settings)
+
+    async def create(self, body: Mapping[str, Any], store: Store) -> tuple[str, bool]:
+        request = parse_request(body)
+        extra = stall(request.stall_after)
+        if request.batch_id is not None:
+            external = {"batch_id": request.batch_id}
+            return await store.track_job(self.name, request.batch_id, external, extra)
+        job_id = new_job_id()
+        await store.create_job(
+            job_id,
+            self.name,
+            total=len(request.urls),
+            params={"urls": request.urls, "options": request.options},
+            work="submit",
+            submitting=False,
+            extra=extra,
+        )
+        return job_id, True
+
+    def workflow(self, context: Context) -> FirecrawlJobs:
+        settings = context.settings
+        client = FirecrawlClient(
+            context.http, settings.firecrawl_base_url, settings.firecrawl_api_key
+        )
+        return FirecrawlJobs(context.store, client, settings)
+
+    async def cancel(self, job: Mapping[str, Any], workflow: Workflow) -> Cancelled:
+        batch_id = (job.get("external") or {}).get("batch_id")
+        if not batch_id:
+            return Cancelled("not submitted to firecrawl yet: nothing to stop there", False)
+        assert isinstance(workflow, FirecrawlJobs)
+        said = await workflow.cancel(batch_id)
+        return Cancelled(f"firecrawl answered {said}", True, provider_status=said)
+
+    def request_schemas(self) -> dict[str, Schema]:
+        track = schemas.obj(
+            {
+                "provider": {"const": self.name},
+                "batch_id": {"type": "string", "pattern": UUID.pattern},
+                "stall_after": schemas.stall_after(),
+            },
+            ["provider", "batch_id"],
+            description="Track a batch scrape submitted elsewhere.",
+        )
+        options = {
+            name: {"description": "Passed on to Firecrawl as given."} for name in sorted(OPTIONS)
+        }
+        urls = {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_URLS,
+            "items": {"type": "string", "pattern": schemas.HTTP_URL},
+        }
+        submit = schemas.obj(
+            {
+                "provider": {"const": self.name},
+                "urls": urls,
+                "stall_after": schemas.stall_after(),
+                **options,
+            },
+            ["provider", "urls"],
+            description="Submit a batch scrape (POST /v2/batch/scrape) with Firecrawl's options.",
+        )
+        return {"FirecrawlTrackRequest": track, "FirecrawlSubmitRequest": submit}
+
+
+PROVIDER = Firecrawl()
