@@ -108,8 +108,13 @@ def control_routes(config: Any, clock: Clock, stats: Stats) -> list[Route]:
         if unknown:
             return json_response({"error": f"unknown knobs: {', '.join(unknown)}"}, 400)
         hints = typing.get_type_hints(type(config))
-        for name, value in changes.items():
-            setattr(config, name, _coerce(hints[name], value))
+        try:  # on a copy first, so that a value the config refuses changes nothing
+            values = {name: _coerce(hints[name], value) for name, value in changes.items()}
+            dataclasses.replace(config, **values)
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, 400)
+        for name, value in values.items():
+            setattr(config, name, value)
         return json_response(dataclasses.asdict(config))
 
     return [

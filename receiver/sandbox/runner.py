@@ -32,7 +32,7 @@ def build(name: str, argv: Sequence[str]) -> Any:
     module, config_class = _load(name)
     parser = _parser(f"receiver sandbox {name}", module, config_class)
     values = vars(parser.parse_args(list(argv)))
-    return module.create_app(config_from_arguments(config_class, values))
+    return module.create_app(_config(parser, config_class, values))
 
 
 def parse_command(name: str, argv: Sequence[str] | None = None) -> tuple[str, int, Any]:
@@ -43,7 +43,7 @@ def parse_command(name: str, argv: Sequence[str] | None = None) -> tuple[str, in
     parser.add_argument("--port", type=int, default=SANDBOXES[name].port)
     values = vars(parser.parse_args(None if argv is None else list(argv)))
     host, port = values.pop("host"), values.pop("port")
-    return host, port, config_from_arguments(config_class, values)
+    return host, port, _config(parser, config_class, values)
 
 
 def run_sandbox(name: str, argv: Sequence[str] | None = None) -> None:
@@ -72,6 +72,16 @@ def _parser(prog: str, module: ModuleType, config_class: type[Any]) -> argparse.
     parser = argparse.ArgumentParser(prog=prog, description=summary)
     add_config_arguments(parser, config_class)
     return parser
+
+
+def _config(
+    parser: argparse.ArgumentParser, config_class: type[Any], values: dict[str, Any]
+) -> Any:
+    """The config of the parsed knobs; a value it refuses ends the command, saying why."""
+    try:
+        return config_from_arguments(config_class, values)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def _announce(names: Sequence[str], host: str, port: int) -> None:

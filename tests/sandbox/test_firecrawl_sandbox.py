@@ -40,6 +40,7 @@ SECRET = "whsec-test"
 STRICT_MESSAGE = (
     "Unrecognized key in body -- please review the v2 API documentation for request body changes"
 )
+TIMEOUT = "SCRAPE_TIMEOUT"  # the code of a page whose scrape timed out (capture 035)
 # Slow pages, one at a time: page i finishes (i+1)*10 s after submission; tests move the clock.
 SLOW = {"scrape_delay": 10.0, "concurrency": 1}
 
@@ -61,6 +62,13 @@ def checked(response: httpx.Response, status: int) -> Any:
     if response.request.method == "GET" and status == 200 and STATUS_PATH.match(path):
         assert not firecrawl_next_drift(str(response.request.url), body)
     return body
+
+
+def capture(number: int) -> dict[str, Any]:
+    """One record of a real Firecrawl server (tests/data/captures/firecrawl/INDEX.md)."""
+    (path,) = CAPTURES.glob(f"{number:03d}_*.json")
+    record: dict[str, Any] = orjson.loads(path.read_bytes())
+    return record
 
 
 def captured() -> list[tuple[str, str, int, Any]]:
@@ -580,6 +588,63 @@ async def test_failed_pages_shrink_total_and_are_listed_in_errors() -> None:
 
 
 @pytest.mark.anyio
+async def test_failed_pages_are_listed_at_every_errors_route_with_the_fail_codes() -> None:
+    async with open_sandbox(**SLOW, fail_rate=1.0, fail_codes=TIMEOUT) as client:
+        batch_id = await submit(client, 3)
+        await advance(client, 30)
+        body = await poll(client, batch_id)
+        routes = ("/v2/crawl/{}/errors", "/v1/batch/scrape/{}/errors", "/v2/batch/scrape/{}/errors")
+        lists = [checked(await client.get(route.format(batch_id)), 200) for route in routes]
+    all_failed = capture(47)["response"]["json"]  # every page failed: completed 0 of 0
+    fields = ("status", "completed", "total", "data")
+    assert [body[name] for name in fields] == [all_failed[name] for name in fields]
+    assert lists[0] == lists[1] == lists[2]
+    assert lists[0]["robotsBlocked"] == []
+    (real,) = [e for e in capture(35)["response"]["json"]["errors"] if e["code"] == TIMEOUT]
+    errors = lists[0]["errors"]
+    assert [e["url"] for e in errors] == page_urls(3)
+    for error in errors:
+        assert list(error) == list(real)
+        assert (error["code"], error["error"]) == (TIMEOUT, real["error"])
+
+
+@pytest.mark.anyio
+async def test_v2_batch_errors_route_is_express_404_page_unless_served() -> None:
+    real = capture(24)
+    real_id = httpx.URL(real["request"]["url"]).path.split("/")[4]
+    async with open_sandbox(**SLOW, v2_batch_errors=False) as client:
+        batch_id = await submit(client, 1)
+        path = f"/v2/batch/scrape/{batch_id}/errors"
+        missing = await client.get(path)
+        unauthenticated = await client.get(path, headers={"Authorization": ""})
+        crawl = await client.get(f"/v2/crawl/{batch_id}/errors")
+        unknown_method = await client.put(f"/v2/batch/scrape/{batch_id}?skip=1")
+        await client.patch("/_sandbox/config", json={"v2_batch_errors": True})
+        served = await client.get(path)
+    expected = real["response"]["text"].replace(real_id, batch_id)
+    content_type = dict(real["response"]["headers"])["Content-Type"]
+    for response in (missing, unauthenticated):
+        assert (response.status_code, response.text) == (404, expected)
+        assert response.headers["content-type"] == content_type
+        assert response.headers["x-powered-by"] == "Express"
+    assert unknown_method.status_code == 404
+    assert f"<pre>Cannot PUT /v2/batch/scrape/{batch_id}</pre>" in unknown_method.text
+    assert checked(served, 200) == checked(crawl, 200)
+
+
+@pytest.mark.anyio
+async def test_a_knob_value_the_config_refuses_is_400_and_changes_nothing() -> None:
+    async with open_sandbox() as client:
+        changes = {"fail_rate": 1.0, "fail_codes": "SCRAPE_TIMEOUT,SCRAPE_BOGUS"}
+        refused = await client.patch("/_sandbox/config", json=changes)
+        knobs = (await client.get("/_sandbox/config")).json()
+    assert refused.status_code == 400 and "SCRAPE_BOGUS" in refused.json()["error"]
+    assert (knobs["fail_rate"], knobs["fail_codes"]) == (0.0, FirecrawlSandboxConfig().fail_codes)
+    with pytest.raises(ValueError, match="fail_codes"):
+        FirecrawlSandboxConfig(fail_codes=" , ")
+
+
+@pytest.mark.anyio
 async def test_not_found_pages_are_successes_with_status_code_404() -> None:
     async with open_sandbox(**SLOW, not_found_rate=1.0) as client:
         batch_id = await submit(client, 2)
@@ -784,12 +849,13 @@ async def test_webhooks_are_signed_and_carry_started_pages_and_completed() -> No
 @pytest.mark.anyio
 async def test_webhook_events_filter_what_is_sent() -> None:
     with run_receiver() as (hook_url, receiver):
-        async with open_sandbox(**FAST, fail_rate=1.0) as client:
+        knobs = {"fail_rate": 1.0, "fail_codes": "SCRAPE_TIMEOUT"}
+        async with open_sandbox(**FAST, **knobs) as client:
             await submit(client, 2, webhook={"url": hook_url, "events": ["page", "completed"]})
             await wait_until(lambda: "batch_scrape.completed" in receiver.types())
     assert receiver.types() == ["batch_scrape.page", "batch_scrape.page", "batch_scrape.completed"]
     page = receiver.deliveries[0].body
-    assert page["success"] is False and page["data"] == [] and page["error"]
+    assert (page["success"], page["data"], page["error"]) == (False, [], "Scrape timed out")
 
 
 @pytest.mark.anyio

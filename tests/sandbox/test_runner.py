@@ -41,6 +41,11 @@ def test_parse_command_reads_host_port_and_knobs() -> None:
     assert (config.scrape_delay, config.stall, config.credits) == (0.5, True, 10)
 
 
+def test_parse_command_refuses_a_knob_value_the_config_refuses() -> None:
+    with pytest.raises(SystemExit):
+        parse_command("firecrawl", ["--fail-codes", "SCRAPE_BOGUS"])
+
+
 def test_python_m_firecrawl_serves_with_knobs_from_the_command_line() -> None:
     port = free_port()
     command = [sys.executable, "-m", "receiver.sandbox.firecrawl", "--port", str(port)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import html
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,13 @@ from receiver.sandbox.common import Clock, Stats, control_routes, json_response
 from receiver.sandbox.faults import Faults, SandboxApp
 from receiver.sandbox.firecrawl.batches import FAILED, Batch, Batches, View, chance
 from receiver.sandbox.firecrawl.config import FirecrawlSandboxConfig
-from receiver.sandbox.firecrawl.documents import iso, page_error, results_page
+from receiver.sandbox.firecrawl.documents import (
+    CANCELLED,
+    iso,
+    page_error,
+    page_failure,
+    results_page,
+)
 from receiver.sandbox.firecrawl.validation import Submission, validate_submission
 from receiver.sandbox.firecrawl.webhooks import WebhookSender
 from receiver.sandbox.runner import run_sandbox
@@ -35,6 +42,15 @@ CREDITS_MESSAGE = (
 )
 UNEXPECTED_MESSAGE = "An unexpected error occurred. Please contact help@firecrawl.com for help."
 PAYMENT_MESSAGE = "Payment required to access this resource."  # seed 000's 402 example
+EXPRESS_PAGE = (
+    '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Error</title>\n'
+    "</head>\n<body>\n<pre>{message}</pre>\n</body>\n</html>\n"
+)
+EXPRESS_HEADERS = {
+    "X-Powered-By": "Express",
+    "Content-Security-Policy": "default-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class _FirecrawlSandbox:
@@ -235,15 +251,21 @@ class _FirecrawlSandbox:
             return _error("Job not found", 404)
         batch, view = found
         failed = [
-            page_error(batch, i, batch.page_time(i), False)
+            page_error(batch, i, batch.page_time(i), page_failure(self.config, i))
             for i in range(view.finished)
             if batch.outcome(i) == FAILED
         ]
         dropped = [
-            page_error(batch, i, batch.cancelled_at or now, True)
+            page_error(batch, i, batch.cancelled_at or now, CANCELLED)
             for i in range(batch.pages, len(batch.urls))
         ]
         return json_response({"errors": failed + dropped, "robotsBlocked": []})
+
+    async def list_batch_errors(self, request: Request) -> Response:
+        """The v2 batch route of the list, which the self-hosted build does not have."""
+        if not self.config.v2_batch_errors:
+            return express_not_found(request)
+        return self._refusal(request) or await self.list_errors(request)
 
     async def finish(self, request: Request) -> Response:
         """Control route: every page of the batch is done now, stall and linger aside."""
@@ -277,6 +299,19 @@ def _unexpected(status: int) -> Response:
     return json_response({"success": False, "code": "UNKNOWN_ERROR", "error": message}, status)
 
 
+def express_not_found(request: Request) -> Response:
+    """Express's page for a route it does not have, whatever the method (capture 024)."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    path = raw.partition(b"?")[0].decode("latin-1")  # as it was sent, without the query
+    text = f"Cannot {request.method} {path}"
+    message = html.escape(text).replace("&#x27;", "&#39;")  # as npm's escape-html writes it
+    return Response(EXPRESS_PAGE.format(message=message), 404, EXPRESS_HEADERS, "text/html")
+
+
+async def _unmatched(request: Request, exc: Exception) -> Response:
+    return express_not_found(request)
+
+
 def _int_param(request: Request, name: str) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or not raw.strip().isdigit():
@@ -298,13 +333,15 @@ def create_app(
         sandbox.route("/v2/batch/scrape", "POST", sandbox.submit),
         sandbox.route(batch, "GET", sandbox.get_status),
         sandbox.route(batch, "DELETE", sandbox.cancel),
-        sandbox.route(f"{batch}/errors", "GET", sandbox.list_errors),
+        sandbox.route(f"{batch}/errors", "GET", sandbox.list_batch_errors, guarded=False),
         sandbox.route("/v2/crawl/{id}/errors", "GET", sandbox.list_errors),
+        sandbox.route("/v1/batch/scrape/{id}/errors", "GET", sandbox.list_errors),
         sandbox.route("/_sandbox/batches/{id}/finish", "POST", sandbox.finish, guarded=False),
         *control_routes(sandbox.config, sandbox.clock, sandbox.stats),
     ]
     faults = Faults(sandbox.config, sandbox.stats, sandbox.error_answer)
-    app = SandboxApp(faults, routes=routes, lifespan=sandbox.lifespan)
+    unmatched = {404: _unmatched, 405: _unmatched}
+    app = SandboxApp(faults, routes=routes, lifespan=sandbox.lifespan, exception_handlers=unmatched)
     app.state.sandbox = sandbox
     return app
 

@@ -1,4 +1,4 @@
-"""The Firecrawl simulator's knobs."""
+"""The Firecrawl simulator's knobs, and the values a knob of a few choices takes."""
 
 from __future__ import annotations
 
@@ -6,17 +6,31 @@ from dataclasses import dataclass
 
 from receiver.sandbox.faults import FaultKnobs
 
+# The per-page failure codes of the real server, with their messages (captures 025, 035).
+FAIL_MESSAGES = {
+    "SCRAPE_TIMEOUT": "Scrape timed out",
+    "SCRAPE_ALL_ENGINES_FAILED": (
+        "All scraping engines failed! -- Double check the URL to make sure it's not broken."
+        " If the issue persists, contact us at help@firecrawl.com."
+    ),
+}
+
 
 @dataclass
 class FirecrawlSandboxConfig(FaultKnobs):
-    """Knobs of the simulator; each is also `--knob-name` on the command line. The fault
-    knobs it shares with the other sandboxes are in `faults.FaultKnobs`."""
+    """Knobs of the simulator; each is also `--knob-name` on the command line and a key of
+    PATCH /_sandbox/config. The fault knobs it shares with the other sandboxes are in
+    `faults.FaultKnobs`. The defaults answer like Firecrawl's cloud API; the knobs that say
+    "self-hosted" make it answer like the self-hosted build of the captures (August 2025)."""
 
     api_key: str = "fc-sandbox"  # the only bearer token accepted
     scrape_delay: float = 1.0  # seconds one page takes to scrape
     jitter: float = 0.0  # up to this many extra seconds per page, drawn from the seeded RNG
     concurrency: int = 10  # pages scraped at once (a smaller body maxConcurrency wins)
     fail_rate: float = 0.0  # share of pages that fail outright and drop out of `total`
+    # The codes failed pages are listed with at /errors, comma-separated, taken in turn by
+    # page index; each a key of FAIL_MESSAGES (e.g. "SCRAPE_TIMEOUT" for timeouts only).
+    fail_codes: str = "SCRAPE_ALL_ENGINES_FAILED,SCRAPE_TIMEOUT"
     not_found_rate: float = 0.0  # share of pages whose target answers 404 (still a success)
     linger: float = 0.0  # seconds to stay `scraping` with completed == total
     batch_fails: bool = False  # a batch whose pages are done ends `failed`, not `completed`
@@ -29,6 +43,10 @@ class FirecrawlSandboxConfig(FaultKnobs):
     max_urls: int = 1000  # most URLs in one submission
     credits: int | None = None  # credits for all submissions together; None is unlimited
     conflict_on_completed_cancel: bool = False  # DELETE of a completed batch answers 409
+    # Serve GET /v2/batch/scrape/{id}/errors, as newer source does; False answers Express's
+    # HTML 404 page there, as the self-hosted build does (capture 024). The same list is
+    # always at GET /v2/crawl/{id}/errors and GET /v1/batch/scrape/{id}/errors.
+    v2_batch_errors: bool = True
     get_429_rate: float = 0.0  # share of status polls answered 429
     get_500_rate: float = 0.0  # share of status polls answered 500
     get_402_rate: float = 0.0  # share of status polls answered 402 (seed 000's body)
@@ -45,3 +63,19 @@ class FirecrawlSandboxConfig(FaultKnobs):
     webhook_timeout: float = 10.0  # seconds before a webhook delivery is abandoned
     get_latency: float = 0.0  # seconds a status poll takes to answer
     seed: int | None = None  # seed of the RNG behind every random choice
+
+    def __post_init__(self) -> None:
+        """Refuse a knob set to none of its choices (PATCH /_sandbox/config answers 400)."""
+        for code in self.failure_codes():
+            _check_choice("fail_codes", code, tuple(FAIL_MESSAGES))
+
+    def failure_codes(self) -> list[str]:
+        codes = [code.strip() for code in self.fail_codes.split(",") if code.strip()]
+        if not codes:
+            raise ValueError("fail_codes names no code")
+        return codes
+
+
+def _check_choice(knob: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{knob}: {value!r} is none of {', '.join(choices)}")

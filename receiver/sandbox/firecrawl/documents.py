@@ -12,13 +12,10 @@ from typing import Any
 import orjson
 
 from receiver.sandbox.firecrawl.batches import NOT_FOUND, Batch, View
-from receiver.sandbox.firecrawl.config import FirecrawlSandboxConfig
+from receiver.sandbox.firecrawl.config import FAIL_MESSAGES, FirecrawlSandboxConfig
 
-ENGINES_FAILED = (
-    "All scraping engines failed! -- Double check the URL to make sure it's not broken."
-    " If the issue persists, contact us at help@firecrawl.com."
-)
-CANCELLED_PAGE = "(Internal server error) - Parent crawl/batch scrape was cancelled"
+# The /errors entry of a page a cancel dropped (capture 025).
+CANCELLED = ("UNKNOWN_ERROR", "(Internal server error) - Parent crawl/batch scrape was cancelled")
 
 
 def iso(moment: float) -> str:
@@ -82,14 +79,16 @@ def _metadata(batch: Batch, index: int, title: str, missing: bool) -> dict[str, 
     return meta
 
 
-def page_error(batch: Batch, index: int, moment: float, cancelled: bool) -> dict[str, Any]:
+def page_failure(config: FirecrawlSandboxConfig, index: int) -> tuple[str, str]:
+    """The code and message of the failed page `index`: the fail_codes in turn."""
+    codes = config.failure_codes()
+    code = codes[index % len(codes)]
+    return code, FAIL_MESSAGES[code]
+
+
+def page_error(batch: Batch, index: int, moment: float, failure: tuple[str, str]) -> dict[str, Any]:
     """The /errors entry of a page that failed, or that a cancel dropped."""
-    if cancelled:
-        code, message = "UNKNOWN_ERROR", CANCELLED_PAGE
-    elif index % 2:
-        code, message = "SCRAPE_TIMEOUT", "Scrape timed out"
-    else:
-        code, message = "SCRAPE_ALL_ENGINES_FAILED", ENGINES_FAILED
+    code, message = failure
     return {
         "id": str(uuid.uuid5(uuid.UUID(batch.id), f"error:{index}")),
         "timestamp": iso(moment),

@@ -19,7 +19,7 @@ import orjson
 from receiver.sandbox.common import Stats
 from receiver.sandbox.firecrawl.batches import FAILED, Batch, Batches, chance
 from receiver.sandbox.firecrawl.config import FirecrawlSandboxConfig
-from receiver.sandbox.firecrawl.documents import ENGINES_FAILED, render_document
+from receiver.sandbox.firecrawl.documents import page_failure, render_document
 from receiver.sandbox.firecrawl.validation import Webhook
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class WebhookSender:
 
     async def _emit_page(self, batch: Batch, index: int) -> None:
         if batch.outcome(index) == FAILED:
-            await self._emit(batch, "page", [], error=ENGINES_FAILED)
+            _, message = page_failure(self.config, index)
+            await self._emit(batch, "page", [], error=message)
         else:
             await self._emit(batch, "page", [render_document(batch, index)])
 
