@@ -113,6 +113,14 @@ async def follow(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
     return body
 
 
+async def read_by_next(client: httpx.AsyncClient, batch_id: str) -> list[dict[str, Any]]:
+    """The status answer, then every page its `next` leads to."""
+    pages = [await poll(client, batch_id)]
+    while "next" in pages[-1]:
+        pages.append(await follow(client, pages[-1]["next"]))
+    return pages
+
+
 async def advance(client: httpx.AsyncClient, seconds: float) -> None:
     response = await client.post("/_sandbox/advance", json={"seconds": seconds})
     assert response.status_code == 200
@@ -490,9 +498,7 @@ async def test_cloud_paging_follows_next_in_pages_of_page_size() -> None:
     async with open_sandbox(scrape_delay=1.0, concurrency=10) as client:
         batch_id = await submit(client, 250)
         await advance(client, 30)
-        pages = [await poll(client, batch_id)]
-        while "next" in pages[-1]:
-            pages.append(await follow(client, pages[-1]["next"]))
+        pages = await read_by_next(client, batch_id)
         limited = await poll(client, batch_id, skip=240, limit=5)
     assert [len(p["data"]) for p in pages] == [100, 100, 50]
     assert [p["next"].rsplit("?", 1)[1] for p in pages[:2]] == ["skip=100", "skip=200"]
@@ -543,6 +549,42 @@ async def test_selfhosted_paging_ignores_skip_and_limit() -> None:
     assert len(limited["data"]) == 5 and limited["next"].endswith("?skip=5&limit=2")
     assert (done["status"], sources(done)) == ("completed", page_urls(7))
     assert "next" not in done
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("paging", ["cloud", "selfhosted"])
+async def test_pages_of_big_documents_are_cut_at_page_max_bytes(paging: str) -> None:
+    """30 documents of 500 KB: pages of 20 within 10 MiB. Self-hosted ignores skip, so its
+    `next` answers the first 20 again and the last 10 cannot be read (INDEX.md)."""
+    knobs = {"paging": paging, "document_bytes": 500_000, "scrape_delay": 0.1}
+    async with open_sandbox(**knobs) as client:
+        batch_id = await submit(client, 30)
+        await advance(client, 1)
+        pages = await read_by_next(client, batch_id)
+        skipped = await poll(client, batch_id, skip=20, limit=10)
+    assert pages[0]["status"] == "completed"
+    assert {len(orjson.dumps(doc)) for page in pages for doc in page["data"]} == {500_000}
+    assert [page.get("next", "").rpartition("?")[2] for page in pages] == ["skip=20", ""]
+    if paging == "cloud":
+        assert [len(page["data"]) for page in pages] == [20, 10]
+        assert sources(pages[0]) + sources(pages[1]) == page_urls(30)
+        assert sources(skipped) == page_urls(30)[20:]
+    else:
+        assert pages[1]["data"] == pages[0]["data"] == skipped["data"]
+        assert sources(pages[0]) == page_urls(30)[:20]
+
+
+@pytest.mark.anyio
+async def test_document_bytes_pads_the_markdown_of_each_document() -> None:
+    async with open_sandbox(**SLOW, document_bytes=5000) as client:
+        batch_id = await submit(client, 2)
+        no_markdown = await submit(client, 1, formats=["html"])
+        await advance(client, 20)
+        padded = await poll(client, batch_id)
+        plain = await poll(client, no_markdown)
+    assert [len(orjson.dumps(doc)) for doc in padded["data"]] == [5000, 5000]
+    assert padded["data"][0]["markdown"].startswith("Sandbox page 1\n")
+    assert len(orjson.dumps(plain["data"][0])) < 1000
 
 
 @pytest.mark.anyio

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from receiver.sandbox.faults import FaultKnobs
 
+# How GET /v2/batch/scrape/{id} pages its documents (the `paging` knob).
+CLOUD_PAGING = "cloud"
+SELFHOSTED_PAGING = "selfhosted"
 # The per-page failure codes of the real server, with their messages (captures 025, 035).
 FAIL_MESSAGES = {
     "SCRAPE_TIMEOUT": "Scrape timed out",
@@ -35,9 +38,17 @@ class FirecrawlSandboxConfig(FaultKnobs):
     linger: float = 0.0  # seconds to stay `scraping` with completed == total
     batch_fails: bool = False  # a batch whose pages are done ends `failed`, not `completed`
     stall: bool = False  # the last page never finishes, so the batch never completes
-    paging: str = "cloud"  # "cloud" honours skip/limit; "selfhosted" returns every document
+    # "cloud" honours skip and limit: pages of page_size documents. "selfhosted" ignores
+    # both, as the self-hosted build does: every poll, and every `next`, answers the first
+    # page, so the documents past it can never be read.
+    paging: str = CLOUD_PAGING
     page_size: int = 100  # most documents in one cloud page
-    page_max_bytes: int = 10 * 1024 * 1024  # serialized documents in one cloud page (10 MiB)
+    # Most bytes of serialized documents in one page, either paging (10 MiB): the document
+    # that passes it is left for the next page, unless it is the page's only one.
+    page_max_bytes: int = 10 * 1024 * 1024
+    # Bytes of each serialized document, its markdown padded up to it (documents with the
+    # markdown format, the default); 0 leaves them at their natural size, about 700 bytes.
+    document_bytes: int = 0
     next_base_url: str | None = None  # origin for `next` URLs instead of the request's own
     expiry: float = 86400.0  # seconds a batch lives after its last save
     max_urls: int = 1000  # most URLs in one submission
@@ -66,6 +77,7 @@ class FirecrawlSandboxConfig(FaultKnobs):
 
     def __post_init__(self) -> None:
         """Refuse a knob set to none of its choices (PATCH /_sandbox/config answers 400)."""
+        _check_choice("paging", self.paging, (CLOUD_PAGING, SELFHOSTED_PAGING))
         for code in self.failure_codes():
             _check_choice("fail_codes", code, tuple(FAIL_MESSAGES))
 

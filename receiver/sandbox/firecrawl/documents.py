@@ -12,8 +12,13 @@ from typing import Any
 import orjson
 
 from receiver.sandbox.firecrawl.batches import NOT_FOUND, Batch, View
-from receiver.sandbox.firecrawl.config import FAIL_MESSAGES, FirecrawlSandboxConfig
+from receiver.sandbox.firecrawl.config import (
+    FAIL_MESSAGES,
+    SELFHOSTED_PAGING,
+    FirecrawlSandboxConfig,
+)
 
+FILLER = " Sandbox filler text to make documents as big as the document_bytes knob asks."
 # The /errors entry of a page a cancel dropped (capture 025).
 CANCELLED = ("UNKNOWN_ERROR", "(Internal server error) - Parent crawl/batch scrape was cancelled")
 
@@ -30,8 +35,9 @@ def _scrape_id(batch: Batch, index: int) -> str:
     return str(uuid.uuid5(uuid.UUID(batch.id), f"page:{index}"))
 
 
-def render_document(batch: Batch, index: int) -> dict[str, Any]:
-    """The Document of one finished page, shaped like the real server's."""
+def render_document(batch: Batch, index: int, size: int = 0) -> dict[str, Any]:
+    """The Document of one finished page, shaped like the real server's; its markdown
+    padded so that it serializes to `size` bytes, when it is smaller."""
     url = batch.urls[index]
     missing = batch.outcome(index) == NOT_FOUND
     title = "Error response" if missing else f"Sandbox page {index + 1}"
@@ -54,7 +60,17 @@ def render_document(batch: Batch, index: int) -> dict[str, Any]:
     if "json" in formats:
         doc["json"] = {"title": title, "url": url}
     doc["metadata"] = _metadata(batch, index, title, missing)
+    if "markdown" in doc:
+        _pad(doc, size)
     return doc
+
+
+def _pad(doc: dict[str, Any], size: int) -> None:
+    """Append filler to the markdown: plain ASCII, one serialized byte per character."""
+    shortfall = size - len(orjson.dumps(doc))
+    if shortfall > 0:
+        repeats = shortfall // len(FILLER) + 1
+        doc["markdown"] += (FILLER * repeats)[:shortfall]
 
 
 def _metadata(batch: Batch, index: int, title: str, missing: bool) -> dict[str, Any]:
@@ -103,21 +119,23 @@ def results_page(
 ) -> list[bytes]:
     """The serialized documents one status poll answers with, paged as `config.paging` says."""
     pages = batch.ok_pages(view.finished)
-    if config.paging == "selfhosted":
-        return _serialize_page(batch, pages, None)
+    if config.paging == SELFHOSTED_PAGING:
+        return _serialize_page(batch, pages, config)
     size = min(limit, config.page_size) if limit else config.page_size
-    return _serialize_page(batch, pages[skip : skip + size], config.page_max_bytes)
+    return _serialize_page(batch, pages[skip : skip + size], config)
 
 
-def _serialize_page(batch: Batch, pages: Sequence[int], max_bytes: int | None) -> list[bytes]:
-    """Serialized documents, cut like the real server once they pass `max_bytes`."""
+def _serialize_page(
+    batch: Batch, pages: Sequence[int], config: FirecrawlSandboxConfig
+) -> list[bytes]:
+    """Serialized documents, cut like the real server once they pass page_max_bytes."""
     parts: list[bytes] = []
     size = 0
     for index in pages:
-        part = orjson.dumps(render_document(batch, index))
+        part = orjson.dumps(render_document(batch, index, config.document_bytes))
         parts.append(part)
         size += len(part)
-        if max_bytes is not None and size > max_bytes:
+        if size > config.page_max_bytes:
             if len(parts) > 1:
                 parts.pop()
             break

@@ -100,7 +100,8 @@ class WebhookSender:
             _, message = page_failure(self.config, index)
             await self._emit(batch, "page", [], error=message)
         else:
-            await self._emit(batch, "page", [render_document(batch, index)])
+            document = render_document(batch, index, self.config.document_bytes)
+            await self._emit(batch, "page", [document])
 
     async def _emit(
         self, batch: Batch, event: str, data: list[Any], error: str | None = None
