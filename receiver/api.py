@@ -37,6 +37,12 @@ _SHOWN = (
     "segments_completed",
     "segments_total",
     "paused",
+    "stages",
+    "failures",
+    "documents_missing",
+    "missing_urls",
+    "last_error",
+    "consecutive_failures",
     "stall_after",
 )
 
@@ -168,9 +174,20 @@ async def _job(request: Request, services: Services) -> dict[str, Any]:
 def public_job(job: dict[str, Any]) -> dict[str, Any]:
     """A job as the API shows it: no internal counters or request internals."""
     shown: dict[str, Any] = {key: job[key] for key in _SHOWN if key in job}
-    for key in ("created_at", "updated_at", "submitted_at", "finished_at", "polled_at"):
+    for key in (
+        "created_at",
+        "updated_at",
+        "submitted_at",
+        "finished_at",
+        "polled_at",
+        "last_error_at",
+    ):
         if key in job:
             shown[key] = store_module.iso(job[key])
+    if not shown.get("consecutive_failures"):  # nothing in retry: no stale error shown
+        shown.pop("consecutive_failures", None)
+        shown.pop("last_error", None)
+        shown.pop("last_error_at", None)
     provider = PROVIDERS.get(job.get("provider", ""))
     if provider is not None:
         shown |= provider.public(job)

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 # Each interval without progress is this much longer than the last, up to Settings.poll_max.
 _SLOWDOWN = 1.6
+# Seconds the interval grows to at most while progress is expected at any moment (a Dify
+# document paused, or moving through its stages): a resume is noticed within a few seconds.
+BUSY_POLL_MAX = 3.0
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Observation:
     final: JobStatus | None = None  # the job ends with this status
     reason: str = ""  # why it ended, when not completed
     paused: bool = False  # progress is held on purpose: the stall timeout waits
+    busy: bool = False  # progress may move at any moment: the interval stays short
     expires_at: float | None = None  # unix time the provider drops the job
 
 
@@ -149,7 +153,7 @@ class Poller:
         job_id, now = job["id"], self.clock()
         moved = seen.signature != job.get("signature")
         last_moved = now if moved else last_moved_at(job)
-        interval = self._next_interval(job, moved)
+        interval = self._next_interval(job, moved, seen.busy)
         # `next_poll_at` tells a scheduled poll from a leased one (scripts.HINT_POLL); the
         # update also clears the retry count, and answers poll_now when a webhook came.
         fields: dict[str, Any] = {
@@ -176,8 +180,10 @@ class Poller:
         provider's, else the default."""
         return float(job.get("stall_after") or self.settings.stall_after_for(self.provider))
 
-    def _next_interval(self, job: Mapping[str, Any], moved: bool) -> float:
+    def _next_interval(self, job: Mapping[str, Any], moved: bool, busy: bool = False) -> float:
         low, high = self.settings.poll_min, max(self.settings.poll_min, self.settings.poll_max)
+        if busy:
+            high = min(high, max(low, BUSY_POLL_MAX))
         if moved:
             return low
         previous = float(job.get("poll_interval") or low)
@@ -196,7 +202,10 @@ class Poller:
         failing = f" (polls failing: {exc.reason})"
         if await self._end_overdue(job, self.clock(), last_moved, paused, expires_at, failing):
             return None
-        attempt = await self.store.redis.hincrby(self.store.keys.job(job_id), "poll_attempts", 1)
+        work = "poll" if job.get("external") else "submit"
+        attempt = await self.store.record_failure(job_id, work, str(exc))
+        if attempt == 0:  # the job ended meanwhile
+            return None
         after = exc.retry_after if isinstance(exc, RateLimited) else None
         delay = backoff(attempt - 1, self.settings.retry_base, self.settings.retry_cap, after)
         log.info(
@@ -204,6 +213,7 @@ class Poller:
             extra={
                 "job_id": job_id,
                 "provider": self.provider,
+                "work": work,
                 "reason": exc.reason,
                 "delay_s": round(delay, 3),
             },

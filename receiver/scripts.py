@@ -182,6 +182,7 @@ for i = 10, #ARGV, 2 do
   redis.call('HSET', inputs, ARGV[i], ARGV[i + 1])
 end
 redis.call('HINCRBY', jkey(j), 'chunks', 1)
+redis.call('HDEL', jkey(j), 'consecutive_failures', 'last_error')
 if h[1] == 'submitted' then
   set_status(j, 'running')
   redis.call('HSET', jkey(j), 'submitted_at', NOW)
@@ -230,6 +231,7 @@ local function outcome_of(j, t, outcome, value, ttl)
     redis.call('EXPIRE', jkey(j) .. ':results', tonumber(ttl))
     redis.call('HSET', tasks, t, 'stored')
     redis.call('HINCRBY', jkey(j), 'completed', 1)
+    redis.call('HDEL', jkey(j), 'consecutive_failures', 'last_error')
     emit(j, 'task.completed', {task_id = t})
   else
     redis.call('HSET', tasks, t, outcome)
@@ -249,6 +251,24 @@ for i = 0, tonumber(ARGV[5]) - 1 do
                           ARGV[base + 4])
 end
 return out
+"""
+)
+
+# ARGV[5] job id, ARGV[6] the work that failed (submit, poll, fetch:<task>...), ARGV[7] the
+# error, on one line. Counts the attempt of that work (its backoff) and the job's failures
+# in a row (any success of the job's work clears them), keeps the error on the job, and
+# tells subscribers. Returns the work's attempts so far; 0 for a job that ended or is gone.
+RECORD_FAILURE = (
+    PRELUDE
+    + r"""
+local j = ARGV[5]
+local status = redis.call('HGET', jkey(j), 'status')
+if (not status) or TERMINAL[status] then return 0 end
+local attempt = redis.call('HINCRBY', jkey(j) .. ':attempts', ARGV[6], 1)
+local failures = redis.call('HINCRBY', jkey(j), 'consecutive_failures', 1)
+redis.call('HSET', jkey(j), 'last_error', ARGV[7], 'last_error_at', NOW, 'updated_at', NOW)
+emit(j, 'job.progress', {work = ARGV[6], last_error = ARGV[7], consecutive_failures = failures})
+return attempt
 """
 )
 
@@ -286,7 +306,8 @@ local function update(j, etype, detail, first, last)
   -- A poll's record: the poll worked, so its retries start over; and a webhook that asked
   -- for a poll while this one ran (HINT_POLL's `poll_now`) makes the next one due at once.
   if polled_at then
-    redis.call('HDEL', jkey(j), 'poll_attempts')
+    redis.call('HDEL', jkey(j) .. ':attempts', 'poll')
+    redis.call('HDEL', jkey(j), 'consecutive_failures', 'last_error')
     if redis.call('HDEL', jkey(j), 'poll_now') == 1 then
       redis.call('HSET', jkey(j), 'next_poll_at', polled_at)
       return 'poll_now'

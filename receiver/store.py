@@ -85,9 +85,11 @@ _INT_FIELDS = (
     "segments_total",
     "paused",
     "credits_used",
+    "consecutive_failures",
+    "documents_missing",
 )
 # Job hash fields that hold JSON.
-_JSON_FIELDS = ("params", "external", "invalid_urls")
+_JSON_FIELDS = ("params", "external", "invalid_urls", "stages", "failures", "missing_urls")
 # Job hash fields that hold seconds: unix times or durations.
 _FLOAT_FIELDS = (
     "created_at",
@@ -96,6 +98,7 @@ _FLOAT_FIELDS = (
     "finished_at",
     "polled_at",
     "moved_at",
+    "last_error_at",
     "poll_interval",
     "stall_after",
 )
@@ -155,6 +158,7 @@ class Store:
         # Results stored within one event-loop turn share one script call.
         self._outcomes: Batcher[Outcome, str] = Batcher(self._apply_outcomes)
         self._finish_job = redis.register_script(scripts.FINISH_JOB)
+        self._record_failure = redis.register_script(scripts.RECORD_FAILURE)
         self._update_jobs = redis.register_script(scripts.UPDATE_JOBS)
         # Reads, updates and schedule changes of concurrent steps (a worker's polls) share
         # one pipelined round trip per event-loop turn.
@@ -344,9 +348,17 @@ class Store:
             log.info("job ended", extra=extra)
         return code
 
+    async def record_failure(self, job_id: str, work: str, error: str) -> int:
+        """A failed attempt at the job's `work`, to be retried: its attempts so far (for the
+        backoff); the job shows `error` and its failures in a row until some work of it
+        succeeds. 0 when the job has ended."""
+        args = [*self._common(), job_id, work, one_line(error)]
+        return int(await self._record_failure(args=args))
+
     async def finish_job(self, job_id: str, status: JobStatus, reason: str = "") -> str:
-        """Move a job to a terminal status; 'closed' when it already was terminal."""
-        args = [*self._common(), job_id, status.value, reason]
+        """Move a job to a terminal status; 'closed' when it already was terminal. The
+        reason is kept on one line: it is shown in tables and logs."""
+        args = [*self._common(), job_id, status.value, one_line(reason, 1000)]
         outcome = _text(await self._finish_job(args=args))
         if outcome == "finished":
             await self._log_end(job_id, status, reason)
@@ -626,6 +638,13 @@ def decode_job(job_id: str, raw: Mapping[Any, Any]) -> dict[str, Any]:
     job.setdefault("updated_at", job.get("created_at"))
     job.setdefault("params", {})
     return job
+
+
+def one_line(text: str, most: int = 300) -> str:
+    """A message as one line of at most `most` characters: a provider's words can hold
+    newlines (an HTML page), which would break a table or a log line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= most else flat[: most - 1] + "…"
 
 
 def _text(value: Any) -> str:

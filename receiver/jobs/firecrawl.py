@@ -202,6 +202,8 @@ class FirecrawlJobs(Poller):
             "external": orjson.dumps({"batch_id": submitted.id}),
             "status": "running",
             "invalid_urls": orjson.dumps(submitted.invalid_urls),
+            "consecutive_failures": 0,  # the submission worked: its retries are over
+            "last_error": "",
         }
         await self.store.update_job(
             job_id,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import html
+import os
 import re
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +30,8 @@ from receiver.settings import Settings
 # Seconds to connect to a provider; the whole request's bound is RECEIVER_PROVIDER_TIMEOUT.
 CONNECT_TIMEOUT = 5.0
 
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_HEADING = re.compile(r"<h1[^>]*>(.*?)</h1>", re.IGNORECASE | re.DOTALL)
 _RETRY_IN_MESSAGE = re.compile(r"retry after (\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 
 
@@ -86,10 +91,24 @@ class ProviderClient:
                 params=params,
                 headers=headers,
             )
-        except httpx.TimeoutException as exc:
-            raise Unavailable(f"{self.name} timed out: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
-            raise Unavailable(f"{self.name} unreachable: {type(exc).__name__}") from None
+            raise Unavailable(f"{self.name} {transport_problem(exc)}") from None
+
+
+def transport_problem(exc: httpx.HTTPError) -> str:
+    """What kept a request from an answer, in a few words: `unreachable: connection
+    refused`, `timed out: ReadTimeout`. The OS's own error, when one is behind it, says
+    more than the transport's class (which calls a refused connection a ConnectTimeout)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return "unreachable: its host name does not resolve"
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError) and cause.errno:
+            return f"unreachable: {os.strerror(cause.errno).lower()}"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out: {type(exc).__name__}"
+    return f"unreachable: {type(exc).__name__}"
 
 
 def raise_for_status(name: str, response: httpx.Response) -> None:
@@ -98,7 +117,7 @@ def raise_for_status(name: str, response: httpx.Response) -> None:
     if status < 400:
         return
     body = response.text
-    message = f"{name} answered {status}: {error_message(response) or body[:200]}"
+    message = f"{name} answered {status}: {error_message(response) or summary(response)}"
     if status == 429:
         raise RateLimited(message, body=body, retry_after=retry_after(response))
     if status >= 500:
@@ -110,6 +129,17 @@ def raise_for_status(name: str, response: httpx.Response) -> None:
         404: NotFound,
     }.get(status, Rejected)
     raise error(message, status=status, body=body)
+
+
+def summary(response: httpx.Response, most: int = 200) -> str:
+    """A body that is not the provider's JSON error, on one line: an HTML page by its title
+    (a proxy's, or Flask's several-line 404), any other text by its start."""
+    text = response.text
+    if looks_like_html(response):
+        title = _TITLE.search(text) or _HEADING.search(text)
+        text = html.unescape(title.group(1)) if title else "an HTML page"
+    flat = " ".join(text.split())
+    return flat if len(flat) <= most else flat[: most - 1] + "…"
 
 
 def error_message(response: httpx.Response) -> str:

@@ -22,6 +22,7 @@ from receiver.providers.base import (
     json_object,
     path_part,
     raise_for_status,
+    summary,
 )
 
 # Document statuses after which indexing does not move on its own.
@@ -105,7 +106,7 @@ def raise_for_dify_status(response: httpx.Response) -> None:
     if status < 300:
         return
     body, said = response.text, error_message(response)
-    message = f"dify answered {status}: {said or body[:200]}"
+    message = f"dify answered {status}: {said or summary(response)}"
     if status < 400:
         raise Rejected(message, status=status, body=body, reason="unexpected_redirect")
     if status == 400:

@@ -30,6 +30,7 @@ from receiver.providers.base import (
     json_object,
     path_part,
     raise_for_status,
+    summary,
 )
 
 log = logging.getLogger(__name__)
@@ -168,11 +169,11 @@ def raise_for_firecrawl_status(response: httpx.Response) -> None:
     if status < 300:
         return
     body, said = response.text, error_message(response)
-    message = f"firecrawl answered {status}: {said or body[:200]}"
+    message = f"firecrawl answered {status}: {said or summary(response)}"
     if status < 400:
         raise Rejected(message, status=status, body=body, reason="unexpected_redirect")
     if status == 400:
-        message = f"firecrawl answered 400: {_describe_bad_request(response) or body[:200]}"
+        message = f"firecrawl answered 400: {_describe_bad_request(response) or summary(response)}"
         raise Rejected(message, status=status, body=body, reason="bad_request")
     if status in (401, 403):
         raise Unauthorized(message, status=status, body=body, reason="unauthorized")

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from receiver.errors import NotFound, RateLimited, Rejected, Unauthorized, Unavailable
-from receiver.providers.base import retry_after
+from receiver.providers.base import raise_for_status, retry_after, summary
 from receiver.providers.decodo import DecodoClient
 
 pytestmark = pytest.mark.anyio
@@ -128,3 +128,35 @@ def test_retry_after_reads_header_seconds_date_and_message() -> None:
     message = httpx.Response(429, json={"error": "Rate limit exceeded ... retry after 12s, resets"})
     assert retry_after(message) == 12.0
     assert retry_after(httpx.Response(429)) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "said"),
+    [
+        (
+            b"<html><head><title>502 Bad\n Gateway</title></head><body>x</body></html>",
+            "text/html",
+            "502 Bad Gateway",
+        ),
+        (
+            b"<!DOCTYPE html>\n<h1>Service &amp; Unavailable</h1>\n",
+            "text/html",
+            "Service & Unavailable",
+        ),
+        (b"<html><body>no title</body></html>", "text/html", "an HTML page"),
+        (
+            b"upstream\nconnect error\r\n or disconnect",
+            "text/plain",
+            "upstream connect error or disconnect",
+        ),
+        (b"x" * 500, "text/plain", "x" * 199 + "\u2026"),
+    ],
+)
+def test_a_body_that_is_no_json_error_is_summarized_on_one_line(
+    body: bytes, kind: str, said: str
+) -> None:
+    response = httpx.Response(502, content=body, headers={"content-type": kind})
+    assert summary(response) == said
+    with pytest.raises(Unavailable) as caught:
+        raise_for_status("decodo", response)
+    assert str(caught.value) == f"decodo answered 502: {said}"

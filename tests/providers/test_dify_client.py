@@ -299,6 +299,15 @@ async def test_captured_errors_are_translated(
     assert said in str(caught.value)
 
 
+async def test_the_html_404_of_a_non_uuid_dataset_id_is_one_line(client_for: ClientFor) -> None:
+    """Flask's several-line page would break the jobs table as the job's error."""
+    record = load(DIFY, "105")
+    assert record["response"]["text"].count("\n") >= 4  # the page as captured
+    with pytest.raises(NotFound) as caught:
+        await client_for(Replay([record])).indexing_status(*where(record))
+    assert str(caught.value) == "dify answered 404: 404 Not Found"
+
+
 @pytest.mark.parametrize(
     ("number", "error", "reason"),
     [
