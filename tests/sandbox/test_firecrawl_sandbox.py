@@ -848,6 +848,22 @@ async def test_next_base_url_replaces_the_origin_of_next() -> None:
 
 
 @pytest.mark.anyio
+async def test_url_scheme_writes_https_on_the_plain_http_host_and_port() -> None:
+    """As a self-hosted server without ENV=local writes `url` and `next` (INDEX.md)."""
+    async with open_sandbox(**SLOW, page_size=1, url_scheme="https") as client:
+        submitted = checked(await client.post("/v2/batch/scrape", json={"urls": page_urls(3)}), 200)
+        batch_id = submitted["id"]
+        await advance(client, 30)
+        first = await poll(client, batch_id)
+        second = await follow(client, first["next"])  # served over plain HTTP all the same
+    own = httpx.URL(origin(client))
+    assert own.scheme == "http"
+    https = f"https://{own.host}:{own.port}/v2/batch/scrape/{batch_id}"
+    assert submitted["url"] == https
+    assert (first["next"], second["next"]) == (f"{https}?skip=1", f"{https}?skip=2")
+
+
+@pytest.mark.anyio
 async def test_stats_count_requests_by_route_and_status() -> None:
     async with open_sandbox() as client:
         batch_id = await submit(client, 1)

@@ -171,12 +171,11 @@ class _FirecrawlSandbox:
             return _error("Job not found", 404)
         self.credits_spent += needed
         self.batches.add_pages(batch, submission)
-        base = str(request.base_url).rstrip("/")
         return json_response(
             {
                 "success": True,
                 "id": batch.id,
-                "url": f"{base}/v2/batch/scrape/{batch.id}",
+                "url": f"{self._origin(request)}/v2/batch/scrape/{batch.id}",
                 "invalidURLs": submission.invalid,
             }
         )
@@ -229,9 +228,14 @@ class _FirecrawlSandbox:
         return _bytes_response(head, parts)
 
     def _next_url(self, request: Request, batch: Batch, skip: int, limit: int | None) -> str:
-        base = self.config.next_base_url or str(request.base_url)
+        base = self.config.next_base_url or self._origin(request)
         url = f"{base.rstrip('/')}/v2/batch/scrape/{batch.id}?skip={skip}"
         return url if limit is None else f"{url}&limit={limit}"
+
+    def _origin(self, request: Request) -> str:
+        """The host and port the request named, with the url_scheme knob's scheme."""
+        scheme = self.config.url_scheme or request.base_url.scheme
+        return str(request.base_url.replace(scheme=scheme)).rstrip("/")
 
     async def cancel(self, request: Request) -> Response:
         now = self.clock()

@@ -50,6 +50,10 @@ class FirecrawlSandboxConfig(FaultKnobs):
     # markdown format, the default); 0 leaves them at their natural size, about 700 bytes.
     document_bytes: int = 0
     next_base_url: str | None = None  # origin for `next` URLs instead of the request's own
+    # Scheme of the submit answer's `url` and of `next` (unless next_base_url is set), on
+    # the request's own host and port; None keeps the request's. "https" answers as a
+    # self-hosted server run without ENV=local does, although it serves plain HTTP.
+    url_scheme: str | None = None
     expiry: float = 86400.0  # seconds a batch lives after its last save
     max_urls: int = 1000  # most URLs in one submission
     credits: int | None = None  # credits for all submissions together; None is unlimited
@@ -78,6 +82,8 @@ class FirecrawlSandboxConfig(FaultKnobs):
     def __post_init__(self) -> None:
         """Refuse a knob set to none of its choices (PATCH /_sandbox/config answers 400)."""
         _check_choice("paging", self.paging, (CLOUD_PAGING, SELFHOSTED_PAGING))
+        if self.url_scheme is not None:
+            _check_choice("url_scheme", self.url_scheme, ("http", "https"))
         for code in self.failure_codes():
             _check_choice("fail_codes", code, tuple(FAIL_MESSAGES))
 
