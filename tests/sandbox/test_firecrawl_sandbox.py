@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -34,6 +35,8 @@ from tests.servers import serve_app
 
 CONTRACT = firecrawl_contract()  # the seeds, with what every capture requires
 CAPTURES = DATA / "captures" / "firecrawl"
+# Webhooks the self-hosted build sent (copied from shared/captures/firecrawl-webhooks).
+WEBHOOK_CAPTURE = Path(__file__).parent / "captures" / "firecrawl-webhooks"
 STATUS_PATH = re.compile(r"^/v2/batch/scrape/[^/]+$")
 AUTH = {"Authorization": "Bearer fc-sandbox"}
 SECRET = "whsec-test"
@@ -151,6 +154,7 @@ class Delivery:
     headers: dict[str, str]
     raw: bytes
     signed: bool  # X-Firecrawl-Signature is the HMAC-SHA256 of the raw body
+    target: bytes  # the path and query string, as the request line had them
 
     @property
     def body(self) -> dict[str, Any]:
@@ -170,7 +174,8 @@ class WebhookReceiver:
         expected = "sha256=" + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
         signature = request.headers.get("x-firecrawl-signature", "")
         signed = hmac.compare_digest(signature, expected)
-        self.deliveries.append(Delivery(dict(request.headers), raw, signed))
+        target = request.scope["raw_path"] + b"?" + request.scope["query_string"]
+        self.deliveries.append(Delivery(dict(request.headers), raw, signed, target))
         return Response(status_code=500 if len(self.deliveries) <= self.failures else 200)
 
     def types(self) -> list[str]:
@@ -902,6 +907,62 @@ async def test_webhooks_are_signed_and_carry_started_pages_and_completed() -> No
     assert [b["data"][0]["metadata"]["sourceURL"] for b in bodies[1:4]] == page_urls(3)
     assert bodies[0]["data"] == bodies[4]["data"] == []
     assert list(bodies[0]) == ["success", "type", "id", "webhookId", "data", "metadata"]
+
+
+def captured_deliveries() -> list[dict[str, Any]]:
+    """The requests of capture 053: one batch's webhooks from the self-hosted build."""
+    path = WEBHOOK_CAPTURE / "053_webhook_deliveries_unsigned.json"
+    return [d["request"] for d in orjson.loads(path.read_bytes())["deliveries"]]
+
+
+@pytest.mark.anyio
+async def test_selfhosted_webhooks_are_sent_as_the_build_sends_them() -> None:
+    real = captured_deliveries()
+    query = "token=a%2Fb%3D%3D&job=42&empty=&dup=1&dup=2"
+    metadata = real[0]["body"]["metadata"]  # {"job_id": "x"}
+    with run_receiver() as (hook_url, receiver):
+        # A secret too: the self-hosted build has no such setting, and signs nothing.
+        async with open_sandbox(**FAST, webhook_style="selfhosted") as client:
+            webhook = {"url": f"{hook_url}?{query}", "metadata": metadata}
+            batch_id = await submit(client, 6, webhook=webhook)
+            await wait_until(lambda: "batch_scrape.completed" in receiver.types())
+    assert receiver.types() == [d["body"]["type"] for d in real]
+    names = {name.lower() for name in real[0]["headers"]}
+    for delivery, captured in zip(receiver.deliveries, real, strict=True):
+        assert set(delivery.headers) == names  # no signature, nothing of httpx's own
+        for name in ("Accept", "Content-Type", "User-Agent", "Accept-Encoding"):
+            assert delivery.headers[name.lower()] == captured["headers"][name]
+        assert list(delivery.body) == list(captured["body"])  # no webhookId
+        assert (delivery.body["id"], delivery.body["metadata"]) == (batch_id, metadata)
+        assert delivery.target == b"/hook?" + query.encode()
+    for index in (0, -1):  # started and completed: the same bytes, but for the batch id
+        assert len(receiver.deliveries[index].raw) == int(real[index]["headers"]["Content-Length"])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("style", "sent"), [("cloud", 2), ("selfhosted", 1)])
+async def test_a_refused_webhook_is_retried_only_in_the_cloud_style(style: str, sent: int) -> None:
+    with run_receiver(failures=1) as (hook_url, receiver):
+        knobs = {"webhook_style": style, "webhook_retry_delays": "0.05"}
+        async with open_sandbox(**FAST, **knobs) as client:
+            await submit(client, 1, webhook={"url": hook_url, "events": ["started"]})
+            await wait_for_stat(client, "webhook batch_scrape.started 500", 1)
+            await anyio.sleep(0.3)
+    assert len(receiver.deliveries) == sent
+
+
+@pytest.mark.anyio
+async def test_cloud_webhooks_keep_the_url_and_metadata_as_submitted() -> None:
+    query = "sig=abc%2B%2F%3D&next=%2Fhook%3Fa%3D1&x="
+    metadata = {"job_id": "j-1", "tenant": 't/é "quoted"', "nested": {"list": [1, 2.5, None]}}
+    with run_receiver() as (hook_url, receiver):
+        async with open_sandbox(**FAST) as client:
+            webhook = {"url": f"{hook_url}?{query}", "metadata": metadata, "events": ["started"]}
+            await submit(client, 1, webhook=webhook)
+            await wait_until(lambda: len(receiver.deliveries) == 1)
+    (delivery,) = receiver.deliveries
+    assert delivery.target == b"/hook?" + query.encode()
+    assert delivery.body["metadata"] == metadata and delivery.signed
 
 
 @pytest.mark.anyio

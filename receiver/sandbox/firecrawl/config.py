@@ -9,6 +9,9 @@ from receiver.sandbox.faults import FaultKnobs
 # How GET /v2/batch/scrape/{id} pages its documents (the `paging` knob).
 CLOUD_PAGING = "cloud"
 SELFHOSTED_PAGING = "selfhosted"
+# Who sends the webhooks (the `webhook_style` knob).
+CLOUD_WEBHOOKS = "cloud"
+SELFHOSTED_WEBHOOKS = "selfhosted"
 # The per-page failure codes of the real server, with their messages (captures 025, 035).
 FAIL_MESSAGES = {
     "SCRAPE_TIMEOUT": "Scrape timed out",
@@ -71,10 +74,15 @@ class FirecrawlSandboxConfig(FaultKnobs):
     delete_500_rate: float = 0.0  # share of cancels answered 500
     retry_after: int = 2  # seconds quoted in the 429 message
     retry_after_header: bool = False  # also send Retry-After (the real server does not)
-    webhook_secret: str | None = None  # signs webhooks with X-Firecrawl-Signature when set
+    # "cloud": signed with webhook_secret (when set), a webhookId per delivery, retried after
+    # webhook_retry_delays. "selfhosted", as the self-hosted build sends them (capture 053):
+    # axios's headers and the webhook's own, no signature whatever webhook_secret says, no
+    # webhookId, no retry after a non-2xx or a failure.
+    webhook_style: str = CLOUD_WEBHOOKS
+    webhook_secret: str | None = None  # cloud webhooks carry X-Firecrawl-Signature when set
     webhook_drop_rate: float = 0.0  # share of webhook deliveries never sent
     webhook_duplicate_rate: float = 0.0  # share of deliveries sent twice, identically
-    webhook_retry_delays: str = "60,300,900"  # seconds before each retry of a non-2xx delivery
+    webhook_retry_delays: str = "60,300,900"  # seconds before each retry of a cloud delivery
     webhook_timeout: float = 10.0  # seconds before a webhook delivery is abandoned
     get_latency: float = 0.0  # seconds a status poll takes to answer
     seed: int | None = None  # seed of the RNG behind every random choice
@@ -82,6 +90,7 @@ class FirecrawlSandboxConfig(FaultKnobs):
     def __post_init__(self) -> None:
         """Refuse a knob set to none of its choices (PATCH /_sandbox/config answers 400)."""
         _check_choice("paging", self.paging, (CLOUD_PAGING, SELFHOSTED_PAGING))
+        _check_choice("webhook_style", self.webhook_style, (CLOUD_WEBHOOKS, SELFHOSTED_WEBHOOKS))
         if self.url_scheme is not None:
             _check_choice("url_scheme", self.url_scheme, ("http", "https"))
         for code in self.failure_codes():

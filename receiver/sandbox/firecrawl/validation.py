@@ -27,9 +27,9 @@ PROXIES = ("basic", "stealth", "enhanced", "auto")
 
 @dataclass
 class Webhook:
-    url: str
-    headers: dict[str, str]
-    metadata: dict[str, Any]
+    url: str  # as submitted, its query string untouched
+    headers: dict[str, str]  # sent with every delivery
+    metadata: dict[str, Any]  # echoed in every delivery, as submitted
     events: frozenset[str]
 
 

@@ -1,5 +1,6 @@
 """The webhooks of a batch: started, one page event per finished page, then completed (or
-failed), sent as the clock passes each page's finish time."""
+failed), sent as the clock passes each page's finish time, in the cloud's style or in the
+self-hosted build's (the `webhook_style` knob)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,21 @@ import orjson
 
 from receiver.sandbox.common import Stats
 from receiver.sandbox.firecrawl.batches import FAILED, Batch, Batches, chance
-from receiver.sandbox.firecrawl.config import FirecrawlSandboxConfig
+from receiver.sandbox.firecrawl.config import SELFHOSTED_WEBHOOKS, FirecrawlSandboxConfig
 from receiver.sandbox.firecrawl.documents import page_failure, render_document
 from receiver.sandbox.firecrawl.validation import Webhook
 
 logger = logging.getLogger(__name__)
 
 BATCH_FAILED = "Batch scrape failed"
+# What the self-hosted build's axios sends, besides Host, Content-Length and Connection
+# (capture 053); these replace the HTTP client's own.
+AXIOS_HEADERS = {
+    "Accept": "application/json, text/plain, */*",
+    "Content-Type": "application/json",
+    "User-Agent": "axios/1.11.0",
+    "Accept-Encoding": "gzip, compress, deflate, br",
+}
 
 
 class WebhookSender:
@@ -116,15 +125,21 @@ class WebhookSender:
             "success": error is None,
             "type": f"batch_scrape.{event}",
             "id": batch.id,
-            "webhookId": str(uuid.uuid4()),
-            "data": data,
         }
+        if not self._selfhosted():
+            payload["webhookId"] = str(uuid.uuid4())
+        payload["data"] = data
         if error is not None:
             payload["error"] = error
-        payload["metadata"] = hook.metadata
+        payload["metadata"] = hook.metadata  # as the webhook object gave it
         await self._deliver(hook, orjson.dumps(payload), payload["type"])
 
+    def _selfhosted(self) -> bool:
+        return self.config.webhook_style == SELFHOSTED_WEBHOOKS
+
     def _headers(self, hook: Webhook, body: bytes) -> dict[str, str]:
+        if self._selfhosted():
+            return {**AXIOS_HEADERS, **hook.headers}
         headers = {"Content-Type": "application/json", **hook.headers}
         secret = self.config.webhook_secret
         if secret:
@@ -137,7 +152,7 @@ class WebhookSender:
         delivered = await self._post(hook.url, body, headers, kind)
         if chance(self.rng, self.config.webhook_duplicate_rate):
             await self._post(hook.url, body, headers, kind)
-        delays = _retry_delays(self.config.webhook_retry_delays)
+        delays = [] if self._selfhosted() else _retry_delays(self.config.webhook_retry_delays)
         if not delivered and delays:
             self._spawn(self._retry(hook.url, body, headers, kind, delays))
 
