@@ -753,6 +753,35 @@ async def test_cancel_of_a_completed_batch(conflict: bool, status: int, after: s
     expected = {"status": "cancelled"} if status == 200 else {"error": "Crawl is already completed"}
     assert checked(response, status) == expected
     assert (body["status"], body["completed"]) == (after, 2)
+    if not conflict:  # the self-hosted build: captures 051 and 052, the same batch of 2 pages
+        assert checked(response, 200) == capture(51)["response"]["json"]
+        real = capture(52)["response"]["json"]
+        assert list(body) == list(real)  # no next: everything was returned
+        fields = ("success", "status", "completed", "total", "creditsUsed")
+        assert [body[name] for name in fields] == [real[name] for name in fields]
+
+
+@pytest.mark.anyio
+async def test_cancel_keeps_collecting_the_pages_in_flight() -> None:
+    """As the build did (INDEX.md): 240 URLs, cancelled at 111 completed with 17 running,
+    ended cancelled with 128 of 128; DELETE answered alike before and after (013, 019)."""
+    build = {"paging": "selfhosted", "scrape_delay": 17.0, "concurrency": 17}  # a page a second
+    async with open_sandbox(**build) as client:
+        batch_id = await submit(client, 240)
+        await advance(client, 111.5)
+        cancelled = checked(await client.delete(f"/v2/batch/scrape/{batch_id}"), 200)
+        right_after = await poll(client, batch_id)
+        await advance(client, 8)
+        landing = await poll(client, batch_id)
+        await advance(client, 60)
+        final = await poll(client, batch_id)
+        again = checked(await client.delete(f"/v2/batch/scrape/{batch_id}"), 200)
+    assert cancelled == again == capture(13)["response"]["json"] == capture(19)["response"]["json"]
+    counts = [(b["status"], b["completed"], b["total"]) for b in (right_after, landing, final)]
+    assert counts == [("cancelled", 111, 128), ("cancelled", 119, 128), ("cancelled", 128, 128)]
+    assert "next" in right_after and "next" in landing  # like captures 014 to 016
+    assert list(final) == list(capture(18)["response"]["json"])  # next gone, as in 017 and 018
+    assert sources(final) == page_urls(240)[:128]
 
 
 @pytest.mark.anyio
