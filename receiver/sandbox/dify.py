@@ -52,6 +52,10 @@ class DifySandboxConfig(FaultKnobs):
     error_rate: float = 0.0  # chance that a new document ends in `error`
     shuffle: bool = True  # shuffle data[] on every poll, as the real order varies
     resume_resplits: bool = True  # a document paused while splitting splits again on resume
+    # A document paused while splitting goes on splitting under `paused`, total_segments
+    # growing to the end of the step, as a real server does (captures 047-050); False
+    # freezes it where it was.
+    split_while_paused: bool = True
     resubmit_stale: bool = True  # a re-submitted document shows its last run while waiting
     stall: bool = False  # documents never leave their current step
     api_disabled: bool = False  # 403 "Dataset api access is not enabled." for every dataset
@@ -135,6 +139,7 @@ class Run:
     anchor: float | None = None  # clock time since which it runs; None while paused
     stamps: dict[str, int] = field(default_factory=dict)  # steps ended before `anchor`
     paused_at: int | None = None  # unix seconds of the pause, while paused
+    held_step: int | None = None  # the step a pause lets run to its end, no further
     stale: dict[str, Any] | None = None  # the previous run's answer, shown while waiting
 
 
@@ -298,11 +303,14 @@ class Indexer:
     def progress(self, run: Run, now: float) -> float:
         if run.anchor is None:
             return run.base
-        return run.base + self.stalls.running(run.anchor, now)
+        done = run.base + self.stalls.running(run.anchor, now)
+        return done if run.held_step is None else min(done, run.ends[run.held_step])
 
     def status(self, run: Run, now: float) -> tuple[int, str]:
         """Index of the current step (len(steps) once finished) and the stored status."""
         index = bisect.bisect_right(run.ends, self.progress(run, now))
+        if run.held_step is not None:
+            index = min(index, run.held_step)
         if index < len(run.steps):
             return index, run.steps[index].status
         return index, "error" if run.failed else "completed"
@@ -360,10 +368,12 @@ class Indexer:
         """Pause a document still in progress; False when it has finished."""
         now = self.now()
         run = document.run
-        index, _ = self.status(run, now)
+        index, status = self.status(run, now)
         if index >= len(run.steps):
             return False
-        if run.anchor is not None:
+        if status == "splitting" and self.config.split_while_paused:
+            run.held_step = index  # the split runs on, under `paused`
+        elif run.anchor is not None:
             run.stamps = self.stamps(run, index)
             run.base, run.anchor = self.progress(run, now), None
         run.paused_at = int(now)
@@ -375,11 +385,14 @@ class Indexer:
         run = document.run
         if run.paused_at is None:
             return False
-        index = bisect.bisect_right(run.ends, run.base)
+        index, _ = self.status(run, now)
+        if run.anchor is not None:  # held: it ran on while paused
+            run.stamps = self.stamps(run, index)
+            run.base = self.progress(run, now)
         step = run.steps[index]
         if self.config.resume_resplits and step.status == "splitting":
             run.base = run.ends[index] - step.seconds  # splits again from no segments
-        run.anchor, run.paused_at = now, None
+        run.anchor, run.paused_at, run.held_step = now, None, None
         return True
 
     def delete_document(self, dataset: Dataset, document: Document) -> None:

@@ -274,13 +274,20 @@ async def test_status_walks_every_step_with_growing_segments() -> None:
 
 @pytest.mark.anyio
 async def test_status_under_economy_keeps_completed_segments_at_zero_until_completed() -> None:
-    async with open_sandbox(step_seconds=1.0, segments=4, economy=True) as sandbox:
+    async with open_sandbox(step_seconds=1.0, segments=3000, economy=True) as sandbox:
         dataset_id = await sandbox.create_dataset()
         batch = (await sandbox.create_text(dataset_id, "big.txt"))["batch"]
         seen = await sandbox.walk(dataset_id, batch, tick=0.1)
 
-    assert set(counts(seen, "indexing")) == {(0, 4)}
-    assert counts(seen, "completed") == [(4, 4)]
+    # As the real big document did (captures 016-022): 0/N growing, 0/3000, then 3000/3000.
+    real = {n: captured_body(n)["data"][0] for n in (21, 22)}
+    indexing, completed = (
+        (real[n]["completed_segments"], real[n]["total_segments"]) for n in (21, 22)
+    )
+    assert {done for done, _ in counts(seen, "splitting")} == {0}
+    assert len(counts(seen, "indexing")) > 5
+    assert set(counts(seen, "indexing")) == {indexing} == {(0, 3000)}
+    assert counts(seen, "completed") == [completed] == [(3000, 3000)]
 
 
 @pytest.mark.anyio
@@ -429,6 +436,45 @@ async def test_resume_after_a_pause_while_splitting(resplits: bool) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("runs_on", [True, False])
+async def test_a_document_paused_while_splitting_splits_on_then_again_after_resume(
+    runs_on: bool,
+) -> None:
+    """Captures 046-070: paused while splitting, total_segments grows under `paused` to the
+    end of the split (47-50); resumed, it splits again from few segments (63-64) and goes on
+    to indexing and completed."""
+    knobs = {"step_seconds": 1.0, "segments": 100, "split_while_paused": runs_on}
+    async with open_sandbox(**knobs) as sandbox:
+        dataset_id = await sandbox.create_dataset()
+        created = await sandbox.create_text(dataset_id, "bigX.txt")
+        document_id, batch = created["document"]["id"], created["batch"]
+        sandbox.clock.advance(2.25)  # a quarter into splitting
+        paused = await sandbox.client.patch(processing(dataset_id, document_id, "pause"))
+        held = []
+        for _ in range(4):
+            held.append((await sandbox.items(dataset_id, batch))[0])
+            sandbox.clock.advance(0.5)
+        sandbox.clock.advance(30)
+        held.append((await sandbox.items(dataset_id, batch))[0])
+        resumed = await sandbox.client.patch(processing(dataset_id, document_id, "resume"))
+        seen = await sandbox.walk(dataset_id, batch, tick=0.1)
+
+    assert (paused.status_code, resumed.status_code) == (204, 204)
+    real = captured_body(50)["data"][0]  # paused 0/2389, the split not yet stamped
+    for item in held:
+        assert item["indexing_status"] == "paused" and item["paused_at"] == int(T0 + 2.25)
+        assert (item["completed_segments"], item["splitting_completed_at"]) == (0, None)
+        assert item.keys() == real.keys()
+    totals = [item["total_segments"] for item in held]
+    assert totals == ([25, 75, 100, 100, 100] if runs_on else [25] * 5)
+    splitting = [total for _, total in counts(seen, "splitting")]
+    assert splitting[0] == 0 < totals[-1]  # split again: fewer segments than before
+    assert splitting == sorted(splitting)
+    assert statuses(seen) == ["splitting", "indexing", "completed"]
+    assert seen[-1]["total_segments"] == 100
+
+
+@pytest.mark.anyio
 async def test_pause_of_a_finished_document_and_resume_of_a_running_one_answer_400() -> None:
     async with open_sandbox() as sandbox:
         dataset_id = await sandbox.create_dataset()
@@ -564,12 +610,17 @@ async def test_non_uuid_dataset_id_answers_flask_html_404() -> None:
     async with open_sandbox() as sandbox:
         response = await sandbox.poll("not-a-uuid", "20261122142935277307")
         unmatched = await sandbox.client.get("/v1/nothing-here")
+        no_key = {"Authorization": ""}
+        path = "/v1/datasets/not-a-uuid/document/create-by-text"
+        created = await sandbox.client.post(path, json={}, headers=no_key)
 
     real = capture(105)["response"]
     assert response.status_code == 404
     assert response.headers["content-type"] == real["headers"]["Content-Type"]
     assert response.text == real["text"]
+    assert "<title>404 Not Found</title>" in real["text"].splitlines()
     assert (unmatched.status_code, unmatched.text) == (404, real["text"])
+    assert (created.status_code, created.text) == (404, real["text"])  # before any key check
 
 
 # --- creating datasets and documents ------------------------------------------------------------
