@@ -60,7 +60,10 @@ class FirecrawlSandboxConfig(FaultKnobs):
     expiry: float = 86400.0  # seconds a batch lives after its last save
     max_urls: int = 1000  # most URLs in one submission
     credits: int | None = None  # credits for all submissions together; None is unlimited
-    conflict_on_completed_cancel: bool = False  # DELETE of a completed batch answers 409
+    # DELETE of a completed batch answers 409 and leaves it completed, as newer source does;
+    # False answers 200 {"status": "cancelled"} and turns it cancelled for good, as the
+    # self-hosted build did (captures 051, 052).
+    conflict_on_completed_cancel: bool = False
     # Serve GET /v2/batch/scrape/{id}/errors, as newer source does; False answers Express's
     # HTML 404 page there, as the self-hosted build does (capture 024). The same list is
     # always at GET /v2/crawl/{id}/errors and GET /v1/batch/scrape/{id}/errors.
