@@ -10,7 +10,6 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,8 +34,8 @@ CONTRACT = firecrawl_contract()  # the seeds, with what every capture requires
 CAPTURES = DATA / "captures" / "firecrawl"
 
 
-# Webhooks the self-hosted build sent (copied from shared/captures/firecrawl-webhooks).
-WEBHOOK_CAPTURE = Path(__file__).parent / "captures" / "firecrawl-webhooks"
+# Webhooks the self-hosted build sent (capture 053).
+WEBHOOK_CAPTURE = DATA / "captures" / "firecrawl-webhooks"
 
 
 STATUS_PATH = re.compile(r"^/v2/batch/scrape/[^/]+$")
