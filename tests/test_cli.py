@@ -142,6 +142,7 @@ def test_submit_and_show_through_the_cli(redis_process: RedisProcess) -> None:
         RECEIVER_SECRET_KEYS="k",
         RECEIVER_API_TOKEN="cli-token",
         PORT=str(port),
+        DECODO_AUTH=DEFAULT_AUTH,  # POST /jobs refuses a provider without its credentials
     )
     with running("web", env):
         wait_for_port(port)
