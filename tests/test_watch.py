@@ -1,5 +1,4 @@
-"""The operators' commands (watch, jobs, show, retry, cancel) as a user runs them, and the SSE
-parser and line format under them.
+"""The operators' commands (watch, jobs, show, retry, cancel) as a user runs them.
 
 End to end, `python -m receiver ...` runs as a child process against a real deployment (the
 Decodo sandbox, the receiver and a worker under uvicorn); `watch` under a pseudo-terminal for
@@ -21,25 +20,20 @@ import sys
 import tempfile
 import termios
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 import redis as sync_redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from receiver.client.api import ClientError
-from receiver.client.sse import ServerSentEvent, parse_events, split_lines
-from receiver.client.stream import EventSource, WatchError
-from receiver.client.watch import Change, JobProgress, format_line, read_change
-from receiver.events import Event
 from receiver.sandbox.decodo import DEFAULT_AUTH
+from tests.client.frames import PING, SCRIPTED_STATE, scripted_event
 from tests.e2e import TOKEN, Deployment, decodo_sandbox_server, deployment, polled_deployment
 from tests.servers import RedisProcess, free_port, run_cli, serve_app, wait_for_port
 
@@ -170,41 +164,7 @@ def expected_line(event: dict[str, Any], with_job: bool = False) -> str:
     return line
 
 
-def sse_frame(event_id: str, kind: str, body: dict[str, Any]) -> bytes:
-    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
-        event_id.encode(),
-        kind.encode(),
-        orjson.dumps(body),
-    )
-
-
-def scripted_event(event_id: str, kind: str, status: str, completed: int) -> bytes:
-    body = {
-        "type": kind,
-        "job_id": "j1",
-        "provider": "decodo",
-        "status": status,
-        "progress": {"completed": completed, "failed": 0, "total": 4},
-        "at": f"2026-11-22T22:30:0{completed}.000+00:00",
-        "detail": {},
-    }
-    return sse_frame(event_id, kind, body)
-
-
-SCRIPTED_STATE = sse_frame(
-    "1-0",
-    "job.state",
-    {
-        "id": "j1",
-        "provider": "decodo",
-        "status": "running",
-        "progress": {"completed": 1, "failed": 0, "total": 4},
-        "created_at": "2026-11-22T22:30:00.000+00:00",
-        "updated_at": "2026-11-22T22:30:01.000+00:00",
-    },
-)
 DROP = b""  # in a script: the connection breaks here, mid-response
-PING = b": ping\n\n"  # a heartbeat comment: the stream is open, nothing new
 
 
 @dataclass
@@ -248,252 +208,6 @@ def stand_in(script: Script) -> Iterator[str]:
     )
     with serve_app(app) as url:
         yield url
-
-
-@dataclass
-class FakeTime:
-    """A clock that only sleeping moves, for an EventSource whose backoffs take no time,
-    and the notes the source wrote for the user meanwhile."""
-
-    now: float = 0.0
-    slept: list[float] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0 and len(self.slept) < 10_000, "reconnecting forever"
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-Answer = Callable[[httpx.Request], httpx.Response]
-SOURCE_URL = "http://receiver.test/jobs/j1/events"
-
-
-def event_source(time: FakeTime, *answers: Answer, **options: Any) -> EventSource:
-    """An EventSource on fake time whose connections get `answers` in turn (the last one
-    from then on)."""
-    calls: list[httpx.Request] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        calls.append(request)
-        return answers[min(len(calls), len(answers)) - 1](request)
-
-    client = httpx.Client(transport=httpx.MockTransport(answer))
-    return EventSource(
-        client,
-        SOURCE_URL,
-        {},
-        clock=time.clock,
-        sleep=time.sleep,
-        notify=time.notes.append,
-        **options,
-    )
-
-
-def refused(request: httpx.Request) -> httpx.Response:
-    raise httpx.ConnectError("connection refused", request=request)
-
-
-def stream_of(*frames: bytes, time: FakeTime | None = None, up_for: float = 0.0) -> Answer:
-    """An event stream of `frames` that then ends; with `time`, it stays up `up_for` seconds
-    of it first (a quiet stream of heartbeats)."""
-
-    def body() -> Iterator[bytes]:
-        if time is not None:
-            for _ in range(10):
-                time.now += up_for / 10
-                yield PING
-        yield from frames
-
-    headers = {"content-type": "text/event-stream; charset=utf-8"}
-    return lambda request: httpx.Response(200, headers=headers, content=body())
-
-
-def drain(source: EventSource, count: int) -> list[ServerSentEvent]:
-    """The first `count` messages of the source."""
-    messages = iter(source)
-    return [next(messages) for _ in range(count)]
-
-
-# -- the SSE parser -------------------------------------------------------------------------
-
-
-def test_sse_parser_follows_the_standard() -> None:
-    body = (
-        "\ufeff: a comment\n"
-        "retry: 3000\n"
-        'id: 1-0\nevent: job.progress\ndata: {"a": 1}\n\n'  # a whole message
-        "data:first\ndata: second\n\n"  # no space after the colon; two lines; id kept
-        "id\ndata\n\n"  # fields without a colon: the id resets, the data is one empty line
-        "event: ignored\n\n"  # no data: nothing dispatched, and the event type is reset
-        "id: 2\0\ndata: x\n\n"  # an id with NUL is ignored
-        "data: never finished\n"
-    )
-    messages = list(parse_events(split_lines([body.encode()])))
-    assert messages == [
-        ServerSentEvent("1-0", "job.progress", '{"a": 1}'),
-        ServerSentEvent("1-0", "message", "first\nsecond"),
-        ServerSentEvent("", "message", ""),
-        ServerSentEvent("", "message", "x"),
-    ]
-
-
-def test_sse_lines_end_at_crlf_lf_or_cr_wherever_the_chunks_are_cut() -> None:
-    body = 'id: 7-1\r\nevent: e\rdata: {"text": "a\u2028b\u0085c"}\r\n\r\ndata: z\r\r'.encode()
-    expected = [
-        ServerSentEvent("7-1", "e", '{"text": "a\u2028b\u0085c"}'),
-        ServerSentEvent("7-1", "message", "z"),
-    ]
-    for cut in range(len(body) + 1):
-        for second in range(cut, len(body) + 1):
-            chunks = [body[:cut], body[cut:second], body[second:]]
-            assert list(parse_events(split_lines(chunks))) == expected, (cut, second)
-
-
-def test_sse_ending_in_a_lone_cr_still_ends_the_line() -> None:
-    assert list(split_lines([b"a\r", b"b\r"])) == ["a", "b"]
-    assert list(split_lines([b"a\r", b"\nb"])) == ["a"]
-
-
-# -- what the lines say ---------------------------------------------------------------------
-
-
-def test_format_line_is_one_plain_line_per_event() -> None:
-    event = Event(
-        id="1-0",
-        type="job.progress",
-        job_id="j1",
-        provider="decodo",
-        status="running",
-        progress={"completed": 3, "failed": 0, "total": 10},
-        at="2026-11-22T22:30:00.000+00:00",
-    )
-    change = Change(JobProgress.from_event(event), event.type, event.at)
-    assert format_line(change) == "2026-11-22T22:30:00.000+00:00 job.progress running 3/10 failed=0"
-    assert format_line(change, with_job=True) == (
-        "2026-11-22T22:30:00.000+00:00 job.progress j1 decodo running 3/10 failed=0"
-    )
-
-
-def test_read_change_follows_the_snapshot_then_the_events_to_the_outcome() -> None:
-    jobs: dict[str, JobProgress] = {}
-    state = {"id": "j1", "provider": "decodo", "status": "running", "progress": {"total": 2}}
-    first = read_change(jobs, ServerSentEvent("5-0", "job.state", orjson.dumps(state).decode()))
-    assert first is not None and first.job.exit_code is None
-    assert read_change(jobs, ServerSentEvent("5-0", "message", "not json")) is None
-    final = {
-        "type": "job.failed",
-        "job_id": "j1",
-        "provider": "decodo",
-        "status": "failed",
-        "progress": {"completed": 0, "failed": 2, "total": 2},
-        "at": "2026-11-22T22:30:02.000+00:00",
-        "detail": {"reason": "every task failed"},
-    }
-    last = read_change(jobs, ServerSentEvent("6-0", "job.failed", orjson.dumps(final).decode()))
-    assert last is not None and last.job is first.job
-    assert (last.job.exit_code, last.reason) == (1, "every task failed")
-    assert last.job.outcome() == "job j1 failed: every task failed (0 done, 2 failed of 2)"
-    assert format_line(last).endswith(' failed 0/2 failed=2 reason="every task failed"')
-
-
-@pytest.mark.parametrize(
-    ("status", "code"),
-    [("completed", 0), ("failed", 1), ("cancelled", 2), ("expired", 3), ("running", None)],
-)
-def test_exit_code_per_status(status: str, code: int | None) -> None:
-    assert JobProgress("j", "decodo", status).exit_code == code
-
-
-# -- reconnecting ---------------------------------------------------------------------------
-
-
-def test_event_source_gives_up_after_give_up_after_seconds_without_a_connection() -> None:
-    time = FakeTime()
-    source = event_source(time, refused, give_up_after=60)
-    with pytest.raises(WatchError) as raised:
-        next(iter(source))
-    assert raised.value.exit_code == 5
-    assert str(raised.value) == (
-        f"{SOURCE_URL}: connection refused; gave up after 60 s without a connection"
-    )
-    # The last try is when the time is up, not a backoff later.
-    assert time.now == pytest.approx(60)
-    assert len(time.notes) == len(time.slept) > 10
-    assert time.notes[0].startswith("connection refused; reconnecting in ")
-    assert time.notes[0].endswith(" s (try 1, no connection for 0 s of 60 s)")
-
-
-def test_event_source_backs_off_exponentially_with_jitter_up_to_a_cap() -> None:
-    time = FakeTime()
-    with pytest.raises(WatchError):
-        next(iter(event_source(time, refused, give_up_after=120)))
-    waits = time.slept[:-1]  # the last one is cut short by the deadline
-    for attempt, wait in enumerate(waits):
-        ceiling = min(4.0, 0.5 * 2**attempt)
-        assert ceiling / 2 <= wait <= ceiling, (attempt, waits)
-    assert len(set(waits)) == len(waits)  # jittered: no two clients in step
-    assert max(waits) > 2.0
-
-
-def test_event_source_counts_afresh_from_each_connection() -> None:
-    """Ten drops, each after two refused reconnections: more than --retries 3 and longer
-    than --give-up-after 10 in all, but never in a row without a connection."""
-    time = FakeTime()
-    cycle = [stream_of(), refused, refused]
-    final = stream_of(scripted_event("4-0", "job.completed", "completed", 4))
-    source = event_source(time, *cycle * 10, final, retries=3, give_up_after=10)
-    [message] = drain(source, 1)
-    assert message.event == "job.completed"
-    assert time.now > 10
-    assert len(time.slept) == 30
-    # Each connection started the backoff afresh: the first wait after a drop is the shortest.
-    assert all(wait <= 0.5 for wait in time.slept[::3]), time.slept
-    assert all(note.endswith("/3, no connection for 0 s of 10 s)") for note in time.notes[::3])
-
-
-def test_event_source_counts_the_time_without_a_connection_from_when_it_was_last_up() -> None:
-    time = FakeTime()
-    up = stream_of(SCRIPTED_STATE, time=time, up_for=1000)
-    source = event_source(time, up, refused, give_up_after=60)
-    messages = iter(source)
-    assert next(messages).event == "job.state"
-    with pytest.raises(WatchError, match="gave up after 60 s without a connection"):
-        next(messages)
-    assert time.now == pytest.approx(1060)
-    assert source.last_id == "1-0"
-    assert time.notes[0].startswith("the stream ended early; reconnecting in ")
-
-
-def test_event_source_takes_an_answer_that_is_no_event_stream_for_no_connection() -> None:
-    time = FakeTime()
-    page = httpx.Response(200, headers={"content-type": "text/html"}, content=b"<p>proxy</p>")
-    with pytest.raises(WatchError) as raised:
-        next(iter(event_source(time, lambda request: page, give_up_after=5)))
-    assert str(raised.value).endswith(
-        "200: not an event stream but 'text/html'; gave up after 5 s without a connection"
-    )
-    assert time.now == pytest.approx(5)
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "code"),
-    [
-        (401, {"error": "unauthorized", "message": "bad token"}, 5),
-        (404, {"error": "unknown_job", "message": "no job j1"}, 4),
-    ],
-)
-def test_event_source_refusals_end_at_once(status: int, body: dict[str, str], code: int) -> None:
-    time = FakeTime()
-    answer = httpx.Response(status, json=body)
-    with pytest.raises(ClientError) as raised:
-        next(iter(event_source(time, lambda request: answer)))
-    assert raised.value.exit_code == code
-    assert str(raised.value) == f"{status}: {body['message']}"
-    assert time.slept == []
 
 
 # -- watch, end to end ----------------------------------------------------------------------
