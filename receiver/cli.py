@@ -331,10 +331,11 @@ def jobs(status: str | None, provider: str | None, limit: int, as_json: bool) ->
 
 @main.command()
 @click.argument("job_id", metavar="JOB")
-@click.option("--all", "show_all", is_flag=True, help="List every task, not the first 50.")
+@click.option("--all", "show_all", is_flag=True, help="List every item, not the first 50.")
 @_JSON
 def show(job_id: str, show_all: bool, as_json: bool) -> None:
-    """Show one job with its tasks (or documents) and their errors.
+    """Show one job, its progress in its provider's words, and its items (tasks, pages or
+    documents) with their errors.
 
     Exits 4 when there is no such job.
     """

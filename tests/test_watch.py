@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 import orjson
 import redis as sync_redis
@@ -33,7 +34,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from receiver.sandbox.decodo import DEFAULT_AUTH
-from tests.client.frames import PING, SCRIPTED_STATE, scripted_event
+from tests.client.frames import (
+    DIFY_DOCS,
+    PING,
+    SCRIPTED_STATE,
+    as_frames,
+    dify_snapshot,
+    dify_stream,
+    scripted_event,
+)
 from tests.e2e import TOKEN, Deployment, decodo_sandbox_server, deployment, polled_deployment
 from tests.servers import RedisProcess, free_port, run_cli, serve_app, wait_for_port
 
@@ -51,7 +60,7 @@ def cli_env(api: str, **values: str) -> dict[str, str]:
 
 def printed_fields(stdout: str) -> dict[str, str]:
     """The `name  value` lines `receiver show` prints before a job's tasks or documents."""
-    head = re.split(r"^(?:tasks|documents) \(", stdout, maxsplit=1, flags=re.M)[0]
+    head = re.split(r"^(?:tasks|pages|documents|items) \(", stdout, maxsplit=1, flags=re.M)[0]
     return {found[1]: found[2] for line in head.splitlines() if (found := _FIELD.fullmatch(line))}
 
 
@@ -94,10 +103,10 @@ class Child:
 
 
 @contextlib.contextmanager
-def in_terminal(env: dict[str, str], *args: str) -> Iterator[Child]:
-    """`receiver ARGS` under a 120x30 pseudo-terminal (stdout and stderr)."""
+def in_terminal(env: dict[str, str], *args: str, columns: int = 120) -> Iterator[Child]:
+    """`receiver ARGS` under a pseudo-terminal of 30 lines (stdout and stderr)."""
     main, tty = pty.openpty()
-    fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
     command = [sys.executable, "-m", "receiver", *args]
     with subprocess.Popen(command, env=env, stdin=tty, stdout=tty, stderr=tty) as process:
         os.close(tty)
@@ -153,18 +162,24 @@ def urls(count: int) -> list[str]:
     return [f"https://example.com/{i}" for i in range(count)]
 
 
+# What each provider's progress counts, as `watch` and `show` name it.
+UNITS = {"decodo": "tasks", "firecrawl": "pages", "dify": "documents"}
+
+
 def expected_line(event: dict[str, Any], with_job: bool = False) -> str:
     """The line the brief specifies for an event of the stream."""
     progress = event["progress"]
     who = f" {event['job_id']} {event['provider']}" if with_job else ""
     line = f"{event['at']} {event['type']}{who} {event['status']}"
-    line += f" {progress['completed']}/{progress['total']} failed={progress['failed']}"
+    line += f" {progress['completed']}/{progress['total']} {UNITS[event['provider']]}"
+    line += f" failed={progress['failed']}"
     if event["detail"].get("reason"):
         line += f" reason={orjson.dumps(event['detail']['reason']).decode()}"
     return line
 
 
 DROP = b""  # in a script: the connection breaks here, mid-response
+PAUSE = b"\0"  # in a script: a second with nothing sent
 
 
 @dataclass
@@ -174,6 +189,7 @@ class Script:
     answers: list[list[bytes] | int]
     last_ids: list[str | None] = field(default_factory=list)  # Last-Event-ID of each request
     queries: list[dict[str, str]] = field(default_factory=list)
+    job: dict[str, Any] | None = None  # what GET /jobs/{id} answers for its id
 
     async def job_events(self, request: Request) -> Response:
         self.last_ids.append(request.headers.get("last-event-id"))
@@ -186,7 +202,16 @@ class Script:
         for frame in frames:
             if frame == DROP:
                 raise ConnectionAbortedError("scripted drop")
+            if frame == PAUSE:
+                await anyio.sleep(1)
+                continue
             yield frame
+
+    async def one_job(self, request: Request) -> Response:
+        if self.job is None or self.job["id"] != request.path_params["job_id"]:
+            message = f"no job {request.path_params['job_id']}"
+            return JSONResponse({"error": "unknown_job", "message": message}, 404)
+        return JSONResponse(self.job)
 
     async def jobs(self, request: Request) -> Response:
         """Pages of two jobs, then a cursor, up to six jobs."""
@@ -203,6 +228,7 @@ def stand_in(script: Script) -> Iterator[str]:
     app = Starlette(
         routes=[
             Route("/jobs/{job_id}/events", script.job_events),
+            Route("/jobs/{job_id}", script.one_job),
             Route("/jobs", script.jobs),
         ]
     )
@@ -219,21 +245,21 @@ def test_watch_in_a_terminal_shows_the_bar_and_exits_0_when_the_job_completes(
     with deployment(redis_process, completion_delay=60) as d:
         job_id, tasks = held_job(d, 3)
         with in_terminal(cli_env(d.api), "watch", job_id) as child:
-            child.read_until("0 done 0 failed of 3")
+            child.read_until("0 done 0 failed of 3 tasks")
             before = len(child.output)
             finish_tasks(d, tasks[:1])
-            child.read_until("1 done 0 failed of 3")
+            child.read_until("1 done 0 failed of 3 tasks")
             time.sleep(0.3)  # tasks done apart in time give the bar a rate
             finish_tasks(d, tasks[1:2])
-            child.read_until("2 done 0 failed of 3")
+            child.read_until("2 done 0 failed of 3 tasks")
             time.sleep(1.2)  # the elapsed column ticks past a second
             finish_tasks(d, tasks[2:])
             code = child.finish()
     assert code == 0, child.output
     assert re.search(r"decodo running +━+", child.output)  # the bar
-    assert f"job {job_id} completed (3 done, 0 failed of 3)" in child.output
+    assert f"job {job_id} completed (3 done, 0 failed of 3 tasks)" in child.output
     # The rate (done per second, one decimal) and the elapsed time (H:MM:SS) follow the counts.
-    columns = re.compile(r"(\d) done 0 failed of 3 +(-|\d+\.\d)/s +(\d+):(\d\d):(\d\d)")
+    columns = re.compile(r"(\d) done 0 failed of 3 tasks +(-|\d+\.\d)/s +(\d+):(\d\d):(\d\d)")
     shown = [found.groups() for found in columns.finditer(child.output[before:])]
     assert shown, child.output
     # At two done, one task in the 0.3 s or more since the first: at most 1 / 0.3 a second.
@@ -253,14 +279,14 @@ def test_watch_in_a_terminal_exits_1_with_the_reason_when_the_job_fails(
             finish_tasks(d, tasks, "faulted")
             code = child.finish()
     assert code == 1, child.output
-    assert f"job {job_id} failed: every task failed (0 done, 2 failed of 2)" in child.output
+    assert f"job {job_id} failed: every task failed (0 done, 2 failed of 2 tasks)" in child.output
 
 
 def test_watch_interrupted_exits_130(redis_process: RedisProcess) -> None:
     with deployment(redis_process, completion_delay=60) as d:
         job_id, _ = held_job(d, 1)
         with in_terminal(cli_env(d.api), "watch", job_id) as child:
-            child.read_until("0 done 0 failed of 1")
+            child.read_until("0 done 0 failed of 1 tasks")
             child.process.send_signal(signal.SIGINT)
             assert child.finish() == 130
 
@@ -275,13 +301,13 @@ def test_watch_piped_prints_one_line_per_event(redis_process: RedisProcess) -> N
             code = child.finish()
         events = d.events(job_id)
     lines = child.output.splitlines()
-    assert re.fullmatch(r"\S+ job\.state running 0/4 failed=0", lines[0]), lines
+    assert re.fullmatch(r"\S+ job\.state running 0/4 tasks failed=0", lines[0]), lines
     assert lines[1:] == [expected_line(e) for e in events[-len(lines) + 1 :]]
     kinds = [line.split()[1] for line in lines]
     assert (kinds.count("task.failed"), kinds.count("task.completed")) == (2, 2)
-    assert lines[-1].endswith(" job.completed completed 2/4 failed=2")
+    assert lines[-1].endswith(" job.completed completed 2/4 tasks failed=2")
     assert code == 0, child.errors
-    assert f"job {job_id} completed (2 done, 2 failed of 4)" in child.errors
+    assert f"job {job_id} completed (2 done, 2 failed of 4 tasks)" in child.errors
 
 
 def test_watch_piped_exits_1_and_prints_the_reason_when_every_task_fails(
@@ -295,7 +321,7 @@ def test_watch_piped_exits_1_and_prints_the_reason_when_every_task_fails(
             code = child.finish()
     assert code == 1
     assert child.output.splitlines()[-1].endswith(
-        'job.failed failed 0/1 failed=1 reason="every task failed"'
+        'job.failed failed 0/1 tasks failed=1 reason="every task failed"'
     )
     assert f"job {job_id} failed: every task failed" in child.errors
 
@@ -311,7 +337,7 @@ def test_watch_of_an_ended_job_exits_at_once_with_its_outcome(
         watched = run_cli(env, "watch", done)
         assert time.monotonic() - started < 5
         assert watched.returncode == 0, watched.stderr
-        assert re.fullmatch(r"\S+ job\.state completed 2/2 failed=0\n", watched.stdout)
+        assert re.fullmatch(r"\S+ job\.state completed 2/2 tasks failed=0\n", watched.stdout)
 
         d.configure_sandbox(completion_delay=30)
         running = d.submit({"url": "https://example.com"})
@@ -362,7 +388,7 @@ def test_watch_counts_afresh_after_each_reconnection() -> None:
     assert script.last_ids == [None, *["1-0"] * 10]
     assert watched.stderr.count("reconnecting in") == 10
     assert "(try 1/1, no connection for 0 s of 2 s)" in watched.stderr
-    assert watched.stdout.splitlines()[-1].endswith(" job.completed completed 4/4 failed=0")
+    assert watched.stdout.splitlines()[-1].endswith(" job.completed completed 4/4 tasks failed=0")
 
 
 def test_watch_retries_bounds_the_failed_reconnections_in_a_row() -> None:
@@ -422,12 +448,12 @@ def test_watch_keeps_watching_a_job_quiet_for_longer_than_the_heartbeat(
     assert running, child.errors
     assert code == 0, child.errors
     # Nothing but the outcome on stderr: no reconnection, no traceback.
-    assert child.errors == f"job {job_id} completed (1 done, 0 failed of 1)\n"
+    assert child.errors == f"job {job_id} completed (1 done, 0 failed of 1 tasks)\n"
     # One snapshot, then the job's events from where it stood, each once: no reconnection.
     state, *lines = child.output.splitlines()
-    assert re.fullmatch(r"\S+ job\.state running 0/1 failed=0", state), child.output
+    assert re.fullmatch(r"\S+ job\.state running 0/1 tasks failed=0", state), child.output
     assert lines == [expected_line(e) for e in events[-len(lines) :]], child.output
-    assert lines[-1].endswith(" job.completed completed 1/1 failed=0")
+    assert lines[-1].endswith(" job.completed completed 1/1 tasks failed=0")
     assert "Traceback" not in server.errors, server.errors
 
 
@@ -440,9 +466,9 @@ def test_watch_without_a_job_follows_every_job_until_ctrl_c(
         assert run_cli(env, "cancel", ended).returncode == 0
         first, first_tasks = held_job(d, 2)
         with piped(env, "watch") as child:
-            child.read_until(f" job.state {first} decodo running 0/2 failed=0\n")
+            child.read_until(f" job.state {first} decodo running 0/2 tasks failed=0\n")
             finish_tasks(d, first_tasks)
-            child.read_until(f" job.completed {first} decodo completed 2/2 failed=0\n")
+            child.read_until(f" job.completed {first} decodo completed 2/2 tasks failed=0\n")
             second, second_tasks = held_job(d, 1)
             child.read_until(f" job.created {second} decodo ")
             child.process.send_signal(signal.SIGINT)
@@ -451,9 +477,66 @@ def test_watch_without_a_job_follows_every_job_until_ctrl_c(
         with in_terminal(env, "watch") as child:
             child.read_until(f"{second[:12]} decodo running")
             finish_tasks(d, second_tasks)
-            child.read_until(f"job {second} completed (1 done, 0 failed of 1)")
+            child.read_until(f"job {second} completed (1 done, 0 failed of 1 tasks)")
             child.process.send_signal(signal.SIGINT)
             assert child.finish() == 0
+
+
+# -- per provider, end to end ------------------------------------------------------------
+
+
+def test_watch_piped_counts_a_dify_jobs_documents_in_difys_words() -> None:
+    stream = dify_stream()
+    script = Script([as_frames(stream)])
+    with stand_in(script) as url:
+        watched = run_cli(cli_env(url), "watch", dify_snapshot()["id"])
+    assert watched.returncode == 1, watched.stderr
+    at = [orjson.loads(m.data).get("at") or orjson.loads(m.data)["updated_at"] for m in stream]
+    reason = f"{DIFY_DOCS[0]}: Failed to load"
+    assert watched.stdout.splitlines() == [
+        f'{at[0]} job.state running 0/2 documents failed=0 progress="segments 120/4000"',
+        f"{at[1]} job.progress running 0/2 documents failed=1"
+        ' progress="segments 1200/4000 · indexing 1"',
+        f'{at[2]} job.progress running 1/2 documents failed=1 progress="segments 4000/4000"',
+        f'{at[3]} job.failed failed 1/2 documents failed=1 progress="segments 4000/4000"'
+        f' reason="{reason}"',
+    ]
+    job_id = dify_snapshot()["id"]
+    assert watched.stderr == f"job {job_id} failed: {reason} (1 done, 1 failed of 2 documents)\n"
+
+
+def test_watch_in_a_terminal_shows_difys_words_beside_the_bar() -> None:
+    first, moved, later, ended = as_frames(dify_stream())
+    script = Script([[first, moved, PAUSE, later, PAUSE, ended]])
+    with stand_in(script) as url:
+        with in_terminal(cli_env(url), "watch", dify_snapshot()["id"], columns=160) as child:
+            child.read_until("segments 1200/4000 · indexing 1")
+            child.read_until("segments 4000/4000")
+            code = child.finish()
+    assert code == 1, child.output
+    bar = re.compile(r"dify running +━+\S* +0 done 1 failed of 2 documents .* indexing 1")
+    assert bar.search(child.output), child.output
+    assert "(1 done, 1 failed of 2 documents)" in child.output
+
+
+def test_show_prints_the_providers_progress_words_and_names_its_items() -> None:
+    job = dify_snapshot(
+        progress={"completed": 1, "failed": 0, "total": 2},
+        stages={"indexing": 1},
+        tasks=[
+            {"id": DIFY_DOCS[0], "status": "indexing"},
+            {"id": DIFY_DOCS[1], "status": "completed"},
+        ],
+    )
+    with stand_in(Script([], job=job)) as url:
+        shown = run_cli(cli_env(url), "show", job["id"])
+        missing = run_cli(cli_env(url), "show", "nope")
+    assert shown.returncode == 0, shown.stderr
+    fields = printed_fields(shown.stdout)
+    assert fields["progress"] == "1/2 documents · segments 120/4000 · indexing 1"
+    assert "documents (2): 1 completed, 1 indexing" in shown.stdout
+    assert "tasks (" not in shown.stdout
+    assert missing.returncode == 4 and missing.stderr == "Error: 404: no job nope\n"
 
 
 # -- jobs, show, retry, cancel --------------------------------------------------------------
@@ -571,7 +654,7 @@ def test_show_prints_a_dify_job_with_its_documents_and_the_error(
             "id": job_id,
             "provider": "dify",
             "status": "failed",
-            "progress": "1/2 (1 failed)",
+            "progress": "1/2 documents (1 failed) · segments 3/3",
             "error": f"{bad}: {pdfium}",
             "segments_total": "3",
         }.items()
@@ -602,7 +685,7 @@ def test_show_prints_a_firecrawl_job(redis_process: RedisProcess) -> None:
             "id": job_id,
             "provider": "firecrawl",
             "status": "completed",
-            "progress": "3/3",
+            "progress": "3/3 pages · firecrawl completed · documents 3",
             "external": f'{{"batch_id":"{batch_id}"}}',
             "provider_status": "completed",
             "credits_used": "3",

@@ -12,6 +12,8 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from receiver.display import Display, display
+
 STATUS_STYLES = {
     "submitted": "dim",
     "running": "cyan",
@@ -47,20 +49,31 @@ def print_jobs(console: Console, jobs: Sequence[Mapping[str, Any]]) -> None:
 
 
 def print_job(console: Console, job: Mapping[str, Any], most: int | None = 50) -> None:
-    """One job: its fields, then its tasks (or documents), the failed ones first."""
+    """One job: its fields, then its items (tasks, pages, documents: the provider's unit),
+    the failed ones first. The progress line ends with the provider's own words on it."""
+    shown = display(str(job.get("provider", "")))
     # A list under an item name is printed as a table below; anything else (a Firecrawl
     # job's count of documents) is a field like the others.
     keys = [
-        k for k in (*_HEAD, *job) if k in job and not (k in _ITEMS and isinstance(job[k], list))
+        k
+        for k in (*_HEAD, *shown.fields, *job)
+        if k in job and not (k in _ITEMS and isinstance(job[k], list))
     ]
     width = max(map(len, keys), default=0)
     for key in dict.fromkeys(keys):
-        emit(console, Text.assemble((key.ljust(width), "bold"), "  ", _field(key, job[key])))
+        value = _progress_line(job, shown) if key == "progress" else _field(key, job[key])
+        emit(console, Text.assemble((key.ljust(width), "bold"), "  ", value))
     for key in _ITEMS:
         items = job.get(key)
         if isinstance(items, list) and items:
-            name = "documents" if job.get("provider") == "dify" else key
-            _print_items(console, name, items, most)
+            _print_items(console, shown.unit, items, most)
+
+
+def _progress_line(job: Mapping[str, Any], shown: Display) -> str:
+    """`120/400 documents (2 failed) · segments 1200/4000 · indexing 1`."""
+    return " · ".join(
+        part for part in (format_progress(job["progress"], shown.unit), shown.describe(job)) if part
+    )
 
 
 def _print_items(console: Console, name: str, items: list[Any], most: int | None) -> None:
@@ -122,12 +135,13 @@ def _field(key: str, value: Any) -> Text | str:
     return str(value)
 
 
-def format_progress(progress: object) -> str:
-    """`7/10` with `(1 failed)` when some failed: done and failed count toward the total."""
+def format_progress(progress: object, unit: str = "") -> str:
+    """`7/10` (`7/10 pages` with a unit) and `(1 failed)` when some failed: done and failed
+    count toward the total."""
     if not isinstance(progress, Mapping):
         return ""
     completed, failed = progress.get("completed", 0), progress.get("failed", 0)
-    shown = f"{completed}/{progress.get('total', 0)}"
+    shown = f"{completed}/{progress.get('total', 0)}" + (f" {unit}" if unit else "")
     return f"{shown} ({failed} failed)" if failed else shown
 
 

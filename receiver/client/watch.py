@@ -2,7 +2,19 @@
 
 The event stream drives everything shown: a snapshot (`job.state`) first, then each event.
 On a terminal the jobs are progress bars (rich); piped, each event is one plain line on
-stdout, and the outcome of a watched job a line on stderr.
+stdout, and the outcome of a watched job a line on stderr. What a job counts (its unit) and
+its provider's own progress words come from `receiver.display`, fed the job's fields: the
+snapshot's, with each event's `detail` merged in.
+
+A piped line, with `JOB PROVIDER` after the type when every job is watched:
+
+    AT TYPE STATUS COMPLETED/TOTAL UNIT failed=FAILED[ progress="WORDS"][ reason="REASON"]
+    2026-11-22T22:30:00.000+00:00 task.failed running 3/10 tasks failed=1 reason="timeout"
+    2026-11-22T22:30:01.000+00:00 job.progress running 2/4 documents failed=0 progress="indexing 2"
+
+Every field up to `failed=` is one word, separated by single spaces, so a field keeps its
+place; `progress=` (the provider's words, when it has any to say) and `reason=` (why a task
+or the job failed) are JSON strings, so `grep 'progress="segments'` finds them.
 """
 
 from __future__ import annotations
@@ -11,7 +23,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol
@@ -21,12 +33,14 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
+from rich.table import Column
 from rich.text import Text
 
 from receiver.client.api import PAGE_MOST, Api, job_path
 from receiver.client.sse import ServerSentEvent
 from receiver.client.stream import GIVE_UP_AFTER, EventSource, WatchError
 from receiver.client.tables import STATUS_STYLES, make_console
+from receiver.display import Display, display
 from receiver.events import Event
 
 # Exit code of `receiver watch JOB` for each way a job ends.
@@ -56,6 +70,9 @@ class JobProgress:
     error: str = ""
     started: float | None = None  # epoch seconds the job was created, when known
     ended: float | None = None  # epoch seconds it ended
+    # The job's fields: its snapshot (as `GET /jobs/{id}` shows it), each event's detail
+    # merged in; what the provider's display describes.
+    fields: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_job(cls, job: Mapping[str, Any]) -> JobProgress:
@@ -71,6 +88,7 @@ class JobProgress:
             error=str(job.get("error") or ""),
             started=_epoch(job.get("created_at")),
             ended=_epoch(job.get("finished_at")),
+            fields=dict(job),
         )
 
     @classmethod
@@ -87,6 +105,7 @@ class JobProgress:
         self.completed = event.progress.get("completed", self.completed)
         self.failed = event.progress.get("failed", self.failed)
         self.total = event.progress.get("total", self.total)
+        self.fields.update(event.detail)
         if event.final:
             self.error = str(event.detail.get("reason") or self.error)
             self.ended = _epoch(event.at) or time.time()
@@ -96,10 +115,18 @@ class JobProgress:
         """How `receiver watch` exits for this job; None while it has not ended."""
         return OUTCOMES.get(self.status)
 
+    @property
+    def display(self) -> Display:
+        return display(self.provider)
+
+    def describe(self) -> str:
+        """The provider's own words on the job's progress (`segments 120/4000`), or ""."""
+        return self.display.describe(self.fields)
+
     def outcome(self) -> str:
-        """`job ID failed: every task failed (0 done, 2 failed of 2)`."""
+        """`job ID failed: every task failed (0 done, 2 failed of 2 tasks)`."""
         reason = f": {self.error}" if self.error else ""
-        counts = f"{self.completed} done, {self.failed} failed of {self.total}"
+        counts = f"{self.completed} done, {self.failed} failed of {self.total} {self.display.unit}"
         return f"job {self.id} {self.status}{reason} ({counts})"
 
 
@@ -144,14 +171,21 @@ def snapshot(job: Mapping[str, Any]) -> Change:
 
 
 def format_line(change: Change, *, with_job: bool = False) -> str:
-    """`2026-11-22T22:30:00.000+00:00 job.progress running 3/10 failed=0`, one per event."""
+    """`2026-11-22T22:30:00.000+00:00 job.progress running 3/10 tasks failed=0`, one per
+    event, with the provider's words and the reason when there are any (module docstring)."""
     job = change.job
     who = f" {job.id} {job.provider}" if with_job else ""
     line = f"{change.at} {change.type}{who} {job.status} {job.completed}/{job.total}"
-    line += f" failed={job.failed}"
+    line += f" {job.display.unit} failed={job.failed}"
+    if words := job.describe():
+        line += f" progress={_quoted(words)}"
     if change.reason:
-        line += f" reason={orjson.dumps(change.reason).decode()}"
+        line += f" reason={_quoted(change.reason)}"
     return line
+
+
+def _quoted(text: str) -> str:
+    return orjson.dumps(text).decode()
 
 
 def _epoch(value: object) -> float | None:
@@ -282,9 +316,11 @@ class BarsView:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            _CountsColumn(),
-            _RateColumn(),
-            _ElapsedColumn(),
+            # The words wrap, not the numbers, when the terminal is narrow.
+            _CountsColumn(table_column=Column(no_wrap=True)),
+            _RateColumn(table_column=Column(no_wrap=True)),
+            _ElapsedColumn(table_column=Column(no_wrap=True)),
+            _WordsColumn(),
             console=console,
         )
         self.tasks: dict[str, TaskID] = {}
@@ -327,8 +363,16 @@ class _CountsColumn(ProgressColumn):
             (str(job.completed), "green"),
             " done ",
             (str(job.failed), "red" if job.failed else ""),
-            f" failed of {job.total}",
+            f" failed of {job.total} {job.display.unit}",
         )
+
+
+class _WordsColumn(ProgressColumn):
+    """The provider's own words on the job's progress: `segments 120/4000 · indexing 1`."""
+
+    def render(self, task: Task) -> Text:
+        job: JobProgress = task.fields["job"]
+        return Text(job.describe())
 
 
 class _RateColumn(ProgressColumn):
