@@ -91,7 +91,13 @@ def main() -> None:
 
 
 @main.command()
-def run() -> None:
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="Also start the three provider sandboxes and point the providers at them: a trial "
+    "of the whole path with no provider account.",
+)
+def run(sandbox: bool) -> None:
     """Serve the web app and a worker in one process (embedded Redis when REDIS_URL is unset)."""
     from receiver.service import ProcessStop, serve, web_app
 
@@ -99,12 +105,24 @@ def run() -> None:
     configure_logging(settings.log_format)
     stop = ProcessStop()
     try:
-        with _prepared(settings, join=False) as ready:
+        with contextlib.ExitStack() as stack:
+            if sandbox:
+                settings = _with_sandboxes(stack, settings)
+            ready = stack.enter_context(_prepared(settings, join=False))
             _announce(ready)
             serve(web_app(ready, stop=stop), ready)
     finally:
         if stop.reason:  # the worker met a fatal fault: exit non-zero, not as on SIGTERM
             raise click.exceptions.Exit(1)
+
+
+def _with_sandboxes(stack: contextlib.ExitStack, settings: Settings) -> Settings:
+    from receiver import trial
+
+    sandboxes = stack.enter_context(trial.running_sandboxes())
+    for name, url in sandboxes.urls.items():
+        click.echo(f"{name} sandbox on {url}")
+    return trial.with_sandboxes(settings, sandboxes)
 
 
 @main.command()
