@@ -3,7 +3,9 @@
 What a real (self-hosted, Aug 2025) server does, and this client allows for:
 - `next` is present on every `scraping` poll and absent (not null) once all is returned;
 - `skip` and `limit` are ignored, so every page repeats every finished document;
-- `total` shrinks when pages fail outright; documents keep arriving after `cancelled`.
+- `total` shrinks when pages fail outright; documents keep arriving after `cancelled`;
+- the failed pages are listed at `GET /v2/crawl/{id}/errors` and `GET /v1/batch/scrape/{id}/
+  errors`; `GET /v2/batch/scrape/{id}/errors` is Express's HTML 404 (captures 024, 025).
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ _DETAILS_QUOTED = 5
 class Submitted:
     id: str
     invalid_urls: list[str]  # dropped by the server when `ignoreInvalidURLs` is true
+
+
+@dataclass(frozen=True)
+class PageError:
+    """A page that failed, as the errors route lists it."""
+
+    url: str
+    code: str | None  # SCRAPE_TIMEOUT, SCRAPE_ALL_ENGINES_FAILED, UNKNOWN_ERROR...; may lack
+    error: str
+
+
+# The code we give a URL the errors route lists as blocked by robots.txt (it gives none).
+ROBOTS_BLOCKED = "ROBOTS_BLOCKED"
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,19 @@ class FirecrawlClient(ProviderClient):
                 break
             url = page.next
         return list(documents.values())
+
+    async def errors(self, batch_id: str) -> list[PageError]:
+        """The batch's failed pages: `GET /v2/crawl/{id}/errors` (which serves batches too),
+        else `GET /v1/batch/scrape/{id}/errors` where that route is absent (a 404); NotFound
+        when neither has the batch. URLs blocked by robots.txt come last, as ROBOTS_BLOCKED."""
+        part = _path_part(batch_id)
+        try:
+            response = await self.request("GET", self.url(f"/v2/crawl/{part}/errors"))
+            answer = _json_object(response)
+        except NotFound:
+            response = await self.request("GET", self.url(f"/v1/batch/scrape/{part}/errors"))
+            answer = _json_object(response)
+        return _page_errors(answer, response)
 
     async def cancel(self, batch_id: str) -> str:
         """DELETE /v2/batch/scrape/{id}: the status it answers ("cancelled")."""
@@ -228,6 +256,29 @@ def _batch_status(answer: Mapping[str, Any], response: httpx.Response) -> BatchS
         next=next_url if isinstance(next_url, str) and next_url else None,
         documents=[d for d in data if isinstance(d, dict)] if isinstance(data, list) else [],
     )
+
+
+def _page_errors(answer: Mapping[str, Any], response: httpx.Response) -> list[PageError]:
+    listed, blocked = answer.get("errors"), answer.get("robotsBlocked", [])
+    if not isinstance(listed, list) or not isinstance(blocked, list):
+        raise Rejected(
+            "firecrawl errors answer lacks its errors list", body=response.text, reason="bad_answer"
+        )
+    found = []
+    for entry in listed:
+        if isinstance(entry, Mapping) and isinstance(entry.get("url"), str):
+            code = entry.get("code")
+            said = entry.get("error")
+            found.append(
+                PageError(
+                    entry["url"],
+                    code if isinstance(code, str) and code else None,
+                    said if isinstance(said, str) else "",
+                )
+            )
+    robots = "blocked by the site's robots.txt"
+    found += [PageError(url, ROBOTS_BLOCKED, robots) for url in blocked if isinstance(url, str)]
+    return found
 
 
 def _add_new(documents: dict[str, dict[str, Any]], page: Iterable[dict[str, Any]]) -> int:

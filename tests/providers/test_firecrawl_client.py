@@ -578,3 +578,65 @@ async def test_ids_are_quoted_into_the_path(client_for: ClientFor) -> None:
     handler, seen = recording(lambda r: httpx.Response(200, json=captured_json("007")))
     await client_for(handler).status("a b%")
     assert seen[0].url.raw_path == b"/v2/batch/scrape/a%20b%25"
+
+
+# --- The errors route: the failed pages' URLs, codes and messages ---
+
+
+def _errors_of(number: str) -> list[tuple[str, str | None, str]]:
+    return [(e["url"], e["code"], e["error"]) for e in captured_json(number)["errors"]]
+
+
+@pytest.mark.parametrize(
+    ("number", "batch"), [("025", BATCH_B), ("035", BATCH_C), ("048", BATCH_F)]
+)
+async def test_errors_read_the_v2_crawl_route(
+    client_for: ClientFor, number: str, batch: str
+) -> None:
+    answers = replay(number)  # GET /v2/crawl/{id}/errors, as the self-hosted build serves it
+    errors = await client_for(answers).errors(batch)
+    assert [(e.url, e.code, e.error) for e in errors] == _errors_of(number)
+    assert answers.exhausted
+
+
+async def test_errors_fall_back_to_v1_where_the_v2_route_is_absent(client_for: ClientFor) -> None:
+    # A server without /v2/crawl/{id}/errors answers Express's HTML 404 (capture 024's page).
+    absent, listed = response_of(load(FC, "024")), response_of(load(FC, "035"))
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        return listed if request.url.path.startswith("/v1/") else absent
+
+    handler, seen = recording(serve)
+    errors = await client_for(handler).errors(BATCH_C)
+    assert [(e.url, e.code, e.error) for e in errors] == _errors_of("035")
+    assert [r.url.path for r in seen] == [
+        f"/v2/crawl/{BATCH_C}/errors",
+        f"/v1/batch/scrape/{BATCH_C}/errors",
+    ]
+
+
+async def test_errors_of_a_batch_neither_route_knows_is_not_found(client_for: ClientFor) -> None:
+    handler, seen = recording(lambda r: response_of(load(FC, "024")))
+    with pytest.raises(NotFound):
+        await client_for(handler).errors(BATCH_C)
+    assert len(seen) == 2
+
+
+async def test_errors_list_robots_blocked_urls_and_skip_entries_without_url(
+    client_for: ClientFor,
+) -> None:
+    answer = {
+        "errors": [{"id": "e1", "url": "https://a.example/1", "error": "boom"}, {"id": "e2"}],
+        "robotsBlocked": ["https://a.example/private"],
+    }
+    errors = await client_for(lambda r: httpx.Response(200, json=answer)).errors(BATCH_C)
+    assert [(e.url, e.code, e.error) for e in errors] == [
+        ("https://a.example/1", None, "boom"),
+        ("https://a.example/private", "ROBOTS_BLOCKED", "blocked by the site's robots.txt"),
+    ]
+
+
+async def test_errors_answer_without_its_list_is_rejected(client_for: ClientFor) -> None:
+    with pytest.raises(Rejected) as caught:
+        await client_for(lambda r: httpx.Response(200, json={"success": True})).errors(BATCH_C)
+    assert caught.value.reason == "bad_answer"
