@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,6 @@ from receiver.metrics import CALLBACKS
 from receiver.tokens import verify_webhook
 from receiver.web import (
     Services,
-    error_response,
     json_response,
     parse_json_object,
     read_asgi_body,
@@ -189,34 +189,29 @@ async def firecrawl_webhook(request: Request, services: Services) -> Response:
     except (ReceiverError, RedisError) as exc:
         count("firecrawl", _rejection(exc))
         raise
-    count("firecrawl", _outcome(response))
+    count("firecrawl", str(orjson.loads(bytes(response.body)).get("status", "accepted")))
     return response
 
 
-def _outcome(response: Response) -> str:
-    if response.status_code == 404:
-        return "not_configured"
-    return str(orjson.loads(bytes(response.body)).get("status", "accepted"))
-
-
 async def _firecrawl_webhook(request: Request, services: Services) -> Response:
-    """A signed hint that a batch moved: the poll stays the source of truth."""
-    secret = services.settings.firecrawl_webhook_secret
-    if not secret:
-        return error_response(404, "not_configured", "Firecrawl webhooks are not enabled")
+    """A hint that a batch moved, from the cloud (signed) or a self-hosted server (unsigned,
+    without webhookId): authenticated by the token in the URL we gave, by the signature, or
+    both; the poll stays the source of truth. A refused delivery records nothing."""
     raw = await read_body(request, services.settings.max_body)
-    verify_webhook(secret, raw, request.headers.get("x-firecrawl-signature"))
+    token_job = _authenticate_webhook(request, raw, services)
     body = parse_json_object(raw)
-    delivery, batch_id, kind = body.get("webhookId"), body.get("id"), body.get("type")
-    if not all(isinstance(v, str) and v for v in (delivery, batch_id, kind)):
-        raise InvalidRequest("a webhook needs string webhookId, id and type")
+    batch_id, kind = body.get("id"), body.get("type")
+    if not (_short_text(batch_id) and _short_text(kind)):
+        raise InvalidRequest("a webhook needs the batch id (`id`) and its `type` as strings")
     store = services.store
+    job_id = await store.job_of("firecrawl", str(batch_id))
+    if token_job is not None and job_id is not None and job_id != token_job:
+        raise InvalidToken("the webhook token is for another job than the batch's")
     first = await store.redis.set(
-        store.keys.webhook_seen(str(delivery)), 1, nx=True, ex=_WEBHOOK_DEDUPE_TTL
+        store.keys.webhook_seen(_delivery_key(body, raw)), 1, nx=True, ex=_WEBHOOK_DEDUPE_TTL
     )
     if not first:
         return json_response({"status": "duplicate"})
-    job_id = await store.job_of("firecrawl", str(batch_id))
     if job_id is None:
         return json_response({"status": "ignored"})
     hint = ""
@@ -225,3 +220,34 @@ async def _firecrawl_webhook(request: Request, services: Services) -> Response:
         hint = await store.hint_poll(job_id)
     log.info("firecrawl webhook", extra={"job_id": job_id, "type": kind, "hint": hint})
     return json_response({"status": "accepted"})
+
+
+def _authenticate_webhook(request: Request, raw: bytes, services: Services) -> str | None:
+    """The job the URL's token names (None without a token), once what came is valid: a
+    token must verify, and so must a signature when FIRECRAWL_WEBHOOK_SECRET is set to
+    check it with; one of the two at least. InvalidToken (or ExpiredToken) otherwise."""
+    secret = services.settings.firecrawl_webhook_secret
+    signature = request.headers.get("x-firecrawl-signature")
+    signed = False
+    if signature is not None and secret:
+        verify_webhook(secret, raw, signature)
+        signed = True
+    token = request.query_params.get("token")
+    if token is None:
+        if signed:
+            return None
+        raise InvalidToken("missing webhook token (and no signature to check)")
+    return services.signer.webhook_signer().verify(token)
+
+
+def _short_text(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 200
+
+
+def _delivery_key(body: dict[str, Any], raw: bytes) -> str:
+    """What tells one delivery from another: the cloud's webhookId, else (a self-hosted
+    server sends none) a digest of the raw body, so only an identical repeat is dropped."""
+    delivery = body.get("webhookId")
+    if _short_text(delivery):
+        return f"id:{delivery}"
+    return "sha256:" + hashlib.sha256(raw).hexdigest()

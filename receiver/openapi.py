@@ -177,26 +177,41 @@ def _decodo_callback() -> Schema:
 def _firecrawl_webhook() -> Schema:
     signature = {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"}
     header = _parameter(
-        "header", "X-Firecrawl-Signature", signature, "HMAC-SHA256 of the raw body."
+        "header",
+        "X-Firecrawl-Signature",
+        signature,
+        "HMAC-SHA256 of the raw body, as Firecrawl's cloud signs it; checked when "
+        "FIRECRAWL_WEBHOOK_SECRET is set. A self-hosted server sends none.",
+    )
+    token = _parameter(
+        "query",
+        "token",
+        {"type": "string", "minLength": 1},
+        "The job's signed token, in the webhook URL receiver gave Firecrawl with the batch.",
     )
     responses = {
         "200": _answer(
             "Taken, already seen, or about a batch no job tracks.",
             _status_answer("accepted", "duplicate", "ignored"),
         ),
-        "400": _bad_request("Not a JSON object, or no string webhookId, id and type."),
-        "401": _error("The signature is missing or does not match.", "invalid_token"),
-        "404": _error("FIRECRAWL_WEBHOOK_SECRET is not set.", "not_configured"),
+        "400": _bad_request("Not a JSON object, or no string id and type."),
+        "401": _error(
+            "No valid token and no valid signature; or a token that is forged, expired or "
+            "another job's; or a signature that does not match.",
+            "invalid_token",
+            "expired_token",
+        ),
         "413": _too_large("RECEIVER_MAX_BODY"),
         "503": _unavailable(),
     }
     return _operation(
         "callbacks",
         "firecrawl_webhook",
-        "Firecrawl's webhook: a signed hint that a batch moved; it hastens the next poll.",
+        "Firecrawl's webhook, authenticated by the token in its URL or by its signature: "
+        "a hint that a batch moved, which makes its next poll due now.",
         responses,
         security=[],
-        parameters=[{**header, "required": True}],
+        parameters=[token, header],
         requestBody=_body("FirecrawlWebhook"),
     )
 
@@ -470,10 +485,15 @@ def _request_schemas() -> dict[str, Schema]:
         **requests,
         "DecodoCallback": _decodo_callback_body(),
         "FirecrawlWebhook": obj(
-            dict.fromkeys(("webhookId", "id", "type"), {"type": "string", "minLength": 1}),
-            ["webhookId", "id", "type"],
+            dict.fromkeys(
+                ("webhookId", "id", "type"), {"type": "string", "minLength": 1, "maxLength": 200}
+            ),
+            ["id", "type"],
             additionalProperties=True,
-            description="Firecrawl's webhook event; only webhookId, id and type are read.",
+            description="Firecrawl's webhook event: `id` is the batch, `type` the event "
+            "(batch_scrape.completed and .failed make a poll due). `webhookId` (the cloud's, "
+            "absent from a self-hosted server's) tells deliveries apart; without it an "
+            "identical body is a repeat. Other keys are not read.",
         ),
     }
 

@@ -108,3 +108,37 @@ def test_webhook_signature_round_trip_and_mismatch() -> None:
             verify_webhook("s3cret", body, bad)
     with pytest.raises(InvalidToken):
         verify_webhook("s3cret", body + b" ", header)
+
+
+def test_webhook_token_round_trip_and_rotation() -> None:
+    old = PassthroughSigner(["old"], max_age=3600).webhook_signer()
+    rotated = PassthroughSigner(["new", "old"], max_age=3600).webhook_signer()
+    assert rotated.verify(old.sign("job-a")) == "job-a"
+    assert rotated.verify(rotated.sign("job-b")) == "job-b"
+    with pytest.raises(InvalidToken, match="webhook token is not valid"):
+        old.verify(rotated.sign("job-b"))
+
+
+def test_webhook_and_passthrough_tokens_do_not_pass_for_each_other() -> None:
+    signer = PassthroughSigner(["k1"], max_age=3600)
+    webhooks = signer.webhook_signer()
+    assert webhooks is signer.webhook_signer()  # one per signer, its verified cache kept
+    with pytest.raises(InvalidToken):
+        webhooks.verify(signer.sign("job-a"))
+    with pytest.raises(InvalidToken):
+        signer.verify(webhooks.sign("job-a"))
+
+
+def test_webhook_token_expires_on_the_signers_clock() -> None:
+    clock = FakeClock()
+    webhooks = PassthroughSigner(["k1"], max_age=60, clock=clock).webhook_signer()
+    token = webhooks.sign("job-a")
+    clock.now += 61
+    with pytest.raises(ExpiredToken, match="webhook token expired"):
+        webhooks.verify(token)
+
+
+@pytest.mark.parametrize("token", [None, "", "not-a-token"])
+def test_webhook_token_missing_or_garbage_says_which_token(token: object) -> None:
+    with pytest.raises(InvalidToken, match="webhook token"):
+        PassthroughSigner(["k1"], max_age=3600).webhook_signer().verify(token)

@@ -19,6 +19,7 @@ from receiver.polling import Observation, Poller, last_moved_at, parse_time, sig
 from receiver.providers.firecrawl import BatchStatus, FirecrawlClient, document_key
 from receiver.settings import FIRECRAWL_BASE_URL, Settings
 from receiver.store import JobStatus, Store, new_job_id
+from receiver.tokens import PassthroughSigner
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "proxy": (lambda v: v in PROXIES, "one of " + ", ".join(PROXIES)),
     "uuid": (lambda v: isinstance(v, str) and bool(UUID.fullmatch(v)), "a batch id (a UUID)"),
 }
+# The webhook events we ask Firecrawl for: those that make a poll due (callbacks.py).
+WEBHOOK_EVENTS = ("completed", "failed")
 # Job outcome for each terminal batch status.
 _FINAL = {
     "completed": JobStatus.COMPLETED,
@@ -162,17 +165,30 @@ def _json_type(value: Any) -> str:
 class FirecrawlJobs(Poller):
     provider = "firecrawl"
 
-    def __init__(self, store: Store, client: FirecrawlClient, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        client: FirecrawlClient,
+        settings: Settings,
+        signer: PassthroughSigner,
+    ) -> None:
         super().__init__(store, settings)
         self.client = client
+        self.signer = signer  # of the token in the webhook URL: the web side checks it
 
     @property
     def rate(self) -> float:
         return self.settings.firecrawl_rps
 
-    @property
-    def webhook_url(self) -> str:
-        return self.settings.public_url + "/callbacks/firecrawl"
+    def webhook(self, job_id: str) -> dict[str, Any]:
+        """The webhook of a batch we submit: its URL carries the job's signed token, since a
+        self-hosted Firecrawl signs nothing (the cloud signs too, with the account secret)."""
+        token = self.signer.sign(job_id)
+        return {
+            "url": f"{self.settings.public_url}/callbacks/firecrawl?token={token}",
+            "metadata": {"job_id": job_id},
+            "events": list(WEBHOOK_EVENTS),
+        }
 
     async def submit(self, job_id: str) -> float | None:
         """POST /v2/batch/scrape, then the batch is polled like a tracked one."""
@@ -180,18 +196,13 @@ class FirecrawlJobs(Poller):
         if job is None or JobStatus(job["status"]).terminal or job.get("external"):
             return None
         params = job["params"]
-        webhook = None
-        if self.settings.firecrawl_webhook_secret:
-            webhook = {
-                "url": self.webhook_url,
-                "metadata": {"job_id": job_id},
-                "events": ["completed", "failed"],
-            }
         wait = await self._take_turn()  # the POST counts against the provider's rate too
         if wait > 0:
             return self.clock() + wait
         try:
-            submitted = await self.client.submit(params["urls"], params["options"], webhook)
+            submitted = await self.client.submit(
+                params["urls"], params["options"], self.webhook(job_id)
+            )
         except Transient as exc:
             return await self._retry(job_id, exc)
         except Permanent as exc:
@@ -297,7 +308,7 @@ class Firecrawl(Provider):
         client = FirecrawlClient(
             context.http, settings.firecrawl_base_url, settings.firecrawl_api_key
         )
-        return FirecrawlJobs(context.store, client, settings)
+        return FirecrawlJobs(context.store, client, settings, context.signer.webhook_signer())
 
     async def cancel(self, job: Mapping[str, Any], workflow: Workflow) -> Cancelled:
         batch_id = (job.get("external") or {}).get("batch_id")
