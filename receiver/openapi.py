@@ -296,7 +296,12 @@ def _show_job() -> Schema:
 
 def _cancel_job() -> Schema:
     responses = {
-        "200": _answer("Cancelled.", ref("Job")),
+        "200": _answer("Cancelled now: nothing was running at the provider.", ref("CancelledJob")),
+        "202": _answer(
+            "Firecrawl was asked to stop (its answer is the job's provider_status); the job "
+            "ends `cancelled` once Firecrawl settles, with the pages in flight collected.",
+            ref("CancelledJob"),
+        ),
         "404": _error(
             "No such job, or the provider no longer knows the batch.",
             "unknown_job",
@@ -396,6 +401,7 @@ def _job_schemas() -> dict[str, Schema]:
         ),
         "Job": _job(),
         "JobDetail": {"allOf": [ref("Job"), tasks]},
+        "CancelledJob": {"allOf": [ref("Job"), _cancel_answer()]},
         "Task": obj(
             {
                 "id": {"type": "string"},
@@ -427,6 +433,23 @@ def _job_schemas() -> dict[str, Schema]:
         ),
         "Event": _event(),
     }
+
+
+def _cancel_answer() -> Schema:
+    cancel = obj(
+        {
+            "at_provider": {
+                "type": "boolean",
+                "description": "Whether the provider was asked to stop the job's work.",
+            },
+            "message": {
+                "type": "string",
+                "description": "What the provider answered, or why nothing was asked of it.",
+            },
+        },
+        ["at_provider", "message"],
+    )
+    return obj({"cancel": cancel}, ["cancel"], additionalProperties=True)
 
 
 def _job() -> Schema:

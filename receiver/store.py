@@ -101,6 +101,7 @@ _FLOAT_FIELDS = (
     "last_error_at",
     "poll_interval",
     "stall_after",
+    "cancel_requested_at",  # a user's cancel of a Firecrawl batch, which ends once it settles
 )
 
 

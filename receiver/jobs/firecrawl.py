@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +17,9 @@ from receiver.errors import InvalidRequest, Permanent, Transient
 from receiver.jobs.base import Cancelled, Context, Provider, Schema, Workflow, stall
 from receiver.jobs.common import optional_stall_after
 from receiver.polling import Observation, Poller, last_moved_at, parse_time, signature
-from receiver.providers.firecrawl import BatchStatus, FirecrawlClient, document_key
+from receiver.providers.firecrawl import BatchStatus, FirecrawlClient, PageError, document_key
 from receiver.settings import FIRECRAWL_BASE_URL, Settings
-from receiver.store import JobStatus, Store, new_job_id
+from receiver.store import JobStatus, Store, iso, new_job_id, one_line
 from receiver.tokens import PassthroughSigner
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,11 @@ _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "proxy": (lambda v: v in PROXIES, "one of " + ", ".join(PROXIES)),
     "uuid": (lambda v: isinstance(v, str) and bool(UUID.fullmatch(v)), "a batch id (a UUID)"),
 }
+# Seconds without a page landing after which a cancelled batch is over although Firecrawl's
+# total was not reached: pages in flight at a cancel land within their scrape timeout.
+CANCEL_SETTLE = 120.0
 # The webhook events we ask Firecrawl for: those that make a poll due (callbacks.py).
 WEBHOOK_EVENTS = ("completed", "failed")
-# Job outcome for each terminal batch status.
-_FINAL = {
-    "completed": JobStatus.COMPLETED,
-    "failed": JobStatus.FAILED,
-    "cancelled": JobStatus.CANCELLED,
-}
 
 
 @dataclass(frozen=True)
@@ -162,6 +160,139 @@ def _json_type(value: Any) -> str:
     return "an array" if isinstance(value, list) else "an object"
 
 
+@dataclass(frozen=True)
+class Tally:
+    """Where every URL of a batch ended, once it is over."""
+
+    total: int  # URLs: those submitted, or (tracked) Firecrawl's total and its failed pages
+    completed: int  # pages scraped
+    failed: int  # the rest: failed, invalid, dropped by a cancel or never landed
+    failures: list[dict[str, Any]]  # {url, code, error} of the pages the errors route lists
+    documents: int  # distinct documents read
+    documents_missing: int  # pages scraped whose documents Firecrawl did not serve
+    missing_urls: list[str]  # of those, the URLs known (submitted jobs only)
+
+    def fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "total": self.total,
+            "completed": self.completed,
+            "failed": self.failed,
+            "documents": self.documents,
+            "documents_missing": self.documents_missing,
+        }
+        for name in ("failures", "missing_urls"):
+            if getattr(self, name):
+                fields[name] = orjson.dumps(getattr(self, name))
+        return fields
+
+    def detail(self) -> dict[str, Any]:
+        # Lists only when not empty: the event script's cjson writes an empty one as {}.
+        detail: dict[str, Any] = {
+            "documents": self.documents,
+            "documents_missing": self.documents_missing,
+        }
+        for name in ("failures", "missing_urls"):
+            if getattr(self, name):
+                detail[name] = getattr(self, name)
+        return detail
+
+
+def live_counts(job: Mapping[str, Any], batch: BatchStatus) -> dict[str, int]:
+    """completed, total and failed while the batch runs. A submitted job's total is what was
+    submitted: the pages Firecrawl dropped from its own total have failed (or were invalid)."""
+    urls = _submitted(job)
+    if urls is None:
+        return {"completed": batch.completed, "total": batch.total}
+    total = len(urls)
+    completed = min(batch.completed, total)
+    dropped = max(len(job.get("invalid_urls") or []), total - batch.total)
+    return {"completed": completed, "total": total, "failed": min(dropped, total - completed)}
+
+
+def tally(
+    job: Mapping[str, Any],
+    batch: BatchStatus,
+    documents: list[dict[str, Any]],
+    errors: list[PageError],
+) -> Tally:
+    """Every URL of an ended batch as completed or failed, and the documents not served."""
+    failures = [{"url": e.url, "code": e.code, "error": one_line(e.error)} for e in errors]
+    urls = _submitted(job)
+    total = len(urls) if urls is not None else batch.total + len(failures)
+    completed = min(batch.completed, total)
+    missing = max(0, completed - len(documents))
+    known: list[str] = []
+    if urls is not None and missing:
+        known = _unread(urls, documents, errors, job.get("invalid_urls") or [])
+        if len(known) > missing:  # URLs that do not match their documents': not known
+            known = []
+    return Tally(total, completed, total - completed, failures, len(documents), missing, known)
+
+
+def _submitted(job: Mapping[str, Any]) -> list[str] | None:
+    urls = (job.get("params") or {}).get("urls")
+    return urls if isinstance(urls, list) else None
+
+
+def _unread(
+    urls: list[str],
+    documents: list[dict[str, Any]],
+    errors: list[PageError],
+    invalid: list[str],
+) -> list[str]:
+    """The submitted URLs neither read, failed nor invalid: scraped, but not served."""
+    accounted = {_plain(e.url) for e in errors} | {_plain(u) for u in invalid}
+    for document in documents:
+        metadata = document.get("metadata")
+        if isinstance(metadata, Mapping):
+            accounted |= {
+                _plain(metadata[k])
+                for k in ("sourceURL", "url")
+                if isinstance(metadata.get(k), str)
+            }
+    return [url for url in urls if _plain(url) not in accounted]
+
+
+def _plain(url: str) -> str:
+    return url.rstrip("/")
+
+
+def ending(job: Mapping[str, Any], batch: BatchStatus, counted: Tally) -> tuple[JobStatus, str]:
+    """The job's outcome and the reason given with it ("" for a whole completed batch)."""
+    missing = ""
+    if counted.documents_missing:
+        missing = (
+            f"firecrawl served only {counted.documents} of {counted.completed} documents: "
+            f"{counted.documents_missing} could not be read from its result pages"
+        )
+    if batch.status == "cancelled":
+        user = job.get("cancel_requested_at")
+        who = "cancelled by a user" if user else "firecrawl reported the batch cancelled"
+        scraped = f"{counted.completed} of {counted.total} pages scraped"
+        return JobStatus.CANCELLED, _joined(f"{who}: {scraped}", missing)
+    failed = ""
+    if counted.failed:
+        invalid = len(job.get("invalid_urls") or [])
+        failed = f"{counted.failed} of {counted.total} URLs failed"
+        failed += f" ({invalid} invalid)" if invalid else ""
+    if batch.status == "failed":
+        return JobStatus.FAILED, _joined("firecrawl reported the batch failed", failed, missing)
+    if counted.completed == 0 and counted.failed:
+        return JobStatus.FAILED, _joined(f"no page scraped: {failed}", _first_failure(counted))
+    return JobStatus.COMPLETED, _joined(failed, missing)
+
+
+def _first_failure(counted: Tally) -> str:
+    if not counted.failures:
+        return ""
+    first = counted.failures[0]
+    return f"first: {first['url']} {first['code'] or ''} {first['error']}".strip()
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)
+
+
 class FirecrawlJobs(Poller):
     provider = "firecrawl"
 
@@ -171,8 +302,9 @@ class FirecrawlJobs(Poller):
         client: FirecrawlClient,
         settings: Settings,
         signer: PassthroughSigner,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(store, settings)
+        super().__init__(store, settings, clock)
         self.client = client
         self.signer = signer  # of the token in the webhook URL: the web side checks it
 
@@ -209,31 +341,40 @@ class FirecrawlJobs(Poller):
             await self._fail(job_id, exc)
             return None
         await self.store.record_external("firecrawl", submitted.id, job_id)
+        invalid = submitted.invalid_urls
         fields = {
             "external": orjson.dumps({"batch_id": submitted.id}),
             "status": "running",
-            "invalid_urls": orjson.dumps(submitted.invalid_urls),
+            "invalid_urls": orjson.dumps(invalid),
+            "failed": len(invalid),
             "consecutive_failures": 0,  # the submission worked: its retries are over
             "last_error": "",
         }
-        await self.store.update_job(
-            job_id,
-            fields,
-            event="job.progress",
-            detail={"batch_id": submitted.id, "invalid_urls": submitted.invalid_urls},
-        )
+        detail: dict[str, Any] = {"batch_id": submitted.id}
+        if invalid:
+            detail["invalid_urls"] = invalid
+        updated = await self.store.update_job(job_id, fields, event="job.progress", detail=detail)
+        if updated == "closed":  # cancelled while the submission was on its way
+            await self._cancel_batch(job_id, submitted.id)
+            return None
         await self.store.schedule(f"poll:{job_id}", self.clock())
         return None
+
+    async def _cancel_batch(self, job_id: str, batch_id: str) -> None:
+        """Stop a batch whose job ended before it was submitted: nobody polls it."""
+        try:
+            await self.cancel_at_firecrawl(batch_id)
+        except (Transient, Permanent) as exc:
+            log.warning(
+                "could not cancel the batch of an ended job",
+                extra={"job_id": job_id, "provider": self.provider, "reason": exc.reason},
+            )
 
     async def observe(self, job: Mapping[str, Any]) -> Observation:
         batch = await self.client.status(job["external"]["batch_id"])
         seen = Observation(
             signature=signature(batch.status, batch.completed, batch.total),
-            fields={
-                "completed": batch.completed,
-                "total": batch.total,
-                "provider_status": batch.status,
-            },
+            fields={**live_counts(job, batch), "provider_status": batch.status},
             detail={"provider_status": batch.status},
             expires_at=parse_time(batch.expires_at),
         )
@@ -241,33 +382,72 @@ class FirecrawlJobs(Poller):
             seen.fields["credits_used"] = batch.credits_used
         if batch.expires_at:
             seen.fields["expires_at"] = batch.expires_at
-        if batch.terminal:
-            documents = await self.client.collect(batch, turn=self._wait_turn)
-            await self.store.store_documents(
-                job["id"],
-                {document_key(d): orjson.dumps(d) for d in documents},
-                self.settings.results_ttl,
+        if batch.terminal and (
+            batch.status != "cancelled" or self._cancel_settled(job, seen, batch)
+        ):
+            await self._conclude(job, batch, seen)
+        return seen  # a cancelled batch still landing the pages in flight: polled again
+
+    async def _conclude(
+        self, job: Mapping[str, Any], batch: BatchStatus, seen: Observation
+    ) -> None:
+        """The failed pages' reasons, every document stored, and the job's outcome."""
+        errors = await self._errors(job, batch)
+        documents = await self.client.collect(batch, turn=self._wait_turn)
+        await self.store.store_documents(
+            job["id"],
+            {document_key(d): orjson.dumps(d) for d in documents},
+            self.settings.results_ttl,
+        )
+        counted = tally(job, batch, documents, errors)
+        seen.fields |= counted.fields()
+        seen.detail |= counted.detail()
+        # Never the signature of a poll before: the final counts go out in a job.progress.
+        seen.signature = signature(batch.status, batch.completed, batch.total, len(documents))
+        seen.final, seen.reason = ending(job, batch, counted)
+
+    async def _errors(self, job: Mapping[str, Any], batch: BatchStatus) -> list[PageError]:
+        """The failed pages, from the errors route; none asked for when a submitted batch
+        completed whole. A route that refuses us leaves the reasons unknown (logged)."""
+        urls = _submitted(job)
+        if urls is not None and batch.status == "completed":
+            valid = len(urls) - len(job.get("invalid_urls") or [])
+            if batch.completed >= batch.total >= valid:
+                return []
+        await self._wait_turn()
+        try:
+            return await self.client.errors(job["external"]["batch_id"])
+        except Permanent as exc:
+            log.warning(
+                "firecrawl errors route refused; failed pages counted without reasons",
+                extra={"job_id": job["id"], "provider": self.provider, "reason": exc.reason},
             )
-            seen.fields["documents"] = len(documents)
-            if batch.status == "cancelled" and not self._cancel_settled(job, seen, batch):
-                return seen  # pages started before the cancel still land: keep polling
-            seen.final = _FINAL[batch.status]
-            if batch.status != "completed":
-                seen.reason = f"firecrawl reported the batch {batch.status}"
-        return seen
+            return []
 
     def _cancel_settled(
         self, job: Mapping[str, Any], seen: Observation, batch: BatchStatus
     ) -> bool:
         """A cancelled batch is over once every page it kept has landed, or once none has
-        for the stall timeout (then the job ends `cancelled`, not `stalled`)."""
+        for a while (then the job ends `cancelled`, a little before `stalled` would end it)."""
         if batch.completed >= batch.total:
             return True
         if seen.signature != job.get("signature"):
             return False
-        return self.clock() - last_moved_at(job) > self.stall_after(job)
+        quiet = min(CANCEL_SETTLE, 0.8 * self.stall_after(job))
+        return self.clock() - last_moved_at(job) > quiet
 
-    async def cancel(self, batch_id: str) -> str:
+    async def cancel(self, job: Mapping[str, Any]) -> str:
+        """A user's cancel: DELETE the batch, then poll it until the pages in flight land.
+        The cancel counts as progress, so the stall timeout starts over from it."""
+        said = await self.cancel_at_firecrawl(job["external"]["batch_id"])
+        now = self.clock()
+        fields = {"cancel_requested_at": now, "moved_at": now, "provider_status": said}
+        detail = {"provider_status": said, "cancel_requested_at": iso(now)}
+        await self.store.update_job(job["id"], fields, event="job.progress", detail=detail)
+        await self.store.hint_poll(job["id"])  # the pages in flight are looked for at once
+        return said
+
+    async def cancel_at_firecrawl(self, batch_id: str) -> str:
         await self._wait_turn()  # a user waits on it: a turn is waited for, not rescheduled
         return await self.client.cancel(batch_id)
 
@@ -311,12 +491,18 @@ class Firecrawl(Provider):
         return FirecrawlJobs(context.store, client, settings, context.signer.webhook_signer())
 
     async def cancel(self, job: Mapping[str, Any], workflow: Workflow) -> Cancelled:
-        batch_id = (job.get("external") or {}).get("batch_id")
-        if not batch_id:
+        """Not submitted yet: cancelled here at once. Else the batch is cancelled at
+        Firecrawl and the job ends once the pages in flight have landed, every one kept."""
+        if not (job.get("external") or {}).get("batch_id"):
             return Cancelled("not submitted to firecrawl yet: nothing to stop there", False)
         assert isinstance(workflow, FirecrawlJobs)
-        said = await workflow.cancel(batch_id)
-        return Cancelled(f"firecrawl answered {said}", True, provider_status=said)
+        said = await workflow.cancel(job)
+        message = f"firecrawl answered {said}; the job ends once the pages in flight have landed"
+        return Cancelled(message, True, ends_now=False, provider_status=said)
+
+    def public(self, job: Mapping[str, Any]) -> dict[str, Any]:
+        requested = job.get("cancel_requested_at")
+        return {"cancel_requested_at": iso(requested)} if requested else {}
 
     def request_schemas(self) -> dict[str, Schema]:
         track = schemas.obj(
