@@ -42,7 +42,7 @@ class Observation:
     """What one poll saw."""
 
     signature: str  # changes exactly when progress moved
-    fields: dict[str, Any] = field(default_factory=dict)  # stored on the job hash
+    fields: dict[str, Any] = field(default_factory=dict)  # stored on the job hash (JSON: dicts)
     detail: dict[str, Any] = field(default_factory=dict)  # of the job.progress event
     final: JobStatus | None = None  # the job ends with this status
     reason: str = ""  # why it ended, when not completed
@@ -163,8 +163,9 @@ class Poller:
         }
         if moved:
             fields |= {"signature": seen.signature, "moved_at": last_moved}
-        # Only what changed: most polls see what the last one saw.
-        fields |= {k: v for k, v in seen.fields.items() if job.get(k) != v}
+        # Only what changed: most polls see what the last one saw. A mapping or a list is
+        # stored as JSON, which the store decodes back (store._JSON_FIELDS).
+        fields |= {k: _stored(v) for k, v in seen.fields.items() if job.get(k) != v}
         recorded = await self.store.update_job(
             job_id, fields, event="job.progress" if moved else "", detail=seen.detail
         )
@@ -265,6 +266,10 @@ def parse_time(value: object) -> float | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def _stored(value: Any) -> Any:
+    return orjson.dumps(value) if isinstance(value, dict | list) else value
 
 
 def signature(*parts: object) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +38,14 @@ def parse_request(body: Mapping[str, Any]) -> DifyRequest:
 class DifyJobs(Poller):
     provider = "dify"
 
-    def __init__(self, store: Store, client: DifyClient, settings: Settings) -> None:
-        super().__init__(store, settings)
+    def __init__(
+        self,
+        store: Store,
+        client: DifyClient,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(store, settings, clock)
         self.client = client
 
     @property
@@ -49,7 +56,9 @@ class DifyJobs(Poller):
         external = job["external"]
         docs = await self.client.indexing_status(external["dataset_id"], external["batch"])
         summary = summarize(docs)
-        # Matched by id: Dify lists the documents in a different order on each poll.
+        # Matched by id: Dify lists the documents in a different order on each poll. Each
+        # document's stage is in it, so a stage change is progress as a count change is
+        # (economy indexing holds completed_segments at 0 through the whole indexing stage).
         moved = signature(
             sorted((d.id, d.indexing_status, d.completed_segments, d.total_segments) for d in docs)
         )
@@ -59,23 +68,22 @@ class DifyJobs(Poller):
                 {d.id: d.indexing_status for d in docs},
                 {d.id: d.error for d in docs if d.error and d.indexing_status == "error"},
             )
+        # The detail's keys are job field names: a client merges each event into the job.
+        progress = {
+            "stages": summary.stages,
+            "segments_completed": summary.segments_completed,
+            "segments_total": summary.segments_total,
+            "paused": summary.paused,
+        }
         seen = Observation(
             signature=moved,
             fields={
                 "total": summary.documents,
                 "completed": summary.completed_documents,
                 "failed": summary.failed_documents,
-                "paused": summary.paused,
-                "segments_completed": summary.segments_completed,
-                "segments_total": summary.segments_total,
+                **progress,
             },
-            detail={
-                "segments": {
-                    "completed": summary.segments_completed,
-                    "total": summary.segments_total,
-                },
-                "paused": summary.paused,
-            },
+            detail=progress,
             paused=summary.paused > 0,
         )
         if summary.state == COMPLETED:

@@ -28,6 +28,10 @@ from receiver.providers.base import (
 # Document statuses after which indexing does not move on its own.
 COMPLETED, ERROR, PAUSED = "completed", "error", "paused"
 TERMINAL = frozenset({COMPLETED, ERROR})
+# The stages Dify moves a document through by itself (a real server never shows `cleaning`).
+MOVING = ("waiting", "parsing", "cleaning", "splitting", "indexing")
+# Every stage a document can be in, in the order a `stages` count lists them.
+STAGES = (*MOVING, PAUSED, COMPLETED, ERROR)
 # Batch states `summarize` reports.
 RUNNING, FAILED = "running", "failed"
 
@@ -57,6 +61,9 @@ class Summary:
     segments_completed: int
     segments_total: int
     errors: dict[str, str]  # document id -> Dify's message, for documents in `error`
+    # Stage -> documents in it, for the stages that hold any: STAGES in order, then any
+    # status this module does not know, as Dify wrote it.
+    stages: dict[str, int]
 
 
 class DifyClient(ProviderClient):
@@ -97,7 +104,17 @@ def summarize(docs: Sequence[DocumentStatus]) -> Summary:
         segments_completed=sum(d.completed_segments for d in docs),
         segments_total=sum(d.total_segments for d in docs),
         errors={d.id: d.error or "indexing failed" for d in failed},
+        stages=count_stages(docs),
     )
+
+
+def count_stages(docs: Sequence[DocumentStatus]) -> dict[str, int]:
+    """Stage -> documents in it, known stages first in their order; none for an empty batch."""
+    counts: dict[str, int] = {}
+    for doc in docs:
+        counts[doc.indexing_status] = counts.get(doc.indexing_status, 0) + 1
+    known = {stage: counts.pop(stage) for stage in STAGES if stage in counts}
+    return known | dict(sorted(counts.items()))
 
 
 def raise_for_dify_status(response: httpx.Response) -> None:

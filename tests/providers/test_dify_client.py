@@ -15,6 +15,7 @@ from receiver.errors import (
     Unavailable,
 )
 from receiver.providers.dify import (
+    STAGES,
     DifyClient,
     DocumentStatus,
     raise_for_dify_status,
@@ -468,3 +469,26 @@ def test_summarize_all_completed_and_error_without_message() -> None:
     summary = summarize([done, failed])
     assert summary.state == "failed" and summary.errors == {"b": "indexing failed"}
     assert (summary.completed_documents, summary.failed_documents, summary.terminal) == (1, 1, 2)
+
+
+@pytest.mark.parametrize("number", sorted(TIMELINES))
+def test_summarize_counts_each_document_stage(number: str) -> None:
+    for poll in timeline(number):
+        docs = [from_timeline(d) for d in poll["docs"]]
+        summary = summarize(docs)
+        want: dict[str, int] = {}
+        for doc in docs:
+            want[doc.indexing_status] = want.get(doc.indexing_status, 0) + 1
+        assert summary.stages == want
+        assert list(summary.stages) == [s for s in STAGES if s in want]  # in stage order
+
+
+def test_summarize_stages_keep_an_unknown_status_after_the_known_ones() -> None:
+    docs = [
+        DocumentStatus("a", "re_segment", None, 0, 0, None, None, None, None),
+        DocumentStatus("b", "completed", None, 1, 1, 1, 2, None, None),
+        DocumentStatus("c", "indexing", None, 0, 3, 1, None, None, None),
+        DocumentStatus("d", "indexing", None, 1, 3, 1, None, None, None),
+    ]
+    summary = summarize(docs)
+    assert list(summary.stages.items()) == [("indexing", 2), ("completed", 1), ("re_segment", 1)]
