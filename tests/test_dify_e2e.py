@@ -1,7 +1,8 @@
 """Dify jobs end to end: the Dify sandbox, the receiver and its worker, for real.
 
 What a Dify user watches: each document's stage and the segment counts in every event
-(economy indexing holds completed_segments at 0 through indexing).
+(economy indexing holds completed_segments at 0 through indexing), a resume noticed within
+seconds however long the pause (with the shipped poll intervals), with its re-split.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from receiver.polling import BUSY_POLL_MAX
 from receiver.providers.dify import STAGES
 from tests.e2e import PolledDeployment, polled_deployment
 from tests.servers import RedisProcess
@@ -76,3 +78,58 @@ def test_economy_indexing_shows_its_stage_in_every_event_and_on_the_job(
             (i["segments_completed"], i["segments_total"]) == (0, 40) for i in indexing
         )
         assert events[-1]["detail"]["segments_completed"] == 40
+
+
+def test_a_resume_after_a_long_pause_is_noticed_within_seconds_with_its_re_split(
+    redis_process: RedisProcess,
+) -> None:
+    # The shipped poll intervals (1 s to 60 s), not the test deployment's fast ones.
+    settings = {"poll_min": 1.0, "poll_max": 60.0}
+    dify = {"step_seconds": 4.0, "segments": 200, "resume_resplits": True}
+    with polled_deployment(redis_process, dify=dify, settings=settings) as d:
+        dataset, batch, (doc,) = d.dify_batch([{"name": "big.txt", "segments": 200}])
+        job_id = d.create({"provider": "dify", "dataset_id": dataset, "batch": batch})
+        until(
+            lambda: sandbox_document(d, dataset, batch)["total_segments"] >= 20,
+            20,
+            "the document splitting",
+        )
+        console = f"{d.dify}/console/api/datasets/{dataset}/documents/{doc}/processing"
+        assert httpx.patch(f"{console}/pause", timeout=10).status_code == 204
+        # Paused while splitting, the document splits on to the end of the step (as a real
+        # server does, captures 047-050), then holds.
+        until(
+            lambda: (
+                (job := d.job(job_id)).get("stages") == {"paused": 1}
+                and job["segments_total"] == 200
+            ),
+            10,
+            "the pause, held",
+        )
+
+        # A long pause: the interval stays within the busy cap instead of backing off.
+        key = f"receiver:job:{{{job_id}}}"
+        intervals: list[float] = []
+        paused_until = time.monotonic() + 10.0
+        while time.monotonic() < paused_until:
+            intervals.append(float(d.redis.hget(key, "poll_interval") or 0))  # type: ignore[arg-type]
+            time.sleep(0.2)
+        assert max(intervals) <= BUSY_POLL_MAX + 1e-6, intervals
+        assert d.job(job_id)["status"] == "running"
+
+        resumed_at = time.time()
+        assert httpx.patch(f"{console}/resume", timeout=10).status_code == 204
+        job = d.wait(job_id, timeout=30)
+        assert job["status"] == "completed"
+        assert (job["segments_completed"], job["segments_total"]) == (200, 200)
+
+        after = [e for e in progress_events(d, job_id) if unix(e["at"]) >= resumed_at]
+        assert after, "the resume was never seen"
+        assert stage_of(after[0]) != "paused"
+        assert unix(after[0]["at"]) - resumed_at <= 4.0
+        # The re-split from no segments is in the events: the total drops from the paused
+        # 200 and grows again, then indexing and the end.
+        split = [e["detail"]["segments_total"] for e in after if stage_of(e) == "splitting"]
+        assert split and all(total < 200 for total in split), split
+        assert any(total > 0 for total in split) and split == sorted(split), split
+        assert stage_of(after[-1]) == "completed"

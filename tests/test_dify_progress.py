@@ -1,6 +1,7 @@
 """Dify jobs' progress as a watcher sees it: each document's stage counted into `stages`, and
-the segment counts, on the job and in every job.progress event. The captured timelines are
-replayed through whole polls (DifyJobs on a real Redis, the client on the captured answers)."""
+the segment counts, on the job and in every job.progress event; and the poll interval while
+documents move or are paused. The captured timelines are replayed through whole polls
+(DifyJobs on a real Redis, the client on the captured answers)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from redis.asyncio import Redis
 from receiver.events import event_from_entry
 from receiver.jobs.dify import DifyJobs
 from receiver.keys import Keys
+from receiver.polling import BUSY_POLL_MAX
 from receiver.providers.dify import DifyClient
 from receiver.settings import Settings
 from receiver.store import Store
-from tests.providers.captures import Record, Replay, load
+from tests.providers.captures import CAPTURES, Record, Replay, load, load_path
 from tests.providers.conftest import Handler, MockHttp
 from tests.providers.test_dify_client import TIMELINES, saved_polls, where
-from tests.test_polling import Clock
+from tests.test_polling import T0, Clock
 
 pytestmark = pytest.mark.anyio
 
@@ -129,6 +131,8 @@ async def test_every_captured_poll_shows_stages_and_segments_on_the_job_and_its_
         # merges each event's detail into the job sees the stages move.
         last = (await job.events())[-1]
         assert last["detail"] == want
+        if not job.ended:  # a document is moving or paused: polled within a few seconds
+            assert job.intervals[-1] <= BUSY_POLL_MAX
     assert job.ended == (TIMELINES[number][-1] != "running")
 
 
@@ -162,3 +166,33 @@ async def test_a_stage_change_with_the_same_counts_is_progress(
         await job.poll()
     stages = [e["detail"]["stages"] for e in await job.events()]
     assert stages == [{"splitting": 1}, {"indexing": 1}, {"completed": 1}]
+
+
+async def test_a_long_pause_is_polled_within_a_few_seconds_with_the_shipped_intervals(
+    redis: Redis, mock_http: MockHttp
+) -> None:
+    # The paused document of capture 050 answered for two simulated minutes, with the
+    # default poll_min (1 s) and poll_max (60 s): a resume is noticed within 3 s, however
+    # long the pause.
+    settings = Settings()
+    assert (settings.poll_min, settings.poll_max) == (1.0, 60.0)
+    paused = load_path(CAPTURES / "dify" / "050_bigX_paused_poll0052_paused.json")
+    job = await replayed(redis, mock_http, [paused] * 80, settings)
+    while job.clock.now < T0 + 120:
+        after = await job.poll()
+        assert after["status"] == "running" and after["paused"] == 1
+    assert max(job.intervals) <= BUSY_POLL_MAX
+    assert min(job.intervals[5:]) >= 0.8 * 1.6 * 1.6  # still backing off under the cap
+    assert len(await job.events()) == 1  # one pause, seen once
+
+
+async def test_a_batch_where_nothing_is_expected_to_move_backs_off_to_poll_max(
+    redis: Redis, mock_http: MockHttp
+) -> None:
+    # An empty batch: no document is moving nor paused, so nothing is due to change soon.
+    place = ("96cc60c5-782e-419e-aa36-655f0742d733", "20261122142935277307")
+    job = await polled(redis, mock_http, lambda r: httpx.Response(200, json={"data": []}), place)
+    for _ in range(14):
+        after = await job.poll()
+    assert after["status"] == "running" and after["stages"] == {}
+    assert max(job.intervals) > 20 and max(job.intervals) <= 60.0

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from receiver.keys import Keys
-from receiver.polling import Observation, Poller
+from receiver.polling import BUSY_POLL_MAX, Observation, Poller
 from receiver.settings import Settings
 from receiver.store import Store
 
@@ -108,6 +108,27 @@ def test_next_interval_with_poll_max_below_poll_min_stays_at_poll_min() -> None:
     poller = interval_poller(poll_min=5.0, poll_max=1.0)
     assert set(draws(poller, {"poll_interval": 5.0}, count=50)) == {5.0}
     assert poller._next_interval({"poll_interval": 5.0}, moved=True) == 5.0
+
+
+def test_next_interval_while_busy_backs_off_no_further_than_busy_poll_max() -> None:
+    # The shipped intervals (1 s to 60 s): a busy job (a Dify document paused or moving)
+    # still backs off from poll_min, but is polled at least every BUSY_POLL_MAX seconds.
+    poller = interval_poller()
+    random.seed(3)
+    job: dict[str, Any] = {"poll_interval": 60.0}  # it was idle before
+    intervals = []
+    for _ in range(40):
+        job["poll_interval"] = poller._next_interval(job, moved=False, busy=True)
+        intervals.append(job["poll_interval"])
+    assert max(intervals) <= BUSY_POLL_MAX
+    assert min(intervals) >= 0.8 * BUSY_POLL_MAX
+    assert poller._next_interval(job, moved=True, busy=True) == 1.0
+    assert poller._next_interval(job, moved=False) > BUSY_POLL_MAX  # not busy: grows on
+
+
+def test_next_interval_while_busy_never_drops_below_poll_min() -> None:
+    poller = interval_poller(poll_min=5.0, poll_max=60.0)
+    assert poller._next_interval({"poll_interval": 5.0}, moved=False, busy=True) == 5.0
 
 
 # -- whole polls ----------------------------------------------------------------------------

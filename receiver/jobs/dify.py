@@ -85,6 +85,9 @@ class DifyJobs(Poller):
             },
             detail=progress,
             paused=summary.paused > 0,
+            # A paused document resumes, and a moving one moves on, at any moment: poll them
+            # every few seconds. An empty batch is expected to move by nobody: it backs off.
+            busy=summary.busy,
         )
         if summary.state == COMPLETED:
             seen.final = JobStatus.COMPLETED

@@ -64,6 +64,13 @@ class Summary:
     # Stage -> documents in it, for the stages that hold any: STAGES in order, then any
     # status this module does not know, as Dify wrote it.
     stages: dict[str, int]
+    moving: int  # documents in one of the MOVING stages
+
+    @property
+    def busy(self) -> bool:
+        """Whether a document may move at any moment: one is moving, or paused (a resume
+        comes whenever someone clicks it, and a re-split moves fast)."""
+        return self.moving > 0 or self.paused > 0
 
 
 class DifyClient(ProviderClient):
@@ -105,6 +112,7 @@ def summarize(docs: Sequence[DocumentStatus]) -> Summary:
         segments_total=sum(d.total_segments for d in docs),
         errors={d.id: d.error or "indexing failed" for d in failed},
         stages=count_stages(docs),
+        moving=sum(d.indexing_status in MOVING for d in docs),
     )
 
 

@@ -481,6 +481,8 @@ def test_summarize_counts_each_document_stage(number: str) -> None:
             want[doc.indexing_status] = want.get(doc.indexing_status, 0) + 1
         assert summary.stages == want
         assert list(summary.stages) == [s for s in STAGES if s in want]  # in stage order
+        # Until the batch ends, some document moves or is paused: it may move any moment.
+        assert summary.busy == (summary.state == "running")
 
 
 def test_summarize_stages_keep_an_unknown_status_after_the_known_ones() -> None:
@@ -492,3 +494,27 @@ def test_summarize_stages_keep_an_unknown_status_after_the_known_ones() -> None:
     ]
     summary = summarize(docs)
     assert list(summary.stages.items()) == [("indexing", 2), ("completed", 1), ("re_segment", 1)]
+    assert (summary.moving, summary.busy) == (2, True)
+
+
+@pytest.mark.parametrize(
+    ("statuses", "busy"),
+    [
+        ([], False),  # an empty batch: nothing is expected to move
+        (["re_segment"], False),  # a status Dify does not move on its own, as far as we know
+        (["paused"], True),  # a resume may come any moment
+        (["paused", "completed"], True),
+        (["waiting"], True),
+        (["cleaning"], True),
+        (["splitting", "error"], True),
+        (["completed", "error"], False),  # ended
+    ],
+)
+def test_summarize_busy_while_a_document_moves_or_is_paused(
+    statuses: list[str], busy: bool
+) -> None:
+    docs = [
+        DocumentStatus(str(i), status, None, 0, 0, None, None, None, None)
+        for i, status in enumerate(statuses)
+    ]
+    assert summarize(docs).busy is busy
