@@ -24,9 +24,8 @@ import httpx
 import orjson
 import uvloop
 
-from receiver.providers.base import CONNECT_TIMEOUT
+from receiver.providers.base import CONNECT_TIMEOUT, open_http
 from receiver.settings import Settings
-from receiver.providers.base import open_http
 
 
 @dataclass

@@ -28,7 +28,11 @@ def test_a_decodo_submission_in_retry_shows_its_error_until_it_goes_through(
     redis_process: RedisProcess,
 ) -> None:
     # Every submission is refused with a 503 for the first 3 s, then accepted.
-    knobs = {"inject": "5xx", "inject_routes": "POST /v3/task", "inject_seconds": 3.0}
+    knobs: dict[str, Any] = {
+        "inject": "5xx",
+        "inject_routes": "POST /v3/task",
+        "inject_seconds": 3.0,
+    }
     with deployment(redis_process, **knobs) as d:
         job_id = d.submit({"url": "https://ip.decodo.com"})
         job = wait_for_failures(d, job_id, 2)
@@ -44,7 +48,11 @@ def test_a_decodo_submission_in_retry_shows_its_error_until_it_goes_through(
 
 
 def test_a_decodo_results_fetch_in_retry_shows_its_error(redis_process: RedisProcess) -> None:
-    knobs = {"inject": "5xx", "inject_routes": "GET /v3/task/*/results", "inject_seconds": 3.0}
+    knobs: dict[str, Any] = {
+        "inject": "5xx",
+        "inject_routes": "GET /v3/task/*/results",
+        "inject_seconds": 3.0,
+    }
     with deployment(redis_process, completion_delay=0.05, **knobs) as d:
         job_id = d.submit({"url": "https://ip.decodo.com"})
         job = wait_for_failures(d, job_id, 2)
