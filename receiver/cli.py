@@ -376,9 +376,11 @@ def retry(job_id: str, as_json: bool) -> None:
 @click.argument("job_id", metavar="JOB")
 @_JSON
 def cancel(job_id: str, as_json: bool) -> None:
-    """Cancel JOB; the job as it ended.
+    """Cancel JOB, at the provider when it can stop it; the job, and what the provider said.
 
-    Exits 4 when there is no such job, 1 when the receiver refuses (409: it already ended).
+    A Firecrawl job ends `cancelled` once the pages still in flight at Firecrawl have landed;
+    a Dify job is cancelled here only (Dify's API cannot stop indexing). Exits 4 when there is
+    no such job, 1 when the receiver refuses (409: it already ended).
     """
     _show_job(_api().cancel_job(job_id), as_json)
 

@@ -28,16 +28,8 @@ from tests.servers import RedisProcess, serve_app
 
 KEYS = ("new-key", "old-key")
 SECRET = "whsec-webhooks"
-# Capture 053 sits with the sandbox's tests until tests/data carries it.
-_CAPTURE_NAME = "firecrawl-webhooks/053_webhook_deliveries_unsigned.json"
-CAPTURE = next(
-    path
-    for path in (
-        DATA / "captures" / _CAPTURE_NAME,
-        DATA.parent / "sandbox" / "captures" / _CAPTURE_NAME,
-    )
-    if path.exists()
-)
+# The self-hosted build's 8 deliveries of one batch (capture 053).
+CAPTURE = DATA / "captures" / "firecrawl-webhooks" / "053_webhook_deliveries_unsigned.json"
 DELIVERIES: list[dict[str, Any]] = json.loads(CAPTURE.read_text())["deliveries"]
 BATCH = DELIVERIES[0]["request"]["body"]["id"]  # the capture's batch
 OTHER_BATCH = str(uuid.UUID(int=5))
