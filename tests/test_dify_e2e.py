@@ -161,6 +161,12 @@ def test_a_non_uuid_dataset_id_fails_the_job_with_a_one_line_error(
         assert "<" not in out.getvalue()
 
 
+def scheduled(d: PolledDeployment, member: str) -> bool:
+    """Whether the member is in one of the receiver's schedules (due sorted sets)."""
+    keys = d.redis.scan_iter("receiver:due*")
+    return any(d.redis.zscore(key, member) is not None for key in keys)
+
+
 def cancelled_while_indexing(d: PolledDeployment) -> tuple[str, dict[str, Any], str, str]:
     """A job of a one-document batch cancelled while Dify indexes it: (job id, the cancel's
     answer, dataset id, batch)."""
@@ -201,7 +207,15 @@ def test_retry_after_a_cancel_follows_the_batch_to_completed(
     redis_process: RedisProcess,
 ) -> None:
     with polled_deployment(redis_process, dify={"step_seconds": 0.5}) as d:
-        job_id, _, _, _ = cancelled_while_indexing(d)
+        job_id, _, dataset, batch = cancelled_while_indexing(d)
+        # The worker has seen the cancel (its next poll dropped the job from the schedule),
+        # and Dify has finished: the retry alone must follow the batch again.
+        until(lambda: not scheduled(d, f"poll:{job_id}"), 10, "the poll dropped")
+        until(
+            lambda: sandbox_document(d, dataset, batch)["indexing_status"] == "completed",
+            10,
+            "Dify finishing the indexing",
+        )
         retried = httpx.post(f"{d.api}/jobs/{job_id}/retry", headers=d.headers(), timeout=10)
         assert retried.status_code == 202, retried.text
         job = d.wait(job_id, timeout=15)
