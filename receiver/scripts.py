@@ -342,11 +342,13 @@ redis.call('HDEL', jkey(j), 'error', 'finished_at', 'final_event')
 redis.call('HSET', jkey(j), 'updated_at', NOW, 'moved_at', NOW)
 redis.call('DEL', jkey(j) .. ':attempts')
 local refetched = 0
--- By what the job holds, whatever its provider: a submission under way is resumed; tasks
--- waiting for callbacks are fetched and reconciled; a provider job is polled; else the
--- job was never submitted.
+-- By what the job holds, whatever its provider: a submission under way is resumed; a
+-- provider job is polled (a polled job may keep its documents in :tasks too); tasks waiting
+-- for callbacks are fetched and reconciled; else the job was never submitted.
 if h[2] then
   redis.call('XADD', P .. 'stream:work', '*', 'k', 'submit', 'j', j)
+elseif h[3] then
+  redis.call('ZADD', ARGV[6], NOW, 'poll:' .. j)
 elseif redis.call('EXISTS', jkey(j) .. ':tasks') == 1 then
   local tasks = redis.call('HGETALL', jkey(j) .. ':tasks')
   for i = 1, #tasks, 2 do
@@ -363,8 +365,6 @@ elseif redis.call('EXISTS', jkey(j) .. ':tasks') == 1 then
     end
   end
   redis.call('ZADD', ARGV[7], NOW, 'reconcile:' .. j)
-elseif h[3] then
-  redis.call('ZADD', ARGV[6], NOW, 'poll:' .. j)
 else
   redis.call('XADD', P .. 'stream:work', '*', 'k', 'submit', 'j', j)
 end

@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-import pytest
 from rich.console import Console
 
 from receiver.client.tables import print_jobs
@@ -197,12 +196,6 @@ def test_a_cancel_is_local_only_and_says_dify_goes_on_indexing(
         assert d.job(job_id)["status"] == "cancelled"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="receiver/scripts.py REOPEN_JOB takes a job with a :tasks hash for a callback job "
-    "(fetch and reconcile); a Dify job keeps its documents there, so a retried Dify job is "
-    "never polled again. Checking `external` (a polled job) before `:tasks` fixes it.",
-)
 def test_retry_after_a_cancel_follows_the_batch_to_completed(
     redis_process: RedisProcess,
 ) -> None:

@@ -654,7 +654,7 @@ def test_show_prints_a_dify_job_with_its_documents_and_the_error(
             "id": job_id,
             "provider": "dify",
             "status": "failed",
-            "progress": "1/2 documents (1 failed) · segments 3/3",
+            "progress": "1/2 documents (1 failed) · segments 3/3 · completed 1, error 1",
             "error": f"{bad}: {pdfium}",
             "segments_total": "3",
         }.items()
