@@ -2,7 +2,8 @@
 
 Each poll is a step of the worker: it reads the job, waits its turn under the provider's
 request rate (shared through Redis: a poll that must wait is rescheduled, never slept on),
-observes the provider, records what moved, and says when to poll again. The interval is
+syncs with the provider (reads the job there and stores what it hands over: documents,
+their statuses), records what moved, and says when to poll again. The interval is
 short while progress moves and backs off with jitter while it does not; a job with no
 progress for the stall timeout fails `stalled`, and one past the provider's own expiry
 ends `expired`.
@@ -21,9 +22,8 @@ from typing import Any
 
 import orjson
 
-from receiver.backoff import backoff
-from receiver.errors import Permanent, RateLimited, Transient
-from receiver.jobs.base import UnknownWork
+from receiver.errors import Permanent, Transient
+from receiver.jobs.base import UnknownWork, retry_at
 from receiver.metrics import POLLS
 from receiver.settings import Settings
 from receiver.store import JobStatus, Store
@@ -41,7 +41,7 @@ BUSY_POLL_MAX = 3.0
 class Observation:
     """What one poll saw."""
 
-    signature: str  # changes exactly when progress moved
+    fingerprint: str  # of the progress seen: changes exactly when progress moved
     fields: dict[str, Any] = field(default_factory=dict)  # stored on the job hash (JSON: dicts)
     detail: dict[str, Any] = field(default_factory=dict)  # of the job.progress event
     final: JobStatus | None = None  # the job ends with this status
@@ -52,7 +52,7 @@ class Observation:
 
 
 class Poller:
-    """The provider-independent half of polling; subclasses observe one provider."""
+    """The provider-independent half of polling; subclasses sync with one provider."""
 
     provider = "provider"
     direct: frozenset[str] = frozenset()  # every poll reads its job first
@@ -72,7 +72,10 @@ class Poller:
     def rate(self) -> float:
         return 10.0
 
-    async def observe(self, job: Mapping[str, Any]) -> Observation:
+    async def sync(self, job: Mapping[str, Any]) -> Observation:
+        """Read the job at the provider, store what it hands over (documents and their
+        statuses: the writes are the provider's, so they are made here), and say what was
+        seen; the job's own fields are written by `_record`."""
         raise NotImplementedError
 
     async def submit(self, job_id: str) -> float | None:
@@ -101,7 +104,7 @@ class Poller:
         if wait > 0:
             return self.clock() + wait
         try:
-            seen = await self.observe(job)
+            seen = await self.sync(job)
         except Transient as exc:
             POLLS.labels(self.provider, exc.reason).inc()
             return await self._retry(job_id, exc)
@@ -151,7 +154,7 @@ class Poller:
 
     async def _record(self, job: Mapping[str, Any], seen: Observation) -> float | None:
         job_id, now = job["id"], self.clock()
-        moved = seen.signature != job.get("signature")
+        moved = seen.fingerprint != job.get("fingerprint")
         last_moved = now if moved else last_moved_at(job)
         interval = self._next_interval(job, moved, seen.busy)
         # `next_poll_at` tells a scheduled poll from a leased one (scripts.HINT_POLL); the
@@ -162,7 +165,7 @@ class Poller:
             "next_poll_at": now + interval,
         }
         if moved:
-            fields |= {"signature": seen.signature, "moved_at": last_moved}
+            fields |= {"fingerprint": seen.fingerprint, "moved_at": last_moved}
         # Only what changed: most polls see what the last one saw. A mapping or a list is
         # stored as JSON, which the store decodes back (store._JSON_FIELDS).
         fields |= {k: _stored(v) for k, v in seen.fields.items() if job.get(k) != v}
@@ -204,22 +207,15 @@ class Poller:
         if await self._end_overdue(job, self.clock(), last_moved, paused, expires_at, failing):
             return None
         work = "poll" if job.get("external") else "submit"
-        attempt = await self.store.record_failure(job_id, work, str(exc))
-        if attempt == 0:  # the job ended meanwhile
-            return None
-        after = exc.retry_after if isinstance(exc, RateLimited) else None
-        delay = backoff(attempt - 1, self.settings.retry_base, self.settings.retry_cap, after)
-        log.info(
-            "poll failed; retrying later",
-            extra={
-                "job_id": job_id,
-                "provider": self.provider,
-                "work": work,
-                "reason": exc.reason,
-                "delay_s": round(delay, 3),
-            },
+        return await retry_at(
+            self.store,
+            self.settings,
+            self.clock,
+            provider=self.provider,
+            job_id=job_id,
+            work=work,
+            exc=exc,
         )
-        return self.clock() + delay
 
     async def _end_overdue(
         self,
@@ -272,5 +268,7 @@ def _stored(value: Any) -> Any:
     return orjson.dumps(value) if isinstance(value, dict | list) else value
 
 
-def signature(*parts: object) -> str:
+def fingerprint(*parts: object) -> str:
+    """What progress a poll saw, as a string that changes exactly when it moved (kept on the
+    job as `fingerprint`; not a signature: nothing is signed)."""
     return orjson.dumps(parts).decode()

@@ -116,7 +116,8 @@ def test_a_resume_after_a_long_pause_is_noticed_within_seconds_with_its_re_split
         intervals: list[float] = []
         paused_until = time.monotonic() + 10.0
         while time.monotonic() < paused_until:
-            intervals.append(float(d.redis.hget(key, "poll_interval") or 0))  # type: ignore[arg-type]
+            raw: Any = d.redis.hget(key, "poll_interval")
+            intervals.append(float(raw or 0))
             time.sleep(0.2)
         assert max(intervals) <= BUSY_POLL_MAX + 1e-6, intervals
         assert d.job(job_id)["status"] == "running"

@@ -38,7 +38,7 @@ class ScriptedPoller(Poller):
     def rate(self) -> float:
         return 1000.0
 
-    async def observe(self, job: Mapping[str, Any]) -> Observation:
+    async def sync(self, job: Mapping[str, Any]) -> Observation:
         return next(self.script)
 
 
@@ -144,7 +144,7 @@ def _text(value: bytes | str) -> str:
 
 
 def seen(mark: str, completed: int) -> Observation:
-    return Observation(signature=mark, fields={"completed": completed}, detail={"mark": mark})
+    return Observation(fingerprint=mark, fields={"completed": completed}, detail={"mark": mark})
 
 
 @pytest.mark.anyio
@@ -170,21 +170,21 @@ async def test_poll_schedules_by_progress_and_fails_a_stalled_job(redis: Redis) 
     assert float(fields["poll_interval"]) == 1.0
     assert float(fields["moved_at"]) == T0
     assert float(fields["next_poll_at"]) == T0 + 1.0
-    assert (fields["signature"], fields["completed"]) == ("a", "1")
+    assert (fields["fingerprint"], fields["completed"]) == ("a", "1")
 
-    # Nothing moved: 1.6 × 1 s, jittered into [1.28, 1.6]; moved_at and signature stay.
+    # Nothing moved: 1.6 × 1 s, jittered into [1.28, 1.6]; moved_at and fingerprint stay.
     due, fields = await poll_at(T0 + 1.0)
     assert due is not None and 1.28 <= due - (T0 + 1.0) <= 1.6
     assert float(fields["poll_interval"]) == pytest.approx(due - (T0 + 1.0))
     assert float(fields["next_poll_at"]) == pytest.approx(due)
-    assert float(fields["moved_at"]) == T0 and fields["signature"] == "a"
+    assert float(fields["moved_at"]) == T0 and fields["fingerprint"] == "a"
 
     # Progress moves again: back to poll_min, moved_at now.
     moved = due
     due, fields = await poll_at(moved)
     assert due == moved + 1.0
     assert float(fields["poll_interval"]) == 1.0 and float(fields["moved_at"]) == moved
-    assert (fields["signature"], fields["completed"]) == ("b", "2")
+    assert (fields["fingerprint"], fields["completed"]) == ("b", "2")
 
     # Then no progress: each interval 1.6 times the last (jittered), capped at 8 s, polled
     # when due, until 20 s without progress fail the job `stalled`.

@@ -7,17 +7,22 @@ request schema. Everything else (the store, the schedule, events, the API) is sh
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import httpx
 
+from receiver.backoff import backoff
 from receiver.display import Display
+from receiver.errors import RateLimited, Transient
 from receiver.settings import Settings
 from receiver.store import Store
 from receiver.tokens import PassthroughSigner
+
+log = logging.getLogger(__name__)
 
 Schema = dict[str, Any]
 
@@ -91,6 +96,43 @@ class Provider(ABC):
     @abstractmethod
     def request_schemas(self) -> dict[str, Schema]:
         """The OpenAPI schemas of its `POST /jobs` bodies, by component name."""
+
+
+async def retry_at(
+    store: Store,
+    settings: Settings,
+    clock: Callable[[], float],
+    *,
+    provider: str,
+    job_id: str,
+    work: str,
+    exc: Transient | None,
+) -> float | None:
+    """When to try a job's `work` again after `exc` (None: the provider's answer is not
+    ready yet, which is no failure); None once the job has ended. The one retry rule of every
+    workflow: a failure is recorded on the job (its last error and failures in a row, see
+    `Store.record_failure`); the delay is `backoff` of the work's attempts, or the
+    provider's own Retry-After when longer."""
+    if exc is None:
+        attempt = await store.redis.hincrby(store.keys.attempts(job_id), work, 1)
+    else:
+        attempt = await store.record_failure(job_id, work, str(exc))
+        if attempt == 0:
+            return None
+    after = exc.retry_after if isinstance(exc, RateLimited) else None
+    delay = backoff(attempt - 1, settings.retry_base, settings.retry_cap, after)
+    fields = exc.log_fields() if exc else {"reason": "not_ready"}
+    log.info(
+        "retrying later",
+        extra={
+            "job_id": job_id,
+            "provider": provider,
+            "work": work,
+            "delay_s": round(delay, 3),
+            **fields,
+        },
+    )
+    return clock() + delay
 
 
 def stall(stall_after: float | None) -> dict[str, Any]:

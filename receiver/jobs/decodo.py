@@ -16,10 +16,9 @@ from receiver.errors import (
     InvalidRequest,
     NotFound,
     Permanent,
-    RateLimited,
     Transient,
 )
-from receiver.jobs.base import Context, Provider, Schema, UnknownWork
+from receiver.jobs.base import Context, Provider, Schema, UnknownWork, retry_at
 from receiver.metrics import FETCH_SECONDS, FETCHES
 from receiver.providers.decodo import BATCH_LIMIT, DONE, FAULTED, DecodoClient, SubmittedTask
 from receiver.settings import Settings
@@ -287,29 +286,16 @@ class DecodoJobs:
         hours = self.settings.provider_retention / 3600
         return f"expired: Decodo keeps results {hours:g} h and they were not fetched in time"
 
-    async def _retry(self, job_id: str, name: str, exc: Transient | None) -> float | None:
-        """When to try `name` again; None once the job ended. A failure is recorded on the
-        job (its last error and failures in a row); results not ready yet are no failure."""
-        if exc is None:
-            attempt = await self.store.redis.hincrby(self.store.keys.attempts(job_id), name, 1)
-        else:
-            attempt = await self.store.record_failure(job_id, name, str(exc))
-            if attempt == 0:
-                return None
-        after = exc.retry_after if isinstance(exc, RateLimited) else None
-        delay = backoff(attempt - 1, self.settings.retry_base, self.settings.retry_cap, after)
-        fields = exc.log_fields() if exc else {"reason": "not_ready"}
-        log.info(
-            "retrying later",
-            extra={
-                "job_id": job_id,
-                "provider": "decodo",
-                "work": name,
-                "delay_s": round(delay, 3),
-                **fields,
-            },
+    async def _retry(self, job_id: str, work: str, exc: Transient | None) -> float | None:
+        return await retry_at(
+            self.store,
+            self.settings,
+            self.clock,
+            provider="decodo",
+            job_id=job_id,
+            work=work,
+            exc=exc,
         )
-        return self.clock() + delay
 
 
 class Decodo(Provider):

@@ -12,7 +12,7 @@ from receiver.display import Display
 from receiver.errors import InvalidRequest
 from receiver.jobs.base import Cancelled, Context, Provider, Schema, Workflow, stall
 from receiver.jobs.common import SAFE_ID, optional_stall_after, safe_id
-from receiver.polling import Observation, Poller, signature
+from receiver.polling import Observation, Poller, fingerprint
 from receiver.providers.dify import COMPLETED, FAILED, DifyClient, summarize
 from receiver.settings import Settings
 from receiver.store import JobStatus, Store
@@ -52,17 +52,17 @@ class DifyJobs(Poller):
     def rate(self) -> float:
         return self.settings.dify_rps
 
-    async def observe(self, job: Mapping[str, Any]) -> Observation:
+    async def sync(self, job: Mapping[str, Any]) -> Observation:
         external = job["external"]
         docs = await self.client.indexing_status(external["dataset_id"], external["batch"])
         summary = summarize(docs)
         # Matched by id: Dify lists the documents in a different order on each poll. Each
         # document's stage is in it, so a stage change is progress as a count change is
         # (economy indexing holds completed_segments at 0 through the whole indexing stage).
-        moved = signature(
+        moved = fingerprint(
             sorted((d.id, d.indexing_status, d.completed_segments, d.total_segments) for d in docs)
         )
-        if moved != job.get("signature"):  # the documents' statuses are as recorded otherwise
+        if moved != job.get("fingerprint"):  # the documents' statuses are as recorded otherwise
             await self.store.record_documents(
                 job["id"],
                 {d.id: d.indexing_status for d in docs},
@@ -76,7 +76,7 @@ class DifyJobs(Poller):
             "paused": summary.paused,
         }
         seen = Observation(
-            signature=moved,
+            fingerprint=moved,
             fields={
                 "total": summary.documents,
                 "completed": summary.completed_documents,

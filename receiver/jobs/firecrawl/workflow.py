@@ -13,7 +13,7 @@ import orjson
 
 from receiver.errors import Permanent, Transient
 from receiver.jobs.firecrawl.tally import ending, live_counts, submitted_urls, tally
-from receiver.polling import Observation, Poller, last_moved_at, parse_time, signature
+from receiver.polling import Observation, Poller, fingerprint, last_moved_at, parse_time
 from receiver.providers.firecrawl import BatchStatus, FirecrawlClient, PageError, document_key
 from receiver.settings import Settings
 from receiver.store import JobStatus, Store, iso
@@ -105,10 +105,10 @@ class FirecrawlJobs(Poller):
                 extra={"job_id": job_id, "provider": self.provider, "reason": exc.reason},
             )
 
-    async def observe(self, job: Mapping[str, Any]) -> Observation:
+    async def sync(self, job: Mapping[str, Any]) -> Observation:
         batch = await self.client.status(job["external"]["batch_id"])
         seen = Observation(
-            signature=signature(batch.status, batch.completed, batch.total),
+            fingerprint=fingerprint(batch.status, batch.completed, batch.total),
             fields={**live_counts(job, batch), "provider_status": batch.status},
             detail={"provider_status": batch.status},
             expires_at=parse_time(batch.expires_at),
@@ -137,8 +137,8 @@ class FirecrawlJobs(Poller):
         counted = tally(job, batch, documents, errors)
         seen.fields |= counted.fields()
         seen.detail |= counted.detail()
-        # Never the signature of a poll before: the final counts go out in a job.progress.
-        seen.signature = signature(batch.status, batch.completed, batch.total, len(documents))
+        # Never the fingerprint of a poll before: the final counts go out in a job.progress.
+        seen.fingerprint = fingerprint(batch.status, batch.completed, batch.total, len(documents))
         seen.final, seen.reason = ending(job, batch, counted)
 
     async def _errors(self, job: Mapping[str, Any], batch: BatchStatus) -> list[PageError]:
@@ -166,7 +166,7 @@ class FirecrawlJobs(Poller):
         for a while (then the job ends `cancelled`, a little before `stalled` would end it)."""
         if batch.completed >= batch.total:
             return True
-        if seen.signature != job.get("signature"):
+        if seen.fingerprint != job.get("fingerprint"):
             return False
         quiet = min(CANCEL_SETTLE, 0.8 * self.stall_after(job))
         return self.clock() - last_moved_at(job) > quiet
