@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from receiver import store as store_module
 from receiver.errors import InvalidRequest, NotFound, Rejected, UnknownJob
+from receiver.events import STREAM_ID
 from receiver.jobs.base import Provider
 from receiver.registry import PROVIDERS
 from receiver.store import JobStatus
@@ -19,8 +20,6 @@ from receiver.web import Services, error_response, json_response, parse_json_obj
 MAX_JOB_BODY = 32 * 1024 * 1024
 # A whole number in ASCII digits (str.isdigit also takes "²").
 _WHOLE = re.compile(r"[0-9]{1,19}")
-# A next_cursor of GET /jobs: an entry id of the jobs stream, two numbers below 2**64.
-_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 # Job hash fields shown as they are.
 _SHOWN = (
     "id",
@@ -88,7 +87,7 @@ async def list_jobs(request: Request, services: Services) -> Response:
 def _jobs_cursor(raw: str | None) -> str | None:
     if raw is None:
         return None
-    found = _STREAM_ID.fullmatch(raw)
+    found = STREAM_ID.fullmatch(raw)
     if found is None or any(int(part) >= 2**64 for part in found.groups()):
         raise InvalidRequest("cursor must be a next_cursor this API gave")
     return raw

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,8 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 _RETRY_HEADERS = [*_JSON_HEADERS, (b"retry-after", b"1")]
 # prometheus children by (provider, outcome), so counting costs a dict lookup.
 _COUNTERS: dict[tuple[str, str], Any] = {}
+# A Decodo task id as a callback may carry it: 1 to 64 printable ASCII characters.
+TASK_ID = re.compile(r"[ -~]{1,64}")
 # Task statuses a Decodo callback may carry, mapped to what we record.
 _CALLBACK_STATUS = {"done": "done", "faulted": "faulted", "failed": "faulted"}
 # Seconds a Firecrawl webhook delivery id is remembered, to drop its retries.
@@ -139,7 +142,7 @@ def _task_id(body: dict[str, Any]) -> str:
     if isinstance(raw, bool) or not isinstance(raw, str | int) or raw == "":
         raise InvalidRequest("the callback has no task id (id or task_id)")
     task_id = raw if isinstance(raw, str) else str(raw)
-    if len(task_id) > 64 or not task_id.isascii() or not task_id.isprintable():
+    if not TASK_ID.fullmatch(task_id):
         raise InvalidRequest("the task id is not a Decodo task id")
     return task_id
 

@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Event types that end a job, and the job statuses they end it in.
+# An entry id of a Redis stream (two numbers below 2**64): an event's id, as SSE's `id:` and
+# `Last-Event-ID` carry it, and the cursor of GET /jobs.
+STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 FINAL_TYPES = frozenset({"job.completed", "job.failed", "job.cancelled", "job.expired"})
 FINAL_STATUSES = frozenset(t.removeprefix("job.") for t in FINAL_TYPES)
 # The counts of an event's `progress`.

@@ -6,6 +6,8 @@ from typing import Any
 
 from receiver import __version__
 from receiver.api import MAX_JOB_BODY
+from receiver.callbacks import TASK_ID
+from receiver.events import STREAM_ID
 from receiver.registry import PROVIDERS
 from receiver.schemas import Schema, enum, obj, ref
 from receiver.settings import DURABILITY_LEVELS
@@ -22,14 +24,11 @@ EVENT_TYPES = (
     "job.cancelled",
     "job.expired",
 )
-# A Decodo task id as a callback carries it: 1 to 64 printable ASCII characters.
-_TASK_ID = "^[ -~]{1,64}$"
+_TASK_ID = f"^{TASK_ID.pattern}$"
 # The JSON integers the callback parser reads as integers (wider ones become floats).
 _INT_RANGE = {"minimum": -(2**63), "maximum": 2**64 - 1}
-# A next_cursor of GET /jobs: an entry id of the jobs stream (each number below 2**64).
-_JOBS_CURSOR = r"^[0-9]{1,20}-[0-9]{1,20}$"
-# An event id of the durable stream, as SSE's `id:` and `Last-Event-ID` carry it.
-_EVENT_ID = r"^\d{1,20}-\d{1,20}$"
+# An entry id of a stream: an event's id, and the next_cursor of GET /jobs.
+_STREAM_ID = f"^{STREAM_ID.pattern}$"
 # The `error` of a provider's failure passed on: provider_<reason>.
 _PROVIDER_ERROR = "^provider_[a-z_]+$"
 
@@ -281,7 +280,7 @@ def _list_jobs() -> Schema:
         _parameter(
             "query",
             "cursor",
-            {"type": "string", "pattern": _JOBS_CURSOR},
+            {"type": "string", "pattern": _STREAM_ID},
             "The previous page's next_cursor.",
         ),
     ]
@@ -370,7 +369,7 @@ def _events(name: str, summary: str, *, per_job: bool) -> Schema:
     resume = _parameter(
         "header",
         "Last-Event-ID",
-        {"type": "string", "pattern": _EVENT_ID},
+        {"type": "string", "pattern": _STREAM_ID},
         "Resume after this event: every later one, none twice.",
     )
     responses: Schema = {"200": stream, "400": _bad_request("Last-Event-ID is not an event id.")}
@@ -487,7 +486,7 @@ def _job() -> Schema:
 
 def _event() -> Schema:
     properties = {
-        "id": {"type": "string", "pattern": _EVENT_ID},
+        "id": {"type": "string", "pattern": _STREAM_ID},
         "type": enum(EVENT_TYPES),
         "job_id": {"type": "string"},
         "provider": enum(list(PROVIDERS)),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,12 +25,11 @@ from starlette.responses import Response, StreamingResponse
 from receiver.api import public_job
 from receiver.backoff import backoff
 from receiver.errors import InvalidRequest, UnknownJob
-from receiver.events import RETRY_BASE, RETRY_CAP, Event, last_event_id, read_events
+from receiver.events import RETRY_BASE, RETRY_CAP, STREAM_ID, Event, last_event_id, read_events
 from receiver.outages import raise_if_cancelling
 from receiver.store import JobStatus
 from receiver.web import Services
 
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Seconds a read may run past the next heartbeat before it is given up as failed (Redis
 # frozen or unreachable, a connection slow to open): however Redis fails, a ping is never
@@ -145,7 +143,7 @@ def _resume_from(request: Request) -> str | None:
     last = request.headers.get("last-event-id")
     if last is None or last == "":
         return None
-    if not _STREAM_ID.fullmatch(last):
+    if not STREAM_ID.fullmatch(last):
         raise InvalidRequest("Last-Event-ID must be an event id such as 1795383656390-0")
     return last
 
