@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from receiver.errors import ConfigError
 
@@ -19,10 +20,41 @@ DIFY_BASE_URL = "https://api.dify.ai/v1"
 DURABILITY_LEVELS = ("fsync", "replica", "none")
 
 
+# Characters a secret must have at least: 16 random ones are out of reach of a guess.
+MIN_SECRET_LENGTH = 16
+# Words of examples and templates: a secret holding one was copied, not made.
+_PLACEHOLDERS = ("change", "replace", "example", "placeholder", "secret", "password", "xxxx")
+
+
+def weak_secret(value: str) -> str:
+    """Why a secret is too easy to guess ("" when it is not); the value is never quoted."""
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"is shorter than {MIN_SECRET_LENGTH} characters"
+    lowered = value.lower()
+    for word in _PLACEHOLDERS:
+        if word in lowered:
+            return f"looks like a placeholder (it holds {word!r})"
+    if len(set(value)) < 6:
+        return "repeats too few characters"
+    return ""
+
+
+def redacted(url: str | None) -> str | None:
+    """A URL with its password replaced by ***."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 @dataclass(frozen=True)
 class Settings:
-    # None: start an embedded redis-server under data_dir.
-    redis_url: str | None = None
+    # None: start an embedded redis-server under data_dir. Its password never shows in repr.
+    redis_url: str | None = field(default=None, repr=False)
     data_dir: Path = Path(".receiver")
     # The first key signs new tokens; every key verifies, so a key can be rotated.
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -106,6 +138,10 @@ class Settings:
     def embedded(self) -> bool:
         return self.redis_url is None
 
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        return f"Settings(redis_url={redacted(self.redis_url)!r}, {shown})"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
@@ -174,7 +210,8 @@ class Settings:
         return self.stall_after if chosen is None else chosen
 
     def require_secrets(self) -> None:
-        """With an external Redis, refuse to start without the secrets."""
+        """With an external Redis, refuse to start without the secrets, or with secrets a
+        guess finds: short ones, and the placeholders of examples."""
         missing = [
             name
             for name, value in (
@@ -185,6 +222,16 @@ class Settings:
         ]
         if missing:
             raise ConfigError(f"{' and '.join(missing)} must be set when REDIS_URL is set")
+        for name, value in (
+            *(("RECEIVER_SECRET_KEYS", key) for key in self.secret_keys),
+            ("RECEIVER_API_TOKEN", self.api_token),
+        ):
+            weakness = weak_secret(value)
+            if weakness:
+                raise ConfigError(
+                    f"{name} {weakness}: make one with "
+                    "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
 
     def check(self) -> None:
         """Refuse settings no process can serve with, embedded or not."""

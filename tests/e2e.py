@@ -18,14 +18,14 @@ from receiver.service import ProcessStop, worker_beside
 from receiver.settings import Settings
 from tests.servers import RedisProcess, free_port, serve_app
 
-TOKEN = "e2e-api-token"
+TOKEN = "e2e-api-token-7c1f9a"
 FINAL = ("completed", "failed", "cancelled", "expired")
 
 
 def e2e_settings(redis: RedisProcess, sandbox_url: str, **changes: Any) -> Settings:
     base = Settings(
         redis_url=redis.url,
-        secret_keys=("e2e-key",),
+        secret_keys=("e2e-key-5b8d2f0c4a",),
         api_token=TOKEN,
         decodo_base_url=sandbox_url,
         decodo_auth=decodo_sandbox.DEFAULT_AUTH,

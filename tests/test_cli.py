@@ -125,8 +125,8 @@ def test_web_and_worker_refuse_to_start_without_secrets(redis_process: RedisProc
         for missing in ("RECEIVER_SECRET_KEYS", "RECEIVER_API_TOKEN"):
             values = {
                 "REDIS_URL": redis_process.url,
-                "RECEIVER_SECRET_KEYS": "k",
-                "RECEIVER_API_TOKEN": "t",
+                "RECEIVER_SECRET_KEYS": "k9Xq2mT7vR4wZp8L",
+                "RECEIVER_API_TOKEN": "t3Fh8Jk1Nq6Ws0Yb",
             }
             del values[missing]
             result = run_cli(receiver_env(**values), command, timeout=30)
@@ -139,8 +139,8 @@ def test_submit_and_show_through_the_cli(redis_process: RedisProcess) -> None:
     port = free_port()
     env = receiver_env(
         REDIS_URL=redis_process.url,
-        RECEIVER_SECRET_KEYS="k",
-        RECEIVER_API_TOKEN="cli-token",
+        RECEIVER_SECRET_KEYS="k9Xq2mT7vR4wZp8L",
+        RECEIVER_API_TOKEN="cli-token-2b7e5d9a",
         PORT=str(port),
         DECODO_AUTH=DEFAULT_AUTH,  # POST /jobs refuses a provider without its credentials
     )
@@ -180,8 +180,8 @@ def test_submit_firecrawl_through_the_cli_polls_the_batch_to_the_end(
     with serve_app(firecrawl_sandbox.create_app(config)) as sandbox:
         env = receiver_env(
             REDIS_URL=redis_process.url,
-            RECEIVER_SECRET_KEYS="k",
-            RECEIVER_API_TOKEN="cli-token",
+            RECEIVER_SECRET_KEYS="k9Xq2mT7vR4wZp8L",
+            RECEIVER_API_TOKEN="cli-token-2b7e5d9a",
             PORT=str(port),
             FIRECRAWL_BASE_URL=sandbox,
             FIRECRAWL_API_KEY=config.api_key,
@@ -220,7 +220,7 @@ def test_submit_firecrawl_through_the_cli_polls_the_batch_to_the_end(
             assert job["invalid_urls"] == ["https://intranet-host/page"]
             results = httpx.get(
                 f"http://127.0.0.1:{port}/jobs/{job['id']}/results",
-                headers={"Authorization": "Bearer cli-token"},
+                headers={"Authorization": "Bearer cli-token-2b7e5d9a"},
                 timeout=10,
             ).json()["results"]
     documents = sorted(results.values(), key=lambda doc: doc["metadata"]["sourceURL"])

@@ -189,7 +189,7 @@ def test_killed_worker_work_is_reclaimed_by_another(redis_process: RedisProcess)
         env = {
             **os.environ,
             "REDIS_URL": redis_process.url,
-            "RECEIVER_SECRET_KEYS": "e2e-key",
+            "RECEIVER_SECRET_KEYS": "e2e-key-5b8d2f0c4a",
             "RECEIVER_API_TOKEN": settings.api_token,
             "DECODO_BASE_URL": d.sandbox,
             "DECODO_AUTH": settings.decodo_auth,
@@ -266,7 +266,7 @@ def test_results_204_until_the_task_is_done_is_retried(redis_process: RedisProce
     with deployment(redis_process, completion_delay=60.0, drop_rate=1.0) as d:
         job_id = d.submit({"url": "https://example.com/slow"})
         (task_id,) = wait_for_tasks(d, job_id, 1)
-        token = PassthroughSigner(("e2e-key",), 48 * 3600.0).sign(job_id)
+        token = PassthroughSigner(("e2e-key-5b8d2f0c4a",), 48 * 3600.0).sign(job_id)
         early = {"id": task_id, "status": "done", "passthrough": token}
         answer = httpx.post(f"{d.api}/callbacks/decodo", json=early, timeout=10)
         assert answer.status_code == 202 and answer.json() == {"status": "accepted"}

@@ -438,9 +438,11 @@ def test_metrics_count_each_rejection_reason_and_the_queues(redis_process: Redis
         while d.job(running)["status"] != "running":
             time.sleep(0.02)
         before = httpx.get(f"{d.api}/metrics", timeout=10).text
-        signer = PassthroughSigner(("e2e-key",), 3600)
+        signer = PassthroughSigner(("e2e-key-5b8d2f0c4a",), 3600)
         good = {"id": "1", "status": "done", "passthrough": signer.sign(job_id)}
-        expired = PassthroughSigner(("e2e-key",), 10, clock=lambda: 1_000_000.0).sign(job_id)
+        expired = PassthroughSigner(("e2e-key-5b8d2f0c4a",), 10, clock=lambda: 1_000_000.0).sign(
+            job_id
+        )
         bodies: dict[str, bytes] = {
             "bad_token": orjson.dumps({**good, "passthrough": "forged.token.here"}),
             "expired_token": orjson.dumps({**good, "passthrough": expired}),
@@ -468,7 +470,7 @@ def test_metrics_count_each_rejection_reason_and_the_queues(redis_process: Redis
 def test_metrics_count_a_duplicate_callback_once(redis_process: RedisProcess) -> None:
     with deployment(redis_process, completion_delay=60) as d:
         job_id, (task_id,) = held_job(d, 1)
-        signer = PassthroughSigner(("e2e-key",), 3600)
+        signer = PassthroughSigner(("e2e-key-5b8d2f0c4a",), 3600)
         body = {"id": task_id, "status": "done", "passthrough": signer.sign(job_id)}
         counted: list[dict[str, float]] = []
         answers: list[str] = []

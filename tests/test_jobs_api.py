@@ -152,9 +152,9 @@ def test_cli_track_commands(deployment: PolledDeployment, redis_process: RedisPr
     port = free_port()
     env = {
         "REDIS_URL": redis_process.url,
-        "RECEIVER_SECRET_KEYS": "k",
+        "RECEIVER_SECRET_KEYS": "k9Xq2mT7vR4wZp8L",
         "PATH": "/usr/bin",
-        "RECEIVER_API_TOKEN": "cli",
+        "RECEIVER_API_TOKEN": "cli-token-2b7e5d9a",
         "PORT": str(port),
         "FIRECRAWL_API_KEY": "fc-test",
         "DIFY_API_KEY": "dataset-test",

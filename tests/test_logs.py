@@ -129,8 +129,8 @@ def test_web_logs_every_line_as_json(redis_process: RedisProcess) -> None:
     env.update(
         PORT=str(port),
         REDIS_URL=redis_process.url,
-        RECEIVER_SECRET_KEYS="log-key",
-        RECEIVER_API_TOKEN="log-token",
+        RECEIVER_SECRET_KEYS="log-key-6a1c8e3f",
+        RECEIVER_API_TOKEN="log-token-9e4b2d7c",
         RECEIVER_LOG_FORMAT="json",
     )
     command = [sys.executable, "-m", "receiver", "web"]

@@ -168,8 +168,8 @@ def web_process(redis_url: str, metrics_dir: Path) -> Iterator[str]:
     env.update(
         PORT=str(port),
         REDIS_URL=redis_url,
-        RECEIVER_SECRET_KEYS="metrics-key",
-        RECEIVER_API_TOKEN="metrics-token",
+        RECEIVER_SECRET_KEYS="metrics-key-3d8f1a6b",
+        RECEIVER_API_TOKEN="metrics-token-5c2e9b4f",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
     command = [sys.executable, "-m", "receiver", "web"]

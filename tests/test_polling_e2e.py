@@ -461,8 +461,8 @@ def worker_env(d: PolledDeployment, redis_url: str) -> dict[str, str]:
     return {
         **os.environ,
         "REDIS_URL": redis_url,
-        "RECEIVER_SECRET_KEYS": "e2e-key",
-        "RECEIVER_API_TOKEN": "t",
+        "RECEIVER_SECRET_KEYS": "e2e-key-5b8d2f0c4a",
+        "RECEIVER_API_TOKEN": "t3Fh8Jk1Nq6Ws0Yb",
         "FIRECRAWL_BASE_URL": d.firecrawl,
         "FIRECRAWL_API_KEY": "fc-sandbox",
         "RECEIVER_POLL_MIN": "0.05",

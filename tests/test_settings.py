@@ -93,11 +93,70 @@ def test_external_redis_refuses_tokens_shorter_than_the_retention(
 ) -> None:
     env = receiver_env(
         REDIS_URL=redis_process.url,
-        RECEIVER_SECRET_KEYS="k",
-        RECEIVER_API_TOKEN="t",
+        RECEIVER_SECRET_KEYS="k9Xq2mT7vR4wZp8L",
+        RECEIVER_API_TOKEN="t3Fh8Jk1Nq6Ws0Yb",
         PORT=str(free_port()),
         **SHORT_TOKENS,
     )
     result = run_receiver(command, env)
     assert result.returncode != 0
     assert "RECEIVER_TOKEN_MAX_AGE" in result.stderr
+
+
+STRONG = "t3Fh8Jk1Nq6Ws0Yb"
+
+
+@pytest.mark.parametrize(
+    ("token", "said"),
+    [
+        ("x", "shorter than 16"),
+        ("change-me-too", "shorter than 16"),
+        ("change-me-please-now", "placeholder"),
+        ("my-example-token-123", "placeholder"),
+        ("SuperSecretToken12345", "placeholder"),
+        ("aaaaaaaaaaaaaaaaaaaa", "too few characters"),
+        ("abababababababababab", "too few characters"),
+    ],
+)
+def test_weak_secrets_are_refused_without_being_echoed(token: str, said: str) -> None:
+    for settings, name in (
+        (Settings(redis_url="redis://r", secret_keys=(STRONG,), api_token=token), "API_TOKEN"),
+        (Settings(redis_url="redis://r", secret_keys=(STRONG, token), api_token=STRONG), "KEYS"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            settings.require_secrets()
+        assert name in str(refused.value) and said in str(refused.value)
+        assert token not in str(refused.value)
+
+
+def test_strong_secrets_are_accepted() -> None:
+    Settings(redis_url="redis://r", secret_keys=(STRONG,), api_token=STRONG[::-1]).require_secrets()
+
+
+def test_a_weak_token_stops_receiver_web_with_the_reason(redis_process: RedisProcess) -> None:
+    env = receiver_env(
+        REDIS_URL=redis_process.url,
+        RECEIVER_SECRET_KEYS=STRONG,
+        RECEIVER_API_TOKEN="change-me-too",
+        PORT=str(free_port()),
+    )
+    result = run_receiver("web", env)
+    assert result.returncode != 0
+    assert "RECEIVER_API_TOKEN is shorter than 16 characters" in result.stderr
+    assert "change-me-too" not in result.stderr + result.stdout
+
+
+def test_repr_hides_the_redis_password_and_every_secret() -> None:
+    settings = Settings(
+        redis_url="redis://user:hunter2-password@10.0.0.5:6380/2",
+        secret_keys=("key-one-0123456789",),
+        api_token="token-0123456789ab",
+        decodo_auth="basic-0123456789",
+    )
+    shown = repr(settings)
+    assert "redis://user:***@10.0.0.5:6380/2" in shown
+    for secret in ("hunter2", "key-one", "token-0123", "basic-0123"):
+        assert secret not in shown
+    assert repr(Settings(redis_url="redis://127.0.0.1:6379/0")).startswith(
+        "Settings(redis_url='redis://127.0.0.1:6379/0', "
+    )

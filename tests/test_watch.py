@@ -426,7 +426,7 @@ def test_watch_keeps_watching_a_job_quiet_for_longer_than_the_heartbeat(
         env = cli_env(
             api,
             REDIS_URL=redis_process.url,
-            RECEIVER_SECRET_KEYS="quiet-key",
+            RECEIVER_SECRET_KEYS="quiet-key-7f2a9c4e",
             RECEIVER_PUBLIC_URL=api,
             PORT=str(port),
             DECODO_BASE_URL=sandbox,

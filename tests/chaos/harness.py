@@ -46,8 +46,8 @@ from tests.servers import consecutive_free_ports, free_port, wait_for_port
 
 T = TypeVar("T")
 
-SECRET_KEY = "chaos-key"
-API_TOKEN = "chaos-token"
+SECRET_KEY = "chaos-key-4f9c2a7e1b"
+API_TOKEN = "chaos-token-8d3e6b0a5c"
 TOKEN_MAX_AGE = 48 * 3600.0  # seconds, as the receiver's default
 KEYS = Keys()
 # Variables of the test run's own environment that must not reach a child.
