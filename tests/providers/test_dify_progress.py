@@ -6,7 +6,7 @@ documents move or are paused. The captured timelines are replayed through whole 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,20 +29,6 @@ from tests.test_polling import T0, Clock
 pytestmark = pytest.mark.anyio
 
 LOCAL = "http://127.0.0.1:5001/v1"  # the captured server's API base
-
-
-@pytest.fixture
-async def mock_http() -> AsyncIterator[MockHttp]:
-    """httpx clients answered by a handler (as in tests/providers), closed after the test."""
-    opened: list[httpx.AsyncClient] = []
-
-    def make(handler: Handler) -> httpx.AsyncClient:
-        opened.append(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
-        return opened[-1]
-
-    yield make
-    for http in opened:
-        await http.aclose()
 
 
 PROGRESS = ("stages", "segments_completed", "segments_total", "paused")  # the detail's keys

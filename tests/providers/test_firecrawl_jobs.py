@@ -4,7 +4,7 @@ pages accounted for, and documents the server would not serve."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from receiver.settings import Settings
 from receiver.store import JobStatus, Store
 from receiver.tokens import PassthroughSigner
 from tests.providers.captures import Record, assert_matches, load, response_of
+from tests.providers.conftest import MockHttp
 
 pytestmark = pytest.mark.anyio
 
@@ -36,23 +37,6 @@ SETTINGS = Settings(
     firecrawl_rps=1000.0,
     public_url="https://receiver.example",
 )
-
-
-MockHttp = Callable[["Served"], httpx.AsyncClient]
-
-
-@pytest.fixture
-async def mock_http() -> AsyncIterator[MockHttp]:
-    """A factory of httpx clients answered by a Served, all closed after the test."""
-    opened: list[httpx.AsyncClient] = []
-
-    def make(served: Served) -> httpx.AsyncClient:
-        opened.append(httpx.AsyncClient(transport=httpx.MockTransport(served)))
-        return opened[-1]
-
-    yield make
-    for http in opened:
-        await http.aclose()
 
 
 class Served:
