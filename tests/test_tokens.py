@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from receiver.errors import ExpiredToken, InvalidToken
@@ -142,3 +144,61 @@ def test_webhook_token_expires_on_the_signers_clock() -> None:
 def test_webhook_token_missing_or_garbage_says_which_token(token: object) -> None:
     with pytest.raises(InvalidToken, match="webhook token"):
         PassthroughSigner(["k1"], max_age=3600).webhook_signer().verify(token)
+
+
+def _padded(token: str) -> list[str]:
+    """A valid token with junk after it, inside its signature, or around it: itsdangerous
+    drops what is not base64 from a signature, so each of these verified once."""
+    return [
+        token + "!" * 1_000_000,
+        token + "!",
+        token + "=",
+        token[:-4] + "!" + token[-4:],
+        token[:-4] + "\x00" + token[-4:],
+        f" {token}",
+        f"{token}\n",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["passthrough", "webhook"])
+def test_a_padded_token_is_refused_and_not_remembered(kind: str) -> None:
+    signer = PassthroughSigner(["k1"], max_age=3600)
+    if kind == "webhook":
+        signer = signer.webhook_signer()
+    token = signer.sign("job-a")
+    for padded in _padded(token):
+        with pytest.raises(InvalidToken, match="is not valid"):
+            signer.verify(padded)
+    assert signer.cache_bytes == 0
+    assert signer.verify(token) == "job-a"
+    assert 0 < signer.cache_bytes < 1000
+
+
+def test_a_token_that_only_decodes_like_the_valid_one_is_refused() -> None:
+    # The last character of a base64 part carries bits nothing decodes: another letter
+    # there decodes to the same signature bytes, but is not the token that was signed.
+    signer = PassthroughSigner(["k1"], max_age=3600, clock=FakeClock())
+    token = signer.sign("job-a")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    others = [token[:-1] + c for c in alphabet if c != token[-1]]
+    for other in others:
+        with pytest.raises(InvalidToken):
+            signer.verify(other)
+
+
+def test_remembered_tokens_stay_under_their_byte_cap() -> None:
+    cap = 256 * 1024
+    signer = PassthroughSigner(["k1"], max_age=3600, cache_bytes=cap)
+    tokens = [signer.sign(f"{n:020x}") for n in range(5000)]  # ~1.5 MB if all were kept
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n, token in enumerate(tokens):
+            assert signer.verify(token) == f"{n:020x}"
+            assert signer.cache_bytes <= cap
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert cap * 0.9 < signer.cache_bytes <= cap
+    assert grown <= cap, f"the cache took {grown} bytes of memory"
+    assert signer.verify(tokens[0]) == f"{0:020x}"  # dropped, so verified again: still valid
