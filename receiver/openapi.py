@@ -473,10 +473,49 @@ def _job() -> Schema:
         "credits_used": {"type": "integer"},
         "expires_at": {"type": "string", "description": "When the provider drops it."},
         "invalid_urls": {"type": "array", "items": {"type": "string"}},
-        **dict.fromkeys(("documents", "segments_completed", "segments_total", "paused"), count),
+        **dict.fromkeys(
+            ("documents", "segments_completed", "segments_total", "paused", "documents_missing"),
+            count,
+        ),
+        "stages": {
+            "type": "object",
+            "additionalProperties": count,
+            "description": "Dify: how many documents are in each indexing stage.",
+        },
+        "failures": {
+            "type": "array",
+            "items": obj(
+                {
+                    "url": {"type": "string"},
+                    "code": {"type": ["string", "null"]},
+                    "error": {"type": "string"},
+                },
+                ["url", "code", "error"],
+            ),
+            "description": "Firecrawl: the failed pages, as its errors route lists them.",
+        },
+        "missing_urls": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Firecrawl: pages scraped whose documents it did not serve.",
+        },
+        "last_error": {
+            "type": "string",
+            "description": "While work of the job is in retry: its last error, on one line.",
+        },
+        "consecutive_failures": {"type": "integer", "minimum": 1},
         "stall_after": {"type": "number", "exclusiveMinimum": 0},
         **dict.fromkeys(
-            ("created_at", "updated_at", "submitted_at", "finished_at", "polled_at"), time
+            (
+                "created_at",
+                "updated_at",
+                "submitted_at",
+                "finished_at",
+                "polled_at",
+                "last_error_at",
+                "cancel_requested_at",
+            ),
+            time,
         ),
         "request": request,
     }
