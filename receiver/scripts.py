@@ -48,9 +48,14 @@ local function emit(j, etype, detail)
 end
 
 -- Move a job to a terminal status once, with its event; later calls change nothing.
+-- What the job held only while it ran goes with it: callbacks held aside for task ids a
+-- submission never recorded (a job cancelled or refused while submitting) would stay for
+-- ever. The job's record (hash, tasks, inputs, errors, attempts) stays as long as the job;
+-- its results expire on their own TTL.
 local function finish(j, status, reason)
   local current = redis.call('HGET', jkey(j), 'status')
   if (not current) or TERMINAL[current] then return false end
+  redis.call('DEL', jkey(j) .. ':early')
   set_status(j, status)
   redis.call('HSET', jkey(j), 'finished_at', NOW, 'updated_at', NOW)
   if reason and reason ~= '' then redis.call('HSET', jkey(j), 'error', reason) end
