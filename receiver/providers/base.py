@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
@@ -76,8 +77,16 @@ class ProviderClient:
     async def request(
         self, method: str, url: str, *, json: Any = None, params: Mapping[str, Any] | None = None
     ) -> httpx.Response:
-        """Send a request with our credentials, which only ever go to the provider's origin."""
-        if not self.same_origin(url):
+        """Send a request with our credentials, which only ever go to the provider's origin.
+
+        Whatever keeps it from an answer we can read is a ProviderError: a URL that cannot
+        be requested is Rejected (`bad_url`), an answer that is not HTTP is Unavailable
+        (`bad_answer`), so the job's work fails or is retried, and ends, never loops."""
+        try:
+            ours = self.same_origin(url)
+        except httpx.InvalidURL as exc:
+            raise _bad_url(self.name, exc) from None
+        if not ours:
             raise Rejected(f"refusing to send {self.name} credentials to {httpx.URL(url).host}")
         content = orjson.dumps(json) if json is not None else None
         headers = dict(self._headers)
@@ -91,8 +100,28 @@ class ProviderClient:
                 params=params,
                 headers=headers,
             )
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
+            # httpx's own check of the URL, and aiohttp's (credentials in it, say)
+            raise _bad_url(self.name, exc) from None
         except httpx.HTTPError as exc:
             raise Unavailable(f"{self.name} {transport_problem(exc)}") from None
+        except aiohttp.ClientError as exc:  # what httpx-aiohttp passes on as it is
+            raise Unavailable(
+                f"{self.name} answered something that is not HTTP: {_first_line(exc)}",
+                reason="bad_answer",
+            ) from None
+
+
+def _bad_url(name: str, exc: Exception) -> Rejected:
+    return Rejected(f"{name} URL cannot be requested: {_first_line(exc)}", reason="bad_url")
+
+
+def _first_line(exc: Exception, most: int = 200) -> str:
+    """An exception's words on one line (aiohttp's quote the bad bytes over several), without
+    the URL or the made-up status aiohttp puts around a response's."""
+    said = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
+    flat = " ".join(said.split()) or type(exc).__name__
+    return flat if len(flat) <= most else flat[: most - 1] + "…"
 
 
 def transport_problem(exc: httpx.HTTPError) -> str:

@@ -171,8 +171,11 @@ class FirecrawlClient(ProviderClient):
         followed; anything else is refused, saying what differs."""
         try:
             given = httpx.URL(next_url)
-        except (httpx.InvalidURL, ValueError):
-            raise Rejected("firecrawl next URL is not a URL", reason="foreign_next_url") from None
+        except (httpx.InvalidURL, ValueError) as exc:
+            said = " ".join(str(exc).split())[:200]
+            raise Rejected(
+                f"firecrawl next URL is not a URL: {said}", reason="foreign_next_url"
+            ) from None
         path = given.raw_path.split(b"?", 1)[0].decode("ascii", "replace")
         prefix = httpx.URL(self.base_url).path.rstrip("/")
         if prefix and not path.startswith(prefix + "/"):
