@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -178,7 +177,10 @@ def _api() -> Api:
 
 
 def _print(data: Any) -> None:
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    """JSON as the receiver answered it, its controls escaped as JSON escapes them."""
+    from receiver.client.text import json_text
+
+    click.echo(json_text(data, indent=True))
 
 
 @main.group()
@@ -317,8 +319,11 @@ def watch(
     Without JOB: 0 on Ctrl-C, 5 as above.
     """
     from receiver.client import watch as watching
+    from receiver.client.text import printable
 
-    notify = functools.partial(click.echo, err=True)
+    def notify(message: str) -> None:  # it quotes the receiver's refusals: text
+        click.echo(printable(message), err=True)
+
     with watching.event_sources(_api(), give_up_after, retries, notify) as sources:
         try:
             if job_id is None:

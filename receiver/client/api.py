@@ -21,6 +21,7 @@ import click
 import httpx
 import orjson
 
+from receiver.client.text import printable
 from receiver.settings import Settings
 
 # Seconds an API call may take.
@@ -33,6 +34,10 @@ class ClientError(click.ClickException):
     """A command cannot do what it was asked; its class's `exit_code` says why."""
 
     exit_code = 1
+
+    def format_message(self) -> str:
+        # The message quotes the receiver's answer, job ids and URLs: text, not controls.
+        return printable(self.message)
 
 
 class UnknownJob(ClientError):

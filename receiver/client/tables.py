@@ -1,4 +1,8 @@
-"""Jobs shown to people: rich tables on a terminal, plain aligned text when piped."""
+"""Jobs shown to people: rich tables on a terminal, plain aligned text when piped.
+
+Every value of a job is shown as text (`receiver.client.text.plain`): never as markup, its
+control characters escaped.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from receiver.client.text import plain, printable
 from receiver.display import Display, display
 
 STATUS_STYLES = {
@@ -30,20 +35,23 @@ _ITEMS = ("tasks", "documents")
 
 
 def make_console() -> Console:
-    console = Console()
-    return console if console.is_terminal else Console(width=_PIPED_WIDTH)
+    """A console that parses no markup and makes no emoji of a string printed to it."""
+    console = Console(markup=False, emoji=False, highlight=False)
+    if console.is_terminal:
+        return console
+    return Console(width=_PIPED_WIDTH, markup=False, emoji=False, highlight=False)
 
 
 def print_jobs(console: Console, jobs: Sequence[Mapping[str, Any]]) -> None:
     table = _table(console, "id", "provider", "status", "progress", "created (UTC)", "error")
     for job in jobs:
         table.add_row(
-            str(job.get("id", "")),
-            str(job.get("provider", "")),
+            plain(job.get("id", "")),
+            plain(job.get("provider", "")),
             _status(job.get("status")),
-            format_progress(job.get("progress")),
-            format_time(job.get("created_at")),
-            str(job.get("error") or ""),
+            plain(format_progress(job.get("progress"))),
+            plain(format_time(job.get("created_at"))),
+            plain(job.get("error") or ""),
         )
     emit(console, table)
 
@@ -59,21 +67,20 @@ def print_job(console: Console, job: Mapping[str, Any], most: int | None = 50) -
         for k in (*_HEAD, *shown.fields, *job)
         if k in job and not (k in _ITEMS and isinstance(job[k], list))
     ]
-    width = max(map(len, keys), default=0)
+    width = max((len(printable(key)) for key in keys), default=0)
     for key in dict.fromkeys(keys):
         value = _progress_line(job, shown) if key == "progress" else _field(key, job[key])
-        emit(console, Text.assemble((key.ljust(width), "bold"), "  ", value))
+        emit(console, Text.assemble(plain(printable(key).ljust(width), "bold"), "  ", value))
     for key in _ITEMS:
         items = job.get(key)
         if isinstance(items, list) and items:
             _print_items(console, shown.unit, items, most)
 
 
-def _progress_line(job: Mapping[str, Any], shown: Display) -> str:
+def _progress_line(job: Mapping[str, Any], shown: Display) -> Text:
     """`120/400 documents (2 failed) · segments 1200/4000 · indexing 1`."""
-    return " · ".join(
-        part for part in (format_progress(job["progress"], shown.unit), shown.describe(job)) if part
-    )
+    parts = (format_progress(job["progress"], shown.unit), shown.describe(job))
+    return plain(" · ".join(part for part in parts if part))
 
 
 def _print_items(console: Console, name: str, items: list[Any], most: int | None) -> None:
@@ -82,19 +89,20 @@ def _print_items(console: Console, name: str, items: list[Any], most: int | None
     for item in rows:
         counts[str(item.get("status"))] = counts.get(str(item.get("status")), 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    emit(console, f"\n[bold]{name}[/] ({len(rows)}): {summary}")
+    emit(console, Text.assemble("\n", plain(name, "bold"), plain(f" ({len(rows)}): {summary}")))
     rows.sort(key=lambda item: not item.get("error"))  # stable: errors first, else as given
     table = _table(console, "id", "status", "input", "error")
     for item in rows[:most]:
         table.add_row(
-            str(item.get("id", "")),
+            plain(item.get("id", "")),
             _status(item.get("status")),
-            str(item.get("input") or ""),
-            str(item.get("error") or ""),
+            plain(item.get("input") or ""),
+            plain(item.get("error") or ""),
         )
     emit(console, table)
     if most is not None and len(rows) > most:
-        emit(console, f"... and {len(rows) - most} more {name} (--all lists them, --json too)")
+        more = f"... and {len(rows) - most} more {name} (--all lists them, --json too)"
+        emit(console, plain(more))
 
 
 def emit(console: Console, renderable: RenderableType) -> None:
@@ -122,17 +130,17 @@ def _table(console: Console, *columns: str) -> Table:
 
 
 def _status(status: object) -> Text:
-    return Text(str(status or ""), style=STATUS_STYLES.get(str(status), ""))
+    return plain(status or "", STATUS_STYLES.get(str(status), ""))
 
 
-def _field(key: str, value: Any) -> Text | str:
+def _field(key: str, value: Any) -> Text:
     if key == "status":
         return _status(value)
     if key == "progress":
-        return format_progress(value)
+        return plain(format_progress(value))
     if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
-    return str(value)
+        return plain(orjson.dumps(value).decode())
+    return plain(value)
 
 
 def format_progress(progress: object, unit: str = "") -> str:

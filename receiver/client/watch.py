@@ -15,6 +15,9 @@ A piped line, with `JOB PROVIDER` after the type when every job is watched:
 Every field up to `failed=` is one word, separated by single spaces, so a field keeps its
 place; `progress=` (the provider's words, when it has any to say) and `reason=` (why a task
 or the job failed) are JSON strings, so `grep 'progress="segments'` finds them.
+
+Whatever the receiver or a provider wrote is shown as text, with its control characters
+escaped (`receiver.client.text`): in a word field, ESC is `\x1b`; in a JSON string, `\u001b`.
 """
 
 from __future__ import annotations
@@ -31,8 +34,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID
 from rich.table import Column
 from rich.text import Text
 
@@ -40,6 +42,7 @@ from receiver.client.api import PAGE_MOST, Api, job_path
 from receiver.client.sse import ServerSentEvent
 from receiver.client.stream import GIVE_UP_AFTER, EventSource, WatchError
 from receiver.client.tables import STATUS_STYLES, make_console
+from receiver.client.text import json_text, plain, printable
 from receiver.display import Display, display
 from receiver.events import Event
 
@@ -174,9 +177,9 @@ def format_line(change: Change, *, with_job: bool = False) -> str:
     """`2026-11-22T22:30:00.000+00:00 job.progress running 3/10 tasks failed=0`, one per
     event, with the provider's words and the reason when there are any (module docstring)."""
     job = change.job
-    who = f" {job.id} {job.provider}" if with_job else ""
-    line = f"{change.at} {change.type}{who} {job.status} {job.completed}/{job.total}"
-    line += f" {job.display.unit} failed={job.failed}"
+    who = f" {printable(job.id)} {printable(job.provider)}" if with_job else ""
+    line = f"{printable(change.at)} {printable(change.type)}{who} {printable(job.status)}"
+    line += f" {job.completed}/{job.total} {job.display.unit} failed={job.failed}"
     if words := job.describe():
         line += f" progress={_quoted(words)}"
     if change.reason:
@@ -185,7 +188,7 @@ def format_line(change: Change, *, with_job: bool = False) -> str:
 
 
 def _quoted(text: str) -> str:
-    return orjson.dumps(text).decode()
+    return json_text(text)
 
 
 def _epoch(value: object) -> float | None:
@@ -244,7 +247,7 @@ def follow_job(sources: Sources, job_id: str) -> int:
         console.print(outcome_text(job))
     else:
         job = watch_job(source, LineView())
-        print(job.outcome(), file=sys.stderr, flush=True)
+        print(printable(job.outcome()), file=sys.stderr, flush=True)
     return job.exit_code or 0
 
 
@@ -314,7 +317,7 @@ class BarsView:
     def __init__(self, console: Console, *, with_job: bool = False) -> None:
         self.with_job = with_job
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            _JobColumn(with_job),
             BarColumn(),
             # The words wrap, not the numbers, when the terminal is narrow.
             _CountsColumn(table_column=Column(no_wrap=True)),
@@ -341,19 +344,28 @@ class BarsView:
         task = self.tasks.get(job.id)
         if task is None:
             task = self.tasks[job.id] = self.progress.add_task("", total=total, job=job)
-        self.progress.update(task, description=self._describe(job), total=total, completed=done)
+        self.progress.update(task, total=total, completed=done)
         if self.with_job and job.exit_code is not None:
             self.progress.console.print(outcome_text(job))
             self.progress.remove_task(self.tasks.pop(job.id))
 
-    def _describe(self, job: JobProgress) -> str:
-        style = STATUS_STYLES.get(job.status, "")
-        who = f"{escape(job.id[:12])} " if self.with_job else ""
-        return f"{who}[bold]{escape(job.provider)}[/] [{style}]{escape(job.status)}[/]"
-
 
 def outcome_text(job: JobProgress) -> Text:
-    return Text(job.outcome(), style=STATUS_STYLES.get(job.status, ""))
+    return plain(job.outcome(), STATUS_STYLES.get(job.status, ""))
+
+
+class _JobColumn(ProgressColumn):
+    """`decodo running`, after the start of the job's id when every job is watched."""
+
+    def __init__(self, with_job: bool) -> None:
+        super().__init__()
+        self.with_job = with_job
+
+    def render(self, task: Task) -> Text:
+        job: JobProgress = task.fields["job"]
+        who = plain(f"{job.id[:12]} ") if self.with_job else ""
+        status = plain(job.status, STATUS_STYLES.get(job.status, ""))
+        return Text.assemble(who, plain(job.provider, "bold"), " ", status)
 
 
 class _CountsColumn(ProgressColumn):
@@ -372,7 +384,7 @@ class _WordsColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         job: JobProgress = task.fields["job"]
-        return Text(job.describe())
+        return plain(job.describe())
 
 
 class _RateColumn(ProgressColumn):
