@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from receiver.errors import Rejected
-from receiver.providers.base import ProviderClient, json_object, raise_for_status
+from receiver.providers.base import ProviderClient, json_object, path_part, raise_for_status
 
 # Items in one POST /v3/task/batch.
 BATCH_LIMIT = 3000
@@ -53,13 +53,14 @@ class DecodoClient(ProviderClient):
 
     async def get_task(self, task_id: str) -> dict[str, Any]:
         """GET /v3/task/{id}: the task with its `status` (pending, done, faulted)."""
-        response = await self.request("GET", self.url(f"/v3/task/{task_id}"))
+        response = await self.request("GET", self.url(f"/v3/task/{_task_part(task_id)}"))
         raise_for_status(self.name, response)
         return _json_object(response)
 
     async def get_results(self, task_id: str) -> bytes | None:
         """GET /v3/task/{id}/results: the raw JSON body, or None while not ready (204)."""
-        response = await self.request("GET", self.url(f"/v3/task/{task_id}/results"))
+        url = self.url(f"/v3/task/{_task_part(task_id)}/results")
+        response = await self.request("GET", url)
         raise_for_status(self.name, response)
         if response.status_code == 204 or not response.content:
             return None
@@ -69,6 +70,12 @@ class DecodoClient(ProviderClient):
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     return json_object("decodo", response)
+
+
+def _task_part(task_id: str) -> str:
+    """A task id (from Decodo's answer, or a callback) as one path segment, quoted; one that
+    could leave its segment (/, ?, #, \\, ..) is Rejected, reason bad_id."""
+    return path_part("decodo task", task_id)
 
 
 def _submitted(task: Mapping[str, Any], params: Mapping[str, Any]) -> SubmittedTask:

@@ -160,3 +160,35 @@ def test_a_body_that_is_no_json_error_is_summarized_on_one_line(
     with pytest.raises(Unavailable) as caught:
         raise_for_status("decodo", response)
     assert str(caught.value) == f"decodo answered 502: {said}"
+
+
+@pytest.mark.parametrize("task_id", ["../x", "..", ".", "a/b", "a?b", "a#b", "a\\b", ""])
+async def test_a_task_id_that_could_leave_its_path_segment_is_refused(task_id: str) -> None:
+    # Unquoted, ../x made GET /v3/x/results and a?b asked for /v3/task/a with a query.
+    client, seen = client_with(lambda r: httpx.Response(200, json={"status": "done"}))
+    for call in (client.get_task, client.get_results):
+        with pytest.raises(Rejected) as caught:
+            await call(task_id)
+        assert caught.value.reason == "bad_id"
+    assert seen == []  # nothing sent
+    await client.http.aclose()
+
+
+@pytest.mark.parametrize(
+    ("task_id", "segment"),
+    [
+        ("7434928397127555073", "7434928397127555073"),
+        ("a b", "a%20b"),
+        ("50%", "50%25"),
+        ("a;b=c", "a%3Bb%3Dc"),
+        ("é", "%C3%A9"),
+        ("%2e%2e", "%252e%252e"),
+    ],
+)
+async def test_a_task_id_is_quoted_into_one_path_segment(task_id: str, segment: str) -> None:
+    client, seen = client_with(lambda r: httpx.Response(200, json={"status": "done"}))
+    await client.get_task(task_id)
+    await client.get_results(task_id)
+    paths = [request.url.raw_path.decode() for request in seen]
+    assert paths == [f"/v3/task/{segment}", f"/v3/task/{segment}/results"]
+    await client.http.aclose()
