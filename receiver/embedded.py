@@ -56,15 +56,28 @@ def redis_server_binary() -> str:
     return found
 
 
-def load_secrets(data_dir: Path) -> EmbeddedSecrets:
-    """The secrets kept in the data dir, generated on first use (file mode 0600)."""
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+def read_secrets(data_dir: Path) -> EmbeddedSecrets | None:
+    """The secrets kept in the data dir, or None when it has none; never writes anything
+    (what a client of the deployment uses). OSError or ValueError when they are unreadable."""
     path = data_dir / _SECRETS_FILE
-    if path.exists():
-        stored = json.loads(path.read_text())
-        return EmbeddedSecrets(
-            tuple(stored["secret_keys"]), stored["api_token"], stored["redis_password"]
-        )
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    stored = json.loads(text)
+    return EmbeddedSecrets(
+        tuple(stored["secret_keys"]), stored["api_token"], stored["redis_password"]
+    )
+
+
+def load_secrets(data_dir: Path) -> EmbeddedSecrets:
+    """The secrets kept in the data dir, generated on first use (file mode 0600): what the
+    embedded deployment's own processes use."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    found = read_secrets(data_dir)
+    if found is not None:
+        return found
+    path = data_dir / _SECRETS_FILE
     fresh = EmbeddedSecrets(
         (secrets.token_urlsafe(32),), secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     )

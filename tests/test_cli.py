@@ -135,6 +135,64 @@ def test_web_and_worker_refuse_to_start_without_secrets(redis_process: RedisProc
             assert "k" not in result.stderr.replace(missing, "").split()
 
 
+# Every command that talks to a running receiver, with what it needs.
+CLIENT_COMMANDS = (
+    ("show", "j1"),
+    ("jobs",),
+    ("watch", "j1"),
+    ("cancel", "j1"),
+    ("retry", "j1"),
+    ("submit", "decodo", "https://a.example"),
+    ("track", "firecrawl", "b1"),
+)
+
+
+def client_run(
+    env: dict[str, str], cwd: Path, *args: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """`receiver ARGS` run in `cwd`."""
+    command = [sys.executable, "-m", "receiver", *args]
+    return subprocess.run(
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_client_commands_read_the_data_dirs_token_and_never_write_one(tmp_path: Path) -> None:
+    """`receiver run` in its data dir; the client commands in an empty directory elsewhere:
+    with RECEIVER_DATA_DIR they use its token, without it (nor RECEIVER_API_TOKEN) they say
+    what to set. Either way they write nothing: a token they made would be refused."""
+    port = free_port()
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    server_env = receiver_env(PORT=str(port), RECEIVER_DATA_DIR=str(data))
+    client_env = receiver_env(RECEIVER_URL=f"http://127.0.0.1:{port}")
+    with running("run", server_env) as process:
+        read_until(process, r"API token\s+(\S+)")
+        wait_for_port(port)
+        secrets = (data / "secrets.json").read_bytes()
+        listed = client_run({**client_env, "RECEIVER_DATA_DIR": str(data)}, elsewhere, "jobs")
+        refused = [client_run(client_env, elsewhere, *command) for command in CLIENT_COMMANDS]
+        missing = tmp_path / "missing"
+        nowhere = client_run({**client_env, "RECEIVER_DATA_DIR": str(missing)}, elsewhere, "jobs")
+    assert listed.returncode == 0, listed.stderr
+    assert " ".join(listed.stdout.split()) == "id provider status progress created (UTC) error"
+    for answer in [*refused, nowhere]:
+        assert answer.returncode == 1, answer.stderr
+        assert "RECEIVER_API_TOKEN" in answer.stderr and "RECEIVER_DATA_DIR" in answer.stderr
+        assert "401" not in answer.stderr
+    assert str(elsewhere / ".receiver") in refused[0].stderr
+    assert list(elsewhere.iterdir()) == [] and not missing.exists()
+    assert (data / "secrets.json").read_bytes() == secrets
+
+
+def test_client_commands_on_an_external_redis_say_to_set_the_token(tmp_path: Path) -> None:
+    env = receiver_env(REDIS_URL="redis://127.0.0.1:9/0", RECEIVER_URL="http://127.0.0.1:9")
+    answer = client_run(env, tmp_path, "show", "j1")
+    assert answer.returncode == 1
+    assert answer.stderr == "Error: no API token: set RECEIVER_API_TOKEN to the receiver's token\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_submit_and_show_through_the_cli(redis_process: RedisProcess) -> None:
     port = free_port()
     env = receiver_env(

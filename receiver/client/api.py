@@ -56,12 +56,7 @@ class Api:
         """`RECEIVER_URL` (default: this machine's `PORT`), and `RECEIVER_API_TOKEN` or the
         embedded deployment's own token."""
         base = environ.get("RECEIVER_URL", f"http://127.0.0.1:{settings.port}").rstrip("/")
-        token = settings.api_token
-        if not token and settings.embedded:
-            from receiver.embedded import load_secrets
-
-            token = load_secrets(settings.data_dir).api_token
-        return cls(base, token)
+        return cls(base, settings.api_token or _embedded_token(settings))
 
     @property
     def headers(self) -> dict[str, str]:
@@ -117,6 +112,30 @@ class Api:
                 break
             cursor = page["next_cursor"]
         return found[:limit]
+
+
+def _embedded_token(settings: Settings) -> str:
+    """The token an embedded deployment keeps in its data dir, only read: a client never
+    makes the server's secrets (a token made here would only be refused, 401)."""
+    from receiver.embedded import read_secrets
+
+    if not settings.embedded:  # a receiver on its own Redis keeps no token on disk
+        raise ClientError("no API token: set RECEIVER_API_TOKEN to the receiver's token")
+    where = settings.data_dir.resolve()
+    try:
+        found = read_secrets(settings.data_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a secrets file"
+        raise ClientError(f"cannot read the API token in {where} ({why}): {_SET_TOKEN}") from None
+    if found is None:
+        raise ClientError(f"no API token, and no receiver's secrets in {where}: {_SET_TOKEN}")
+    return found.api_token
+
+
+_SET_TOKEN = (
+    "set RECEIVER_API_TOKEN to the receiver's token, or RECEIVER_DATA_DIR to the data dir "
+    "of the `receiver run` to talk to"
+)
 
 
 def job_path(job_id: str, then: str = "") -> str:
