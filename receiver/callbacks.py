@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,10 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 _RETRY_HEADERS = [*_JSON_HEADERS, (b"retry-after", b"1")]
 # prometheus children by (provider, outcome), so counting costs a dict lookup.
 _COUNTERS: dict[tuple[str, str], Any] = {}
+# Seconds over which refused callbacks are counted into one log line (see RefusalLog).
+REFUSALS_INTERVAL = 60.0
+# The attribute of the app's state that holds its RefusalLog: one per app (a test's own).
+REFUSALS_STATE = "callback_refusals"
 # A Decodo task id as a callback may carry it: 1 to 64 printable ASCII characters.
 TASK_ID = re.compile(r"[ -~]{1,64}")
 # Task statuses a Decodo callback may carry, mapped to what we record.
@@ -82,15 +87,70 @@ def _rejection(exc: Exception) -> str:
     return "malformed"
 
 
-def count(provider: str, outcome: str) -> None:
-    """Count a callback's outcome; log a refusal once, with its reason but never the token
-    or the body."""
+class RefusalLog:
+    """Refused callbacks in the log without a line each (an attack sends thousands): the
+    first of each provider and reason in an interval is logged at once, the others counted,
+    and the interval's counts logged in one line by the first callback after it ends.
+    `receiver_callbacks_total` counts every one. Never the token or the body."""
+
+    def __init__(
+        self, interval: float = REFUSALS_INTERVAL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._started = clock()
+        self._counts: dict[tuple[str, str], int] = {}  # (provider, reason) -> refusals
+        self._unlogged = 0  # refusals of this interval without a line of their own
+
+    def refused(self, provider: str, reason: str) -> None:
+        self.tick()
+        seen = self._counts.get((provider, reason), 0)
+        self._counts[(provider, reason)] = seen + 1
+        if seen:
+            self._unlogged += 1
+        else:
+            log.warning("callback rejected", extra={"provider": provider, "reason": reason})
+
+    def tick(self) -> None:
+        """End the interval once it is over, logging its counts if some went unlogged."""
+        now = self._clock()
+        if now - self._started < self.interval:
+            return
+        if self._unlogged:
+            rejected: dict[str, dict[str, int]] = {}
+            for (provider, reason), refusals in self._counts.items():
+                rejected.setdefault(provider, {})[reason] = refusals
+            extra = {"rejected": rejected, "seconds": round(now - self._started, 1)}
+            log.warning("callbacks rejected", extra=extra)
+        self._started, self._counts, self._unlogged = now, {}, 0
+
+
+# The RefusalLog of callbacks served outside a Starlette app (a test calling the ASGI app).
+_REFUSALS = RefusalLog()
+
+
+def refusals_of(scope: Scope) -> RefusalLog:
+    """The RefusalLog of the app serving the request, made on its first refusal."""
+    app = scope.get("app")
+    if app is None:
+        return _REFUSALS
+    found: RefusalLog | None = getattr(app.state, REFUSALS_STATE, None)
+    if found is None:
+        found = RefusalLog()
+        setattr(app.state, REFUSALS_STATE, found)
+    return found
+
+
+def count(provider: str, outcome: str, refusals: RefusalLog) -> None:
+    """Count a callback's outcome, and log a refusal through `refusals`."""
     counter = _COUNTERS.get((provider, outcome))
     if counter is None:
         counter = _COUNTERS[(provider, outcome)] = CALLBACKS.labels(provider, outcome)
     counter.inc()
-    if outcome not in _UNLOGGED_OUTCOMES:
-        log.warning("callback rejected", extra={"provider": provider, "reason": outcome})
+    if outcome in _UNLOGGED_OUTCOMES:
+        refusals.tick()
+    else:
+        refusals.refused(provider, outcome)
 
 
 class DecodoCallbacks:
@@ -102,7 +162,7 @@ class DecodoCallbacks:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status, body, outcome = await self._answer(scope, receive, self._current())
-        count("decodo", outcome)
+        count("decodo", outcome, refusals_of(scope))
         headers = _RETRY_HEADERS if status == 503 else _JSON_HEADERS
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -187,12 +247,14 @@ class CallbackFastPath:
 
 
 async def firecrawl_webhook(request: Request, services: Services) -> Response:
+    refusals = refusals_of(request.scope)
     try:
         response = await _firecrawl_webhook(request, services)
     except (ReceiverError, RedisError) as exc:
-        count("firecrawl", _rejection(exc))
+        count("firecrawl", _rejection(exc), refusals)
         raise
-    count("firecrawl", str(orjson.loads(bytes(response.body)).get("status", "accepted")))
+    outcome = str(orjson.loads(bytes(response.body)).get("status", "accepted"))
+    count("firecrawl", outcome, refusals)
     return response
 
 

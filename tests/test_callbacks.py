@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
 import httpx
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
+from receiver import callbacks
 from receiver.app import create_app
 from receiver.settings import Settings
 from receiver.tokens import PassthroughSigner
@@ -177,3 +180,88 @@ def test_readyz_without_redis_is_503_with_a_reason() -> None:
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     assert response.status_code == 503
     assert response.json()["ready"] is False and response.json()["reason"].startswith("redis")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _refused(outcome: str, provider: str = "decodo") -> float:
+    value = REGISTRY.get_sample_value(
+        "receiver_callbacks_total", {"provider": provider, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+def _refusal_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.name == "receiver.callbacks" and "rejected" in record.getMessage()
+    ]
+
+
+def test_repeated_refusals_are_logged_first_then_counted_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = _Clock()
+    refusals = callbacks.RefusalLog(60.0, clock)
+    reasons = ("bad_token", "malformed", "unknown_task")
+    before = {reason: _refused(reason) for reason in reasons}
+    with caplog.at_level(logging.INFO, logger="receiver.callbacks"):
+        for n in range(3000):  # 1,000 a minute over three minutes, with accepted ones between
+            callbacks.count("decodo", reasons[n % 3] if n % 4 else "accepted", refusals)
+            clock.now += 0.06
+        clock.now += 60.0
+        callbacks.count("decodo", "accepted", refusals)  # ends the last interval
+
+    lines = _refusal_lines(caplog)
+    firsts = [r for r in lines if r.getMessage() == "callback rejected"]
+    summaries = [r for r in lines if r.getMessage() == "callbacks rejected"]
+    assert (len(firsts), len(summaries)) == (3 * 3, 3)  # per minute: each reason once, a sum
+    assert sorted(vars(r)["reason"] for r in firsts[:3]) == list(reasons)
+    counted: dict[str, int] = {}
+    for summary in summaries:
+        for reason, refused in vars(summary)["rejected"]["decodo"].items():
+            counted[reason] = counted.get(reason, 0) + refused
+    assert counted == {"bad_token": 750, "malformed": 750, "unknown_task": 750}
+    assert {reason: _refused(reason) - before[reason] for reason in reasons} == counted
+
+
+def test_a_thousand_refused_callbacks_log_a_few_lines_and_count_exactly(
+    redis_process: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(redis_url=redis_process.url, secret_keys=KEYS, api_token="t")
+    app = create_app(settings)
+    clock = _Clock()
+    setattr(app.state, callbacks.REFUSALS_STATE, callbacks.RefusalLog(60.0, clock))
+    forged = PassthroughSigner(["attacker-key"], 3600).sign("j1")
+    before = {reason: _refused(reason) for reason in ("bad_token", "malformed")}
+    with serve_app(app) as url, httpx.Client(timeout=10) as http:
+        with caplog.at_level(logging.INFO, logger="receiver.callbacks"):
+            for n in range(1000):
+                body = {"id": "1", "passthrough": forged} if n % 2 else b"{not json"
+                content = body if isinstance(body, bytes) else orjson.dumps(body)
+                assert http.post(f"{url}/callbacks/decodo", content=content).status_code in (
+                    400,
+                    401,
+                )
+                if n == 499:
+                    clock.now += 61.0  # a minute later
+            clock.now += 61.0
+            assert http.post(f"{url}/callbacks/decodo", content=b"[]").status_code == 400
+        lines = _refusal_lines(caplog)
+    assert len(lines) <= 7, [r.getMessage() for r in lines]  # 2 reasons, 2 minutes, 2 sums
+    summaries = [
+        vars(r)["rejected"]["decodo"] for r in lines if r.getMessage() == "callbacks rejected"
+    ]
+    assert summaries == [
+        {"malformed": 250, "bad_token": 250},
+        {"malformed": 250, "bad_token": 250},
+    ]
+    assert _refused("bad_token") - before["bad_token"] == 500
+    assert _refused("malformed") - before["malformed"] == 501
