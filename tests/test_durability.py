@@ -84,7 +84,7 @@ def test_web_refuses_to_start_with_fsync_on_a_redis_without_it(
     env = child_env(
         REDIS_URL=redis_process.url,
         RECEIVER_SECRET_KEYS="k9Xq2mT7vR4wZp8L",
-        RECEIVER_API_TOKEN="t" * 32,
+        RECEIVER_API_TOKEN="t3Fh8Jk1Nq6Ws0Yb-durability",
         RECEIVER_DURABILITY="fsync",
         PORT=str(free_port()),
     )
