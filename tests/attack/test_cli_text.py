@@ -28,9 +28,10 @@ import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.client.frames import sse_frame
 from tests.e2e import Deployment, deployment
 from tests.servers import RedisProcess, run_cli, serve_app
 from tests.test_watch import cli_env, piped
@@ -296,3 +297,28 @@ def test_errors_quote_a_hostile_job_id_as_text(redis_process: RedisProcess) -> N
     for command, answer in answers.items():
         assert answer.returncode == 4, (command, answer.stderr)
         assert_text(answer.stderr, r"404: no job \x1b[2J\x9b2J[b]\u202e\r\x07")
+
+
+def test_watch_tells_a_refusal_it_retries_as_text() -> None:
+    """A 503 whose message is hostile, then the job's end: the reconnection line on
+    stderr quotes the message as text."""
+    answers: list[Response] = [
+        JSONResponse({"error": "unavailable", "message": ESCAPES}, 503),
+        Response(
+            sse_frame(
+                "1-0",
+                "job.state",
+                {"id": "j1", "provider": "decodo", "status": "completed", "progress": {}},
+            ),
+            media_type="text/event-stream",
+        ),
+    ]
+
+    async def events(request: Request) -> Response:
+        return answers.pop(0)
+
+    app = Starlette(routes=[Route("/jobs/{job_id}/events", events)])
+    with serve_app(app) as url:
+        watched = run_cli({**cli_env(url), **TERMINAL}, "watch", "j1")
+    assert watched.returncode == 0, watched.stderr
+    assert_text(watched.stderr, f"503: {ESCAPES_SHOWN}; reconnecting in")
