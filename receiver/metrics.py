@@ -47,6 +47,13 @@ DURABILITY = Gauge(
     multiprocess_mode="max",
 )
 
+CONNECTIONS_CUT = Counter(
+    "receiver_http_connections_cut_total",
+    "HTTP connections answered and closed by the server's limits, by reason "
+    "(header_too_large, header_timeout, body_timeout, too_many_connections).",
+    ["reason"],
+)
+
 
 class RedisGauges(Collector):
     """Values read from Redis just before a scrape: queues, jobs by status, events."""

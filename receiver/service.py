@@ -6,16 +6,24 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
+import orjson
 import prometheus_client
 import uvicorn
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
 
 from receiver.app import Background, create_app
+from receiver.metrics import CONNECTIONS_CUT
 from receiver.providers.base import open_http
 from receiver.settings import Settings
 from receiver.store import open_redis, open_store
@@ -50,6 +58,7 @@ async def _cancelled_by_signals(main: Coroutine[Any, Any, None]) -> None:
 
 async def run_worker(settings: Settings) -> None:
     """`receiver worker`: work until cancelled; `Fatal` when Redis can never be used."""
+    raise_file_limit()  # a Redis connection and a provider one per concurrent fetch or poll
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)
     redis = open_redis(settings)
@@ -117,6 +126,9 @@ def serve(app: Starlette, settings: Settings) -> None:
         app,
         host=settings.host,
         port=settings.port,
+        # httptools, with the bounds uvicorn does not give it (GuardedProtocol).
+        http=guarded_protocol(connection_limits(settings)),
+        ws="none",  # no route is a WebSocket
         log_level="warning",
         # Uvicorn's loggers propagate to the root handler of configure_logging: one format,
         # JSON included, rather than uvicorn's own plain-text handlers.
@@ -130,3 +142,233 @@ def serve(app: Starlette, settings: Settings) -> None:
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
     )
     uvicorn.Server(config).run()
+
+
+# -- the bounds of an HTTP connection ---------------------------------------------------
+#
+# uvicorn's httptools protocol bounds neither the size of a request's headers (httptools
+# gathers a header line in memory however long it grows) nor the time a client takes to
+# send them or its body (the keep-alive timeout only runs between requests; a connection
+# that never sends a byte is never timed out), nor the number of open connections
+# (limit_concurrency answers 503 to requests, once their headers are in, and counts the
+# slow connections it should shed against the good ones). Its h11 protocol bounds the
+# headers (400, not 431) but not the times either, and parses in pure Python. So:
+# httptools, and a subclass that adds the bounds on the bytes as they arrive, with one
+# timer at most per connection (none for a request that arrives whole in one read on a
+# kept-alive connection, as callbacks do).
+
+# Seconds a connection being closed reads and drops what its client still sends, after
+# the answer and a FIN: the client reads the answer before a reset can destroy it.
+LINGER = 0.5
+# Open files a process needs besides its client connections, beyond its Redis pools and
+# provider connections: the listening socket, logs, the embedded redis-server's pipes.
+_FILES_SPARE = 64
+# The soft file limit asked for when the hard one is unlimited.
+_FILES_WANTED = 1 << 20
+_LINGERING = -2  # GuardedProtocol._head of a connection being closed
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_header_size: int  # bytes of a request line and headers
+    header_timeout: float  # seconds to send them
+    body_timeout: float  # seconds to send the body, once the headers are in
+    max_connections: int  # open at once
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The settings' limits, with as many connections as the file limit leaves room for
+    (raised to its hard limit first)."""
+    files = raise_file_limit()
+    pools = 2 * settings.fetch_concurrency + 2 * settings.poll_concurrency + 64  # open_redis
+    providers = settings.fetch_concurrency + settings.poll_concurrency  # `run`'s worker
+    reserve = pools + providers + _FILES_SPARE
+    room = max(files - reserve, files // 4)
+    if settings.max_connections > room:
+        log.warning(
+            "fewer connections than RECEIVER_MAX_CONNECTIONS for lack of open files",
+            extra={"max_connections": room, "file_limit": files, "reserved": reserve},
+        )
+    return ConnectionLimits(
+        settings.max_header_size,
+        settings.header_timeout,
+        settings.body_timeout,
+        min(settings.max_connections, room),
+    )
+
+
+def raise_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit; the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _FILES_WANTED if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return _FILES_WANTED if soft == resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("the file limit could not be raised", extra={"limit": soft, "error": exc})
+        return soft
+    return wanted
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[GuardedProtocol]:
+    return type("ReceiverHttpProtocol", (GuardedProtocol,), {"limits": limits})
+
+
+def _answer(status: int, reason: str, message: str, *extra: bytes) -> bytes:
+    """A whole JSON answer that closes its connection."""
+    body = orjson.dumps({"error": reason, "message": message})
+    head = [
+        b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode()),
+        b"content-type: application/json",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        *extra,
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+_ANSWERS = {
+    "header_too_large": _answer(431, "header_too_large", "the request headers are too large"),
+    "header_timeout": _answer(408, "timeout", "the request headers were not sent in time"),
+    "body_timeout": _answer(408, "timeout", "the request body was not sent in time"),
+    "too_many_connections": _answer(
+        503, "unavailable", "too many open connections; retry later", b"retry-after: 1"
+    ),
+}
+
+
+class _Cycle(RequestResponseCycle):
+    """A request of GuardedProtocol: answered before its body was received whole (a 413
+    that did not read it), it is answered with `connection: close`, and its connection is
+    closed (what is left of the body would be swallowed for as long as the client sends)."""
+
+    unread = False  # answered before its body was received whole
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if self.response_started or not self.more_body:
+            await super().send(message)
+            return
+        self.unread = True
+        self.keep_alive = False  # uvicorn then writes `connection: close`...
+        await super().send(message)
+        self.keep_alive = True  # ...and GuardedProtocol closes it once answered, lingering
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounds: headers over `max_header_size` bytes are
+    answered 431 without being parsed, headers not in after `header_timeout` seconds and a
+    body not in `body_timeout` seconds after them 408, a connection beyond
+    `max_connections` 503; each of those closes its connection, as does an answer that did
+    not read its request's body."""
+
+    limits: ConnectionLimits
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._head = 0  # bytes of the request head being read; -1 while none is
+        self._tail = b""  # the last bytes of the head so far, where its blank line may start
+        self._in_body = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            CONNECTIONS_CUT.labels("too_many_connections").inc()
+            transport.write(_ANSWERS["too_many_connections"])
+            transport.close()
+            return
+        self._arm()  # a connection that never sends a byte is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head >= 0:
+            self._head += len(data)
+            if self._head > self.limits.max_header_size and not self._head_ends(data):
+                self._cut("header_too_large")
+                return
+        elif self._head == _LINGERING:
+            return
+        super().data_received(data)
+        if self._head > 0:  # a head begun, not complete
+            self._tail = data[-3:]
+        if self._timer is None and (self._head > 0 or self._in_body):
+            self._arm()
+
+    def _head_ends(self, data: bytes) -> bool:
+        """Whether the head ends in `data` within max_header_size bytes."""
+        seen = self._tail + data
+        room = self.limits.max_header_size - (self._head - len(data)) + len(self._tail)
+        return seen.find(b"\r\n\r\n", 0, room) >= 0
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._head, self._tail, self._in_body = -1, b"", True
+        self._disarm()
+        if type(self.cycle) is RequestResponseCycle:
+            self.cycle.__class__ = _Cycle  # the one uvicorn just made, not yet run
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head, self._in_body = 0, False  # what comes next is the next request's head
+        self._disarm()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        if isinstance(cycle, _Cycle) and cycle.unread:
+            self.server_state.total_requests += 1
+            self._linger()
+            return
+        super().on_response_complete()
+
+    def _arm(self) -> None:
+        delay = self.limits.body_timeout if self._in_body else self.limits.header_timeout
+        self._timer = self.loop.call_later(delay, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._in_body:
+            self._cut("body_timeout")
+        elif self._head > 0:
+            self._cut("header_timeout")
+        else:  # not a byte of a request: nothing to answer
+            CONNECTIONS_CUT.labels("header_timeout").inc()
+            self.transport.close()
+
+    def _cut(self, reason: str) -> None:
+        """Answer (unless an answer is under way) and close, lingering; the app, if it is
+        still reading the request, is told that the client went away."""
+        CONNECTIONS_CUT.labels(reason).inc()
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            self.transport.write(_ANSWERS[reason])
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Send what is written and a FIN, drop what the client still sends for LINGER
+        seconds, then close."""
+        self._disarm()
+        self._head, self._in_body = _LINGERING, False
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._timer = self.loop.call_later(LINGER, self.transport.close)

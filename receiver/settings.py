@@ -133,6 +133,15 @@ class Settings:
     durability_timeout: float = 1.0
     # Seconds a stopping web process gives requests in flight (and open event streams).
     shutdown_timeout: float = 10.0
+    # Bytes of a request's line and headers; beyond it, 431 and the connection closed.
+    max_header_size: int = 16 * 1024
+    # Seconds a client has to send a request's headers (from its first byte, or from the
+    # connection's opening), and then its body; beyond either, 408 and closed.
+    header_timeout: float = 5.0
+    body_timeout: float = 10.0
+    # Open HTTP connections per web process (capped by its file limit); a connection
+    # beyond them is answered 503 and closed.
+    max_connections: int = 4096
 
     @property
     def embedded(self) -> bool:
@@ -202,6 +211,10 @@ class Settings:
             shutdown_timeout=_number(
                 env, "RECEIVER_SHUTDOWN_TIMEOUT", base.shutdown_timeout, float
             ),
+            max_header_size=_number(env, "RECEIVER_MAX_HEADER_SIZE", base.max_header_size, int),
+            header_timeout=_number(env, "RECEIVER_HEADER_TIMEOUT", base.header_timeout, float),
+            body_timeout=_number(env, "RECEIVER_BODY_TIMEOUT", base.body_timeout, float),
+            max_connections=_number(env, "RECEIVER_MAX_CONNECTIONS", base.max_connections, int),
         )
 
     def stall_after_for(self, provider: str) -> float:

@@ -160,3 +160,20 @@ def test_repr_hides_the_redis_password_and_every_secret() -> None:
     assert repr(Settings(redis_url="redis://127.0.0.1:6379/0")).startswith(
         "Settings(redis_url='redis://127.0.0.1:6379/0', "
     )
+
+
+def test_from_env_reads_the_connection_limits() -> None:
+    settings = Settings.from_env(
+        {
+            "RECEIVER_MAX_HEADER_SIZE": "8192",
+            "RECEIVER_HEADER_TIMEOUT": "2.5",
+            "RECEIVER_BODY_TIMEOUT": "20",
+            "RECEIVER_MAX_CONNECTIONS": "1000",
+        }
+    )
+    assert settings.max_header_size == 8192
+    assert (settings.header_timeout, settings.body_timeout) == (2.5, 20.0)
+    assert settings.max_connections == 1000
+    defaults = Settings.from_env({})
+    assert (defaults.max_header_size, defaults.max_connections) == (16384, 4096)
+    assert (defaults.header_timeout, defaults.body_timeout) == (5.0, 10.0)
