@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -22,11 +22,20 @@ from receiver.outages import Outages, outage_reason
 from receiver.providers.base import open_http
 from receiver.registry import workflows
 from receiver.settings import Settings
-from receiver.store import callback_committer, open_redis, open_store
+from receiver.store import (
+    REDIS_CONNECT_TIMEOUT,
+    REDIS_TIMEOUT,
+    callback_committer,
+    open_redis,
+    open_store,
+)
 from receiver.tokens import PassthroughSigner
-from receiver.web import Services, authed, handler, json_response
+from receiver.web import Services, StreamSlots, authed, handler, json_response
 
 Background = Callable[[Services], contextlib.AbstractAsyncContextManager[None]]
+# Connections of the event streams' pool: the feed's read, and the short reads of streams
+# opening or catching up (a stream waiting for events holds none).
+STREAM_POOL_SIZE = 32
 
 
 def create_app(
@@ -44,8 +53,11 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_factory() if redis_factory else open_redis(settings)
+        stream_redis = redis_factory() if redis_factory else open_stream_redis(settings)
         store = open_store(settings, redis)
         signer = PassthroughSigner(settings.secret_keys, settings.token_max_age)
+        outages = Outages()
+        feed = streams.EventFeed(stream_redis, store.keys, outages, settings.sse_heartbeat)
         async with open_http(settings) as http:
             services["s"] = Services(
                 settings,
@@ -56,7 +68,10 @@ def create_app(
                 http,
                 workflows(Context(settings, store, http, signer)),
                 metrics.RedisGauges(),
-                Outages(),
+                outages,
+                stream_redis,
+                StreamSlots(settings.max_streams),
+                feed,
             )
             metrics.DURABILITY.labels(settings.durability or "none").set(1)
             try:
@@ -66,6 +81,8 @@ def create_app(
                     async with background(services["s"]):
                         yield
             finally:
+                await feed.close()
+                await stream_redis.aclose()
                 await redis.aclose()
 
     decodo_callbacks = callbacks.DecodoCallbacks(current)
@@ -90,6 +107,21 @@ def create_app(
     # The callback path skips routing: it is the one that must be fast.
     fast_path = Middleware(callbacks.CallbackFastPath, endpoint=decodo_callbacks)
     return Starlette(routes=routes, lifespan=lifespan, middleware=[fast_path])
+
+
+def open_stream_redis(settings: Settings) -> Redis:
+    """The event streams' client, with a pool of its own: callbacks never wait behind
+    subscribers for a connection."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url or "",
+        max_connections=STREAM_POOL_SIZE,
+        timeout=REDIS_TIMEOUT,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+    return Redis.from_pool(pool)  # closing the client closes the pool too
 
 
 async def metrics_endpoint(request: Request, services: Services) -> Response:

@@ -47,6 +47,15 @@ DURABILITY = Gauge(
     multiprocess_mode="max",
 )
 
+STREAMS_OPEN = Gauge(
+    "receiver_event_streams",
+    "Event streams (SSE) open.",
+    multiprocess_mode="livesum",
+)
+STREAMS_REFUSED = Counter(
+    "receiver_event_streams_refused_total",
+    "Event streams refused (429) because RECEIVER_MAX_STREAMS were open.",
+)
 CONNECTIONS_CUT = Counter(
     "receiver_http_connections_cut_total",
     "HTTP connections answered and closed by the server's limits, by reason "

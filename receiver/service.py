@@ -22,7 +22,7 @@ from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from receiver.app import Background, create_app
+from receiver.app import STREAM_POOL_SIZE, Background, create_app
 from receiver.metrics import CONNECTIONS_CUT
 from receiver.providers.base import open_http
 from receiver.settings import Settings
@@ -182,7 +182,7 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
     files = raise_file_limit()
     pools = 2 * settings.fetch_concurrency + 2 * settings.poll_concurrency + 64  # open_redis
     providers = settings.fetch_concurrency + settings.poll_concurrency  # `run`'s worker
-    reserve = pools + providers + _FILES_SPARE
+    reserve = pools + STREAM_POOL_SIZE + providers + _FILES_SPARE
     room = max(files - reserve, files // 4)
     if settings.max_connections > room:
         log.warning(

@@ -142,6 +142,8 @@ class Settings:
     # Open HTTP connections per web process (capped by its file limit); a connection
     # beyond them is answered 503 and closed.
     max_connections: int = 4096
+    # Open event streams (SSE) per web process; beyond them, 429 with Retry-After.
+    max_streams: int = 500
 
     @property
     def embedded(self) -> bool:
@@ -215,6 +217,7 @@ class Settings:
             header_timeout=_number(env, "RECEIVER_HEADER_TIMEOUT", base.header_timeout, float),
             body_timeout=_number(env, "RECEIVER_BODY_TIMEOUT", base.body_timeout, float),
             max_connections=_number(env, "RECEIVER_MAX_CONNECTIONS", base.max_connections, int),
+            max_streams=_number(env, "RECEIVER_MAX_STREAMS", base.max_streams, int),
         )
 
     def stall_after_for(self, provider: str) -> float:

@@ -6,7 +6,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -19,13 +19,36 @@ from starlette.types import Receive, Scope
 from receiver.batching import Batcher
 from receiver.errors import InvalidRequest, PayloadTooLarge, ProviderError, ReceiverError
 from receiver.jobs.base import Workflow
-from receiver.metrics import RedisGauges
+from receiver.metrics import STREAMS_OPEN, RedisGauges
 from receiver.outages import Outages
 from receiver.settings import Settings
 from receiver.store import Callback, Store
 from receiver.tokens import PassthroughSigner
 
+if TYPE_CHECKING:
+    from receiver.streams import EventFeed
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamSlots:
+    """The event streams open in this process, and how many may be."""
+
+    limit: int
+    open: int = 0
+
+    def take(self) -> bool:
+        """One more stream, unless `limit` are open."""
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        STREAMS_OPEN.inc()
+        return True
+
+    def give(self) -> None:
+        self.open -= 1
+        STREAMS_OPEN.dec()
 
 
 @dataclass
@@ -41,6 +64,11 @@ class Services:
     workflows: dict[str, Workflow]  # each provider's, for what the API asks of them (cancel)
     gauges: RedisGauges
     outages: Outages
+    # The event streams' own client and pool: their reads never hold a connection that a
+    # callback waits for.
+    stream_redis: Redis
+    streams: StreamSlots
+    feed: EventFeed  # the one reader of the event stream for every open stream
 
 
 Endpoint = Callable[[Request, Services], Awaitable[Response]]

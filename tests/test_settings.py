@@ -162,18 +162,23 @@ def test_repr_hides_the_redis_password_and_every_secret() -> None:
     )
 
 
-def test_from_env_reads_the_connection_limits() -> None:
+def test_from_env_reads_the_connection_and_stream_limits() -> None:
     settings = Settings.from_env(
         {
             "RECEIVER_MAX_HEADER_SIZE": "8192",
             "RECEIVER_HEADER_TIMEOUT": "2.5",
             "RECEIVER_BODY_TIMEOUT": "20",
             "RECEIVER_MAX_CONNECTIONS": "1000",
+            "RECEIVER_MAX_STREAMS": "50",
         }
     )
     assert settings.max_header_size == 8192
     assert (settings.header_timeout, settings.body_timeout) == (2.5, 20.0)
-    assert settings.max_connections == 1000
+    assert (settings.max_connections, settings.max_streams) == (1000, 50)
     defaults = Settings.from_env({})
-    assert (defaults.max_header_size, defaults.max_connections) == (16384, 4096)
+    assert (defaults.max_header_size, defaults.max_connections, defaults.max_streams) == (
+        16384,
+        4096,
+        500,
+    )
     assert (defaults.header_timeout, defaults.body_timeout) == (5.0, 10.0)

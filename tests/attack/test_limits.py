@@ -1,7 +1,8 @@
 """The limits of `receiver web` against hostile senders, each on a real process: headers
 bounded (431), slow senders cut off (408), open connections bounded (503), the connection
-closed after an answer that did not read the body (413), and callbacks answered while
-1,000 slow connections are open."""
+closed after an answer that did not read the body (413), callbacks answered while 1,000
+slow connections and 200 event streams are open, streams bounded (429), and a Last-Event-ID
+Redis cannot take refused (400)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,19 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 import redis as sync_redis
 
+from receiver.keys import Keys
 from receiver.tokens import PassthroughSigner
 from tests.attack.conftest import API_TOKEN, KEYS, Target, create_running_job
 from tests.servers import RedisProcess, free_port, wait_for_port
+
+AUTH = f"Authorization: Bearer {API_TOKEN}\r\n".encode()
 
 
 @dataclass
@@ -338,3 +343,142 @@ def test_a_request_answered_after_its_body_keeps_its_connection(
             )
             answer = read_answer(sock)
             assert status_of(answer) == expected and b"connection: close" not in answer.lower()
+
+
+# -- event streams ----------------------------------------------------------------------
+
+
+def open_stream(web: Web, last_event_id: str | None = None) -> tuple[socket.socket, bytes]:
+    sock = web.connect()
+    resume = b"Last-Event-ID: %s\r\n" % last_event_id.encode() if last_event_id else b""
+    sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s\r\n" % (AUTH, resume))
+    answer = read_answer(sock, whole=False)
+    if status_of(answer) != 200:  # a refusal: its whole JSON body
+        length = int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(answer.partition(b"\r\n\r\n")[2]) < length and (chunk := sock.recv(65536)):
+            answer += chunk
+    return sock, answer
+
+
+def test_callbacks_do_not_wait_behind_200_event_streams(
+    redis_process: RedisProcess, tmp_path: Path
+) -> None:
+    """On a Redis pool of 68 (2 x 1 fetch + 2 x 1 poll + 64) for callbacks, 210 streams each
+    blocked in a read of their own: a callback still has a connection to record with."""
+    settings = {
+        "fetch_concurrency": "1",
+        "poll_concurrency": "1",
+        "sse_heartbeat": "30",  # each stream's read blocks ~10 s, the client's socket timeout
+        "max_streams": "210",
+    }
+    with running_web(redis_process, tmp_path, settings) as web:
+        tasks = [f"streamed-{number}" for number in range(40)]
+        job_id = job_with_tasks(web, tasks)
+        alone = web.callbacks_ms(job_id, tasks[:20])
+        streams: list[socket.socket] = []
+        try:
+            for _ in range(210):
+                sock, answer = open_stream(web)
+                streams.append(sock)
+                assert status_of(answer) == 200, answer
+            time.sleep(1.0)  # every stream in its blocking read
+            # 5 s: a callback that waited for a stream to let a connection go would be late
+            beside = web.callbacks_ms(job_id, tasks[20:], timeout=5)
+            print(f"\ncallbacks alone: {summary(alone)}; beside 210 streams: {summary(beside)}")
+            # One more stream is over the limit: 429, until a stream ends.
+            sock, answer = open_stream(web)
+            sock.close()
+            assert status_of(answer) == 429 and b"retry-after: 5" in answer.lower(), answer
+            assert b'"too_many_streams"' in answer
+            streams.pop().close()
+            deadline = time.monotonic() + 5
+            while True:  # the server sees the client go at its next write or read
+                sock, answer = open_stream(web)
+                streams.append(sock)
+                if status_of(answer) == 200 or time.monotonic() > deadline:
+                    break
+                streams.pop().close()
+                time.sleep(0.1)
+            assert status_of(answer) == 200, answer
+        finally:
+            for sock in streams:
+                sock.close()
+
+
+def test_a_last_event_id_redis_cannot_take_is_400(
+    redis_process: RedisProcess, tmp_path: Path
+) -> None:
+    with running_web(redis_process, tmp_path) as web:
+        for last in ("99999999999999999999-0", "18446744073709551616-0", "0-18446744073709551616"):
+            sock, answer = open_stream(web, last)
+            sock.close()
+            assert status_of(answer) == 400, (last, answer)
+        # the largest id Redis takes opens a stream (which has nothing after it)
+        sock, answer = open_stream(web, "18446744073709551615-18446744073709551615")
+        sock.close()
+        assert status_of(answer) == 200, answer
+        job_id = job_with_tasks(web, ["t"])
+        response = httpx.get(
+            f"{web.target.url}/jobs/{job_id}/events",
+            headers={
+                "Authorization": f"Bearer {API_TOKEN}",
+                "Last-Event-ID": "1-99999999999999999999",
+            },
+            timeout=10,
+        )
+        assert response.status_code == 400, response.text
+    assert "Exception in ASGI application" not in web.log.read_text()
+    assert "Traceback" not in web.log.read_text()
+
+
+def add_events(redis: sync_redis.Redis, count: int, pad: int = 0) -> list[str]:
+    """`count` events of a job appended to the stream as the scripts append them (with a
+    detail of `pad` bytes); their ids."""
+    event = orjson.dumps(
+        {
+            "type": "job.progress",
+            "job_id": "j1",
+            "provider": "decodo",
+            "status": "running",
+            "detail": {"pad": "x" * pad},
+        }
+    )
+    with redis.pipeline(transaction=False) as pipe:
+        for _ in range(count):
+            pipe.xadd(Keys().events, {"event": event})
+        ids: Any = pipe.execute()
+    return [entry_id.decode() for entry_id in ids]
+
+
+def stream_ids(url: str, count: int, last_event_id: str | None = None) -> Iterator[str]:
+    """The ids of the first `count` events of GET /events; the stream opened before the
+    first is asked for (the generator is primed)."""
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    if last_event_id:
+        headers["Last-Event-ID"] = last_event_id
+    with httpx.stream("GET", f"{url}/events", headers=headers, timeout=30) as response:
+        assert response.status_code == 200
+        yield ""
+        seen = 0
+        for line in response.iter_lines():
+            if line.startswith("id: "):
+                yield line.removeprefix("id: ")
+                seen += 1
+                if seen == count:
+                    return
+
+
+def test_streams_behind_the_feed_get_every_event_once(target: Target) -> None:
+    """More events than the feed keeps (4,096, or 8 MiB): a stream resumed from before
+    5,000 of them reads them from Redis, then follows the feed; one left unread while 5,000
+    more of 4 KB come (20 MB: past the socket's buffers, so that its writes wait while the
+    feed drops what it is past) catches up the same way."""
+    first = add_events(target.redis, 1)
+    added = add_events(target.redis, 4_999)
+    resumed = stream_ids(target.url, 9_999, last_event_id=first[0])
+    next(resumed)  # open: the feed starts at the newest event, past the 4,999
+    behind = stream_ids(target.url, 5_000)
+    next(behind)  # open at the newest event, and not read
+    more = add_events(target.redis, 5_000, pad=4_000)
+    assert list(behind) == more
+    assert list(resumed) == [*added, *more]
