@@ -30,7 +30,7 @@ from receiver.store import (
     open_store,
 )
 from receiver.tokens import PassthroughSigner
-from receiver.web import Services, StreamSlots, authed, handler, json_response
+from receiver.web import AllowedHosts, Services, StreamSlots, authed, handler, json_response
 
 Background = Callable[[Services], contextlib.AbstractAsyncContextManager[None]]
 # Connections of the event streams' pool: the feed's read, and the short reads of streams
@@ -104,9 +104,10 @@ def create_app(
         Route("/metrics", handler(current, metrics_endpoint), methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
-    # The callback path skips routing: it is the one that must be fast.
+    # The callback path skips routing (and the Host check): it is the one that must be fast.
     fast_path = Middleware(callbacks.CallbackFastPath, endpoint=decodo_callbacks)
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[fast_path])
+    hosts = Middleware(AllowedHosts, hosts=settings.hosts())
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[fast_path, hosts])
 
 
 def open_stream_redis(settings: Settings) -> Redis:

@@ -133,6 +133,10 @@ class Settings:
     durability_timeout: float = 1.0
     # Seconds a stopping web process gives requests in flight (and open event streams).
     shutdown_timeout: float = 10.0
+    # Host names the API, /metrics and /openapi.json answer to (against DNS rebinding),
+    # besides the host of public_url; "*": any. Empty: localhost, 127.0.0.1, ::1 and the
+    # bind host when it is one address.
+    allowed_hosts: tuple[str, ...] = ()
     # Bytes of a request's line and headers; beyond it, 431 and the connection closed.
     max_header_size: int = 16 * 1024
     # Seconds a client has to send a request's headers (from its first byte, or from the
@@ -213,12 +217,23 @@ class Settings:
             shutdown_timeout=_number(
                 env, "RECEIVER_SHUTDOWN_TIMEOUT", base.shutdown_timeout, float
             ),
+            allowed_hosts=_names(env.get("RECEIVER_ALLOWED_HOSTS", "")),
             max_header_size=_number(env, "RECEIVER_MAX_HEADER_SIZE", base.max_header_size, int),
             header_timeout=_number(env, "RECEIVER_HEADER_TIMEOUT", base.header_timeout, float),
             body_timeout=_number(env, "RECEIVER_BODY_TIMEOUT", base.body_timeout, float),
             max_connections=_number(env, "RECEIVER_MAX_CONNECTIONS", base.max_connections, int),
             max_streams=_number(env, "RECEIVER_MAX_STREAMS", base.max_streams, int),
         )
+
+    def hosts(self) -> frozenset[str] | None:
+        """The host names allowed in a Host header (lower case, no port); None: any."""
+        if "*" in self.allowed_hosts:
+            return None
+        names = set(self.allowed_hosts) or {"localhost", "127.0.0.1", "::1"}
+        if not self.allowed_hosts and self.host not in ("", "0.0.0.0", "::"):
+            names.add(self.host.lower().strip("[]"))  # a wildcard bind names no host
+        names.add(urlsplit(self.public_url).hostname or "")
+        return frozenset(names - {""})
 
     def stall_after_for(self, provider: str) -> float:
         specific = {"firecrawl": self.firecrawl_stall_after, "dify": self.dify_stall_after}
@@ -260,6 +275,12 @@ class Settings:
 
     def with_changes(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    """Comma-separated host names, lower case, without brackets or a trailing dot."""
+    names = (name.strip().lower().strip("[]").rstrip(".") for name in raw.split(","))
+    return tuple(name for name in names if name)
 
 
 def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:

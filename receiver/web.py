@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver.batching import Batcher
 from receiver.errors import InvalidRequest, PayloadTooLarge, ProviderError, ReceiverError
@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     from receiver.streams import EventFeed
 
 log = logging.getLogger(__name__)
+
+# Paths that answer whatever Host they are asked for: providers call the callback paths and
+# load balancers the health paths by names and addresses we are not told, and neither hands
+# anything out to a caller that it could not have without us (a callback proves itself by
+# its signature, a health answer holds no data).
+ANY_HOST_PATHS = frozenset({"/callbacks/decodo", "/callbacks/firecrawl", "/healthz", "/readyz"})
 
 
 @dataclass
@@ -172,3 +178,36 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest("body must be a JSON object")
     return data
+
+
+class AllowedHosts:
+    """Middleware that answers 421 to a request whose Host header is not one of `hosts`
+    (None: any), but on ANY_HOST_PATHS: a page that rebinds its DNS name to this machine
+    then reads nothing from the API, /metrics or /openapi.json."""
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.hosts is None
+            or scope["type"] != "http"
+            or scope["path"] in ANY_HOST_PATHS
+            or request_host(scope) in self.hosts
+        ):
+            await self.app(scope, receive, send)
+            return
+        message = "the Host header names no host this receiver serves (RECEIVER_ALLOWED_HOSTS)"
+        await error_response(421, "misdirected", message)(scope, receive, send)
+
+
+def request_host(scope: Scope) -> str:
+    """The host name of the Host header, lower case, without its port ("" when none)."""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host: str = value.decode("latin-1").lower()
+            if host.startswith("["):  # an IPv6 address, [::1]:8000
+                return host[1 : host.find("]")] if "]" in host else ""
+            return host.partition(":")[0].rstrip(".")
+    return ""

@@ -182,3 +182,25 @@ def test_from_env_reads_the_connection_and_stream_limits() -> None:
         500,
     )
     assert (defaults.header_timeout, defaults.body_timeout) == (5.0, 10.0)
+
+
+def test_allowed_hosts_default_to_the_public_name_and_loopback() -> None:
+    env = {"RECEIVER_PUBLIC_URL": "https://Receiver.Example.com:8443/base"}
+    assert Settings.from_env(env).hosts() == frozenset(
+        {"receiver.example.com", "localhost", "127.0.0.1", "::1"}
+    )
+    bound = Settings.from_env({**env, "RECEIVER_HOST": "10.1.2.3"}).hosts()
+    assert bound is not None and "10.1.2.3" in bound
+    for wildcard in ("0.0.0.0", "::"):
+        hosts = Settings.from_env({**env, "RECEIVER_HOST": wildcard}).hosts()
+        assert hosts is not None and wildcard not in hosts
+
+
+def test_allowed_hosts_are_read_as_names_or_a_star() -> None:
+    env = {"RECEIVER_ALLOWED_HOSTS": " API.internal , [::1], receiver.example.com., ,"}
+    names = frozenset({"api.internal", "::1", "receiver.example.com"})
+    assert Settings.from_env(env).hosts() == names | {"127.0.0.1"}  # the public URL's
+    public = {**env, "RECEIVER_PUBLIC_URL": "https://hooks.example.org"}
+    assert Settings.from_env(public).hosts() == names | {"hooks.example.org"}
+    assert Settings.from_env({"RECEIVER_ALLOWED_HOSTS": "*"}).hosts() is None
+    assert Settings.from_env({"RECEIVER_ALLOWED_HOSTS": "a.example,*"}).hosts() is None
