@@ -107,7 +107,11 @@ def create_app(
     # The callback path skips routing (and the Host check): it is the one that must be fast.
     fast_path = Middleware(callbacks.CallbackFastPath, endpoint=decodo_callbacks)
     hosts = Middleware(AllowedHosts, hosts=settings.hosts())
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[fast_path, hosts])
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[fast_path, hosts])
+    # No 307 from /jobs/ to /jobs: an empty or "/" job id is a 404 like any unknown one, and
+    # no answer builds a Location from the request's Host header.
+    app.router.redirect_slashes = False
+    return app
 
 
 def open_stream_redis(settings: Settings) -> Redis:

@@ -81,16 +81,6 @@ HOSTILE_IDS = {
     "dot_dot_slash_encoded": "..%2F..%2F",
     "glob": "*",
 }
-# A known defect (receiver/app.py): Starlette's redirect_slashes, on by default, answers
-# /jobs/ and /jobs/%2F (an id that is empty or "/") with a 307 to /jobs, not a 404.
-_SLASH_REDIRECT = pytest.mark.xfail(
-    strict=True,
-    reason="receiver/app.py builds Starlette with redirect_slashes on (its default): GET, "
-    "HEAD and DELETE /jobs/ and /jobs/%2F (an empty id, an id of '/') answer 307 to /jobs "
-    "(Location built from the request's Host) instead of a 4xx; a DELETE that follows it "
-    "gets 405 from /jobs",
-)
-_REDIRECTED = {("/jobs/{job_id}", "empty"), ("/jobs/{job_id}", "slash_encoded")}
 # Bytes no request line may hold: the HTTP parser refuses them (400) before the app.
 RAW_HOSTILE_IDS = {"nul": "\x00", "cr_lf": "\r\n", "space": "a b", "del": "\x7f"}
 
@@ -228,7 +218,6 @@ def hostile_cases() -> list[Any]:
             path,
             name,
             id=f"{method}-{path}-{name}",
-            marks=[_SLASH_REDIRECT] if (path, name) in _REDIRECTED else [],
         )
         for method, path in route_cases(with_param=True)
         for name in HOSTILE_IDS
