@@ -18,7 +18,13 @@ import prometheus_client
 import uvicorn
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
-from uvicorn._types import ASGISendEvent
+from uvicorn._types import (
+    ASGI3Application,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
@@ -238,23 +244,6 @@ _ANSWERS = {
 }
 
 
-class _Cycle(RequestResponseCycle):
-    """A request of GuardedProtocol: answered before its body was received whole (a 413
-    that did not read it), it is answered with `connection: close`, and its connection is
-    closed (what is left of the body would be swallowed for as long as the client sends)."""
-
-    unread = False  # answered before its body was received whole
-
-    async def send(self, message: ASGISendEvent) -> None:
-        if self.response_started or not self.more_body:
-            await super().send(message)
-            return
-        self.unread = True
-        self.keep_alive = False  # uvicorn then writes `connection: close`...
-        await super().send(message)
-        self.keep_alive = True  # ...and GuardedProtocol closes it once answered, lingering
-
-
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with bounds: headers over `max_header_size` bytes are
     answered 431 without being parsed, headers not in after `header_timeout` seconds and a
@@ -275,6 +264,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head = 0  # bytes of the request head being read; -1 while none is
         self._tail = b""  # the last bytes of the head so far, where its blank line may start
         self._in_body = False
+        self._unread = False  # the answer being sent started before the body was in
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -314,8 +304,36 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self._head, self._tail, self._in_body = -1, b"", True
         self._disarm()
-        if type(self.cycle) is RequestResponseCycle:
-            self.cycle.__class__ = _Cycle  # the one uvicorn just made, not yet run
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        super()._start_asgi_task(cycle, self._closing_unread(cycle, app))
+
+    def _closing_unread(
+        self, cycle: RequestResponseCycle, app: ASGI3Application
+    ) -> ASGI3Application:
+        """The app, with an answer that starts before the request's body was received whole
+        (a 413 that did not read it) sent with `connection: close`, and its connection then
+        closed (on_response_complete): what is left of the body would otherwise be swallowed
+        for as long as the client sends. Nothing is wrapped for a request received whole by
+        the time the app runs (a callback in one read)."""
+
+        async def run(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+            if not cycle.more_body:
+                await app(scope, receive, send)
+                return
+
+            async def send_closing(message: ASGISendEvent) -> None:
+                if cycle.response_started or not cycle.more_body:
+                    await send(message)
+                    return
+                self._unread = True
+                cycle.keep_alive = False  # uvicorn then writes `connection: close`...
+                await send(message)
+                cycle.keep_alive = True  # ...and on_response_complete closes, lingering
+
+            await app(scope, receive, send_closing)
+
+        return run
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -323,8 +341,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._disarm()
 
     def on_response_complete(self) -> None:
-        cycle = self.cycle
-        if isinstance(cycle, _Cycle) and cycle.unread:
+        if self._unread:
             self.server_state.total_requests += 1
             self._linger()
             return
