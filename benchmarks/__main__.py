@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--quick]`: the five benchmarks in sequence, each in its own process.
+"""`python -m benchmarks [--quick]`: the six benchmarks in sequence, each in its own process.
 
 Each one's progress is shown as it runs; at the end, each one's final JSON line, in order.
 """
@@ -10,7 +10,7 @@ import sys
 
 from benchmarks.common import PYTHON, arguments, child_env, say
 
-BENCHMARKS = ("ingest", "drain", "poll", "footprint", "recovery")
+BENCHMARKS = ("ingest", "drain", "poll", "footprint", "recovery", "attack_memory")
 # Seconds one benchmark may take, set-up included, before it is stopped.
 TIMEOUT = 1800
 
