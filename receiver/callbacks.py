@@ -26,6 +26,7 @@ from receiver.errors import (
     UnknownJob,
 )
 from receiver.metrics import CALLBACKS
+from receiver.store import Callback
 from receiver.tokens import verify_webhook
 from receiver.web import (
     Services,
@@ -171,13 +172,10 @@ class DecodoCallbacks:
         self, scope: Scope, receive: Receive, services: Services
     ) -> tuple[int, bytes, str]:
         try:
-            raw = await read_asgi_body(scope, receive, services.settings.max_body)
-            body = parse_json_object(raw)
-            token = body.get("passthrough", body.get("passtrough"))
-            if token is None:
-                raise InvalidToken("missing passthrough token")
-            job_id = services.signer.verify(token)
-            code = await services.committer.submit((job_id, _task_id(body), _status(body)))
+            callback = _read_callback(
+                await read_asgi_body(scope, receive, services.settings.max_body), services
+            )
+            code = await services.committer.submit(callback)
         except ReceiverError as exc:
             return _refusal(exc)
         except RedisError as exc:
@@ -189,6 +187,16 @@ class DecodoCallbacks:
         if code == codes.UNKNOWN_JOB:
             return _refusal(UnknownJob("no such job"))
         return 404, _UNKNOWN_TASK, "unknown_task"
+
+
+def _read_callback(raw: bytes, services: Services) -> Callback:
+    """What the callback says: (job id, task id, status). The body, raw and parsed, is
+    dropped here, before the Redis round trip: a large body is not kept while it waits."""
+    body = parse_json_object(raw)
+    token = body.get("passthrough", body.get("passtrough"))
+    if token is None:
+        raise InvalidToken("missing passthrough token")
+    return services.signer.verify(token), _task_id(body), _status(body)
 
 
 def _refusal(exc: ReceiverError) -> tuple[int, bytes, str]:
