@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import io
 import os
+import pty
 import random
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -171,3 +175,23 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def under_terminal(
+    env: dict[str, str], *args: str, columns: int
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`receiver ARGS` under a pseudo-terminal of 30 lines and `columns` columns (stdout and
+    stderr): the process, and the terminal's end to read its output from. The process is
+    killed if it still runs when the block ends."""
+    main, tty = pty.openpty()
+    fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
+    command = [sys.executable, "-m", "receiver", *args]
+    with subprocess.Popen(command, env=env, stdin=tty, stdout=tty, stderr=tty) as process:
+        os.close(tty)
+        try:
+            yield process, main
+        finally:
+            if process.poll() is None:
+                process.kill()
+            os.close(main)

@@ -8,17 +8,13 @@ its bar, piped for its lines. Drops and pages are scripted by a stand-in server,
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import pty
 import re
 import select
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,7 +40,14 @@ from tests.client.frames import (
     scripted_event,
 )
 from tests.e2e import TOKEN, Deployment, decodo_sandbox_server, deployment, polled_deployment
-from tests.servers import RedisProcess, free_port, run_cli, serve_app, wait_for_port
+from tests.servers import (
+    RedisProcess,
+    free_port,
+    run_cli,
+    serve_app,
+    under_terminal,
+    wait_for_port,
+)
 
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 
@@ -105,17 +108,8 @@ class Child:
 @contextlib.contextmanager
 def in_terminal(env: dict[str, str], *args: str, columns: int = 120) -> Iterator[Child]:
     """`receiver ARGS` under a pseudo-terminal of 30 lines (stdout and stderr)."""
-    main, tty = pty.openpty()
-    fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
-    command = [sys.executable, "-m", "receiver", *args]
-    with subprocess.Popen(command, env=env, stdin=tty, stdout=tty, stderr=tty) as process:
-        os.close(tty)
-        try:
-            yield Child(process, main)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            os.close(main)
+    with under_terminal(env, *args, columns=columns) as (process, main):
+        yield Child(process, main)
 
 
 @contextlib.contextmanager

@@ -11,15 +11,10 @@ one, or a pseudo-terminal for watch's bars) and piped, for `show`, `jobs`, `canc
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import pty
 import re
 import select
-import struct
 import subprocess
-import sys
-import termios
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +28,7 @@ from starlette.routing import Route
 
 from tests.client.frames import sse_frame
 from tests.e2e import Deployment, deployment
-from tests.servers import RedisProcess, run_cli, serve_app
+from tests.servers import RedisProcess, run_cli, serve_app, under_terminal
 from tests.test_watch import cli_env, piped
 
 # Hostile texts, and how the CLI shows each outside JSON: as text, controls escaped.
@@ -169,17 +164,8 @@ class RawTerminal:
 
 @contextlib.contextmanager
 def raw_terminal(env: dict[str, str], *args: str, columns: int = 400) -> Iterator[RawTerminal]:
-    main, tty = pty.openpty()
-    fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
-    command = [sys.executable, "-m", "receiver", *args]
-    with subprocess.Popen(command, env=env, stdin=tty, stdout=tty, stderr=tty) as process:
-        os.close(tty)
-        try:
-            yield RawTerminal(process, main)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            os.close(main)
+    with under_terminal(env, *args, columns=columns) as (process, main):
+        yield RawTerminal(process, main)
 
 
 def quoted_values(line: str, name: str) -> list[str]:
