@@ -42,3 +42,16 @@ def receiver(redis_process: RedisProcess) -> Iterator[Receiver]:
     """The web app (no worker) under uvicorn on the session's Redis, emptied first."""
     with running_receiver(redis_process) as running:
         yield running
+
+
+# The Redis Cluster (tests/cluster.py), kept apart at the end of this file.
+from tests.cluster import ClusterProcesses, run_redis_cluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterProcesses]:
+    """One real Redis Cluster for the session (3 masters, 1 replica each), skipped when no
+    Redis is installed (failed in CI). Roles move with failovers: read them live, and start
+    again any node a test kills."""
+    with run_redis_cluster() as cluster:
+        yield cluster
