@@ -125,15 +125,31 @@ def _with_sandboxes(stack: contextlib.ExitStack, settings: Settings) -> Settings
 
 
 @main.command()
-def web() -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    help="Processes serving on the one port, their metrics added up; per-process limits "
+    "(RECEIVER_MAX_CONNECTIONS, RECEIVER_MAX_STREAMS) multiply by it. "
+    "[default: RECEIVER_WEB_WORKERS, else 1]",
+)
+def web(workers: int | None) -> None:
     """Serve the web app only."""
-    from receiver.service import serve, web_app
-
     settings = _settings()
     configure_logging(settings.log_format)
+    workers = workers or settings.web_workers
     with _prepared(settings) as ready:
         _announce(ready)
-        serve(web_app(ready), ready)
+        if workers == 1:
+            from receiver.service import serve, web_app
+
+            serve(web_app(ready), ready)
+            return
+        from receiver.processes import serve_workers
+
+        try:
+            serve_workers(ready, workers)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 @main.command()

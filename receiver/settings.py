@@ -148,6 +148,9 @@ class Settings:
     max_connections: int = 4096
     # Open event streams (SSE) per web process; beyond them, 429 with Retry-After.
     max_streams: int = 500
+    # Processes of `receiver web`, all on one port; the limits above are per process, so
+    # they multiply by this.
+    web_workers: int = 1
 
     @property
     def embedded(self) -> bool:
@@ -223,6 +226,7 @@ class Settings:
             body_timeout=_number(env, "RECEIVER_BODY_TIMEOUT", base.body_timeout, float),
             max_connections=_number(env, "RECEIVER_MAX_CONNECTIONS", base.max_connections, int),
             max_streams=_number(env, "RECEIVER_MAX_STREAMS", base.max_streams, int),
+            web_workers=max(1, _number(env, "RECEIVER_WEB_WORKERS", base.web_workers, int)),
         )
 
     def hosts(self) -> frozenset[str] | None:

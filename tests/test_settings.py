@@ -204,3 +204,11 @@ def test_allowed_hosts_are_read_as_names_or_a_star() -> None:
     assert Settings.from_env(public).hosts() == names | {"hooks.example.org"}
     assert Settings.from_env({"RECEIVER_ALLOWED_HOSTS": "*"}).hosts() is None
     assert Settings.from_env({"RECEIVER_ALLOWED_HOSTS": "a.example,*"}).hosts() is None
+
+
+def test_from_env_reads_the_web_workers_at_least_one() -> None:
+    assert Settings.from_env({"RECEIVER_WEB_WORKERS": "4"}).web_workers == 4
+    assert Settings.from_env({"RECEIVER_WEB_WORKERS": "0"}).web_workers == 1
+    assert Settings.from_env({}).web_workers == 1
+    with pytest.raises(ConfigError, match="RECEIVER_WEB_WORKERS must be a number"):
+        Settings.from_env({"RECEIVER_WEB_WORKERS": "two"})
