@@ -60,10 +60,10 @@ from benchmarks.common import (
     say,
     workdir,
 )
-from receiver.keys import WORK_GROUP
 from receiver.sandbox.decodo import DEFAULT_AUTH
 from receiver.settings import Settings
 from receiver.store import Store
+from receiver.store.keys import WORK_GROUP
 
 # Seconds the sandbox takes to answer /results while workers are killed (0 around the
 # Redis crashes).

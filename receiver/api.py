@@ -8,12 +8,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from receiver import store as store_module
 from receiver.errors import InvalidRequest, NotFound, Rejected, UnknownJob
 from receiver.events import STREAM_ID
 from receiver.jobs.base import Provider
 from receiver.registry import PROVIDERS
-from receiver.store import JobStatus
+from receiver.store import JobStatus, iso
 from receiver.web import Services, error_response, json_response, parse_json_object, read_body
 
 # Bytes a POST /jobs body may hold (100,000 URLs fit).
@@ -182,7 +181,7 @@ def public_job(job: dict[str, Any]) -> dict[str, Any]:
         "last_error_at",
     ):
         if key in job:
-            shown[key] = store_module.iso(job[key])
+            shown[key] = iso(job[key])
     if not shown.get("consecutive_failures"):  # nothing in retry: no stale error shown
         shown.pop("consecutive_failures", None)
         shown.pop("last_error", None)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -23,25 +20,21 @@ from receiver.providers.base import open_http
 from receiver.registry import workflows
 from receiver.settings import Settings
 from receiver.store import (
-    REDIS_CONNECT_TIMEOUT,
-    REDIS_TIMEOUT,
+    EventLog,
     callback_committer,
     open_redis,
     open_store,
+    open_stream_redis,
 )
 from receiver.tokens import PassthroughSigner
 from receiver.web import AllowedHosts, Services, StreamSlots, authed, handler, json_response
 
 Background = Callable[[Services], contextlib.AbstractAsyncContextManager[None]]
-# Connections of the event streams' pool: the feed's read, and the short reads of streams
-# opening or catching up (a stream waiting for events holds none).
-STREAM_POOL_SIZE = 32
 
 
 def create_app(
     settings: Settings,
     *,
-    redis_factory: Callable[[], Redis] | None = None,
     background: Background | None = None,
 ) -> Starlette:
     """The ASGI app. `background` runs beside it for its lifetime (the worker, in `run`)."""
@@ -52,16 +45,14 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = redis_factory() if redis_factory else open_redis(settings)
-        stream_redis = redis_factory() if redis_factory else open_stream_redis(settings)
-        store = open_store(settings, redis)
+        store = open_store(settings, open_redis(settings))
+        events = EventLog(open_stream_redis(settings), store.keys)
         signer = PassthroughSigner(settings.secret_keys, settings.token_max_age)
         outages = Outages()
-        feed = streams.EventFeed(stream_redis, store.keys, outages, settings.sse_heartbeat)
+        feed = streams.EventFeed(events, outages, settings.sse_heartbeat)
         async with open_http(settings) as http:
             services["s"] = Services(
                 settings,
-                redis,
                 store,
                 signer,
                 callback_committer(store),
@@ -69,7 +60,7 @@ def create_app(
                 workflows(Context(settings, store, http, signer)),
                 metrics.RedisGauges(),
                 outages,
-                stream_redis,
+                events,
                 StreamSlots(settings.max_streams),
                 feed,
             )
@@ -82,8 +73,8 @@ def create_app(
                         yield
             finally:
                 await feed.close()
-                await stream_redis.aclose()
-                await redis.aclose()
+                await events.close()
+                await store.close()
 
     decodo_callbacks = callbacks.DecodoCallbacks(current)
     routes = [
@@ -114,21 +105,6 @@ def create_app(
     return app
 
 
-def open_stream_redis(settings: Settings) -> Redis:
-    """The event streams' client, with a pool of its own: callbacks never wait behind
-    subscribers for a connection."""
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url or "",
-        max_connections=STREAM_POOL_SIZE,
-        timeout=REDIS_TIMEOUT,
-        socket_timeout=REDIS_TIMEOUT,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
-        socket_keepalive=True,
-        health_check_interval=30,
-    )
-    return Redis.from_pool(pool)  # closing the client closes the pool too
-
-
 async def metrics_endpoint(request: Request, services: Services) -> Response:
     # Served during an outage too, with the gauges Redis cannot give left out: the
     # outage counter and receiver_redis_up are what an operator looks for then.
@@ -154,20 +130,19 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request, services: Services) -> Response:
     """Ready when Redis answers, has room to write, and a worker's heartbeat is fresh; the
     answer names what is missing, and the durability level in force."""
-    settings, redis, keys = services.settings, services.redis, services.store.keys
+    settings, store = services.settings, services.store
     body: dict[str, object] = {"durability": settings.durability or "none"}
     window = 3 * settings.heartbeat_interval
     try:
-        memory: Any = await redis.info("memory")
-        workers = await redis.zcount(keys.heartbeats, time.time() - window, "+inf")
+        memory = await store.memory()
+        workers = await store.live_workers(window)
     except RedisError as exc:
         services.outages.failed(exc)
         reason = outage_reason(exc) or type(exc).__name__
         return _not_ready(body, "redis", f"redis unavailable ({reason})")
     services.outages.recovered()
-    full = _memory_full(memory)
-    if full:
-        return _not_ready(body, "redis", full)
+    if memory.full:
+        return _not_ready(body, "redis", memory.full)
     if not workers:
         return _not_ready(body, "worker", f"no worker heartbeat in the last {window:g} s")
     return json_response({"ready": True, "workers": workers, **body})
@@ -175,13 +150,3 @@ async def readyz(request: Request, services: Services) -> Response:
 
 def _not_ready(body: dict[str, object], missing: str, reason: str) -> Response:
     return json_response({"ready": False, "missing": missing, "reason": reason, **body}, 503)
-
-
-def _memory_full(memory: Any) -> str:
-    """Why Redis cannot take writes for lack of memory, or ""."""
-    limit = int(memory.get("maxmemory", 0) or 0)
-    used = int(memory.get("used_memory", 0) or 0)
-    policy = str(memory.get("maxmemory_policy", ""))
-    if limit and policy == "noeviction" and used >= limit:
-        return f"redis out of memory: {used} of maxmemory {limit} bytes used (noeviction)"
-    return ""

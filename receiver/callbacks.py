@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from receiver import store as codes
 from receiver.errors import (
     ExpiredToken,
     InvalidRequest,
@@ -26,7 +25,7 @@ from receiver.errors import (
     UnknownJob,
 )
 from receiver.metrics import CALLBACKS
-from receiver.store import Callback
+from receiver.store import Callback, codes
 from receiver.tokens import verify_webhook
 from receiver.web import (
     Services,
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # Codes of the callbacks script that mean "recorded, or nothing left to record": 202,
 # with their answers encoded once.
-_ACKNOWLEDGED = {
+_ACKNOWLEDGED: dict[str, bytes] = {
     code: orjson.dumps({"status": code})
     for code in (codes.ACCEPTED, codes.DUPLICATE, codes.EARLY, codes.CLOSED)
 }
@@ -65,8 +64,6 @@ REFUSALS_STATE = "callback_refusals"
 TASK_ID = re.compile(r"[ -~]{1,64}")
 # Task statuses a Decodo callback may carry, mapped to what we record.
 _CALLBACK_STATUS = {"done": "done", "faulted": "faulted", "failed": "faulted"}
-# Seconds a Firecrawl webhook delivery id is remembered, to drop its retries.
-_WEBHOOK_DEDUPE_TTL = 24 * 3600
 # Webhook events after which the batch is worth polling at once.
 _FINAL_WEBHOOKS = frozenset({"batch_scrape.completed", "batch_scrape.failed"})
 
@@ -280,10 +277,7 @@ async def _firecrawl_webhook(request: Request, services: Services) -> Response:
     job_id = await store.job_of("firecrawl", str(batch_id))
     if token_job is not None and job_id is not None and job_id != token_job:
         raise InvalidToken("the webhook token is for another job than the batch's")
-    first = await store.redis.set(
-        store.keys.webhook_seen(_delivery_key(body, raw)), 1, nx=True, ex=_WEBHOOK_DEDUPE_TTL
-    )
-    if not first:
+    if not await store.first_delivery(_delivery_key(body, raw)):
         return json_response({"status": "duplicate"})
     if job_id is None:
         return json_response({"status": "ignored"})

@@ -15,20 +15,14 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
-from dataclasses import dataclass
-from typing import Any
-
-import redis as sync_redis
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from receiver.errors import ConfigError
 from receiver.settings import Settings
+from receiver.store.server import Persistence, persistence_when_up
+
+__all__ = ["Confirm", "Durability", "Persistence", "check_redis", "resolve"]
 
 log = logging.getLogger(__name__)
-
-# Seconds a starting process waits for its Redis to answer before it gives up.
-STARTUP_WAIT = 30.0
 
 
 class Durability(enum.StrEnum):
@@ -43,24 +37,6 @@ class Confirm(enum.StrEnum):
     NONE = ""  # Redis itself waits (appendfsync always), or nothing is waited for
     WAITAOF = "waitaof"  # WAITAOF 1 0 <timeout>: the local AOF fsynced
     WAIT = "wait"  # WAIT 1 <timeout>: one replica acknowledged
-
-
-@dataclass(frozen=True)
-class Persistence:
-    """What a Redis says of its persistence and replication (None: it would not say)."""
-
-    appendonly: bool | None
-    appendfsync: str | None
-    version: tuple[int, ...]
-    replicas: int
-
-    @property
-    def has_waitaof(self) -> bool:
-        return self.version >= (7, 2)
-
-    @property
-    def fsyncs_always(self) -> bool:
-        return bool(self.appendonly) and self.appendfsync == "always"
 
 
 def resolve(settings: Settings, persistence: Persistence | None) -> tuple[Durability, Confirm]:
@@ -120,62 +96,12 @@ def _safest(persistence: Persistence) -> tuple[Durability, Confirm]:
     return Durability.NONE, Confirm.NONE
 
 
-def read_persistence(client: sync_redis.Redis) -> Persistence:
-    """Ask a Redis about its AOF, version and replicas; CONFIG may be refused (managed
-    offerings rename or forbid it), which leaves its answers unknown."""
-    server: Any = client.info("server")
-    replication: Any = client.info("replication")
-    version = tuple(int(part) for part in str(server.get("redis_version", "0")).split(".")[:2])
-    appendonly: bool | None = None
-    appendfsync: str | None = None
-    try:
-        config: Any = client.config_get("append*")
-        if "appendonly" in config:
-            appendonly = _text(config["appendonly"]) == "yes"
-        if "appendfsync" in config:
-            appendfsync = _text(config["appendfsync"])
-    except ResponseError:
-        persistence: Any = client.info("persistence")
-        if "aof_enabled" in persistence:
-            appendonly = bool(int(persistence["aof_enabled"]))
-    replicas = int(replication.get("connected_slaves", 0))
-    return Persistence(appendonly, appendfsync, version, replicas)
-
-
 def check_redis(settings: Settings) -> Settings:
     """Settings with the durability level in force, read from the Redis at start; waits
     up to STARTUP_WAIT seconds for Redis to answer, then refuses to start."""
     if settings.embedded:
         level, confirm = resolve(settings, None)
     else:
-        level, confirm = resolve(settings, _persistence_when_up(settings.redis_url or ""))
+        level, confirm = resolve(settings, persistence_when_up(settings.redis_url or ""))
     log.info("durability", extra={"durability": level.value, "confirm": confirm.value or "-"})
     return settings.with_changes(durability=level.value, durability_confirm=confirm.value)
-
-
-def _persistence_when_up(url: str) -> Persistence:
-    client = sync_redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-    deadline = time.monotonic() + STARTUP_WAIT
-    waited = False
-    try:
-        while True:
-            try:
-                return read_persistence(client)
-            except (RedisError, OSError) as exc:
-                refused = isinstance(exc, ResponseError | AuthenticationError)
-                if refused or time.monotonic() > deadline:
-                    why = "refused us" if refused else "is not answering"
-                    raise ConfigError(
-                        f"redis {why} ({type(exc).__name__}: {str(exc)[:200]})"
-                        + ("" if refused else f"; gave up after {STARTUP_WAIT:g} s")
-                    ) from None
-                if not waited:
-                    log.warning("waiting for redis", extra={"error": type(exc).__name__})
-                    waited = True
-                time.sleep(0.5)
-    finally:
-        client.close()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -8,7 +8,6 @@ serve its own with RECEIVER_METRICS_PORT.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from prometheus_client import (
@@ -22,7 +21,6 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
-from receiver.keys import WORK_GROUP
 from receiver.store import Store
 
 CALLBACKS = Counter(
@@ -71,19 +69,15 @@ class RedisGauges(Collector):
         self.values: dict[str, Any] = {}
 
     async def refresh(self, store: Store) -> None:
-        redis, keys = store.redis, store.keys
-        work = await redis.xlen(keys.work)
-        events = await redis.xlen(keys.events)
-        pending, oldest = await _pending(store)
-        memory: Any = await redis.info("memory")
+        figures = await store.figures()
         self.values = {
-            "used_memory": int(memory.get("used_memory", 0) or 0),
-            "maxmemory": int(memory.get("maxmemory", 0) or 0),
-            "work": work,
-            "events": events,
-            "pending": pending,
-            "oldest": oldest,
-            "jobs": await store.jobs_by_status(),
+            "used_memory": figures.memory.used,
+            "maxmemory": figures.memory.limit,
+            "work": figures.work,
+            "events": figures.events,
+            "pending": figures.pending,
+            "oldest": figures.oldest,
+            "jobs": figures.jobs,
         }
 
     def collect(self) -> list[Metric]:
@@ -128,24 +122,6 @@ class RedisGauges(Collector):
             jobs.add_metric([status], count)
         metrics.append(jobs)
         return metrics
-
-
-async def _pending(store: Store) -> tuple[int, float]:
-    """Pending entries of the work group, and the age in seconds of the oldest entry."""
-    redis, keys = store.redis, store.keys
-    if not await redis.exists(keys.work):
-        return 0, 0.0
-    try:
-        summary: Any = await redis.xpending(keys.work, WORK_GROUP)
-    except Exception:  # no worker has created the group yet
-        summary = {"pending": 0}
-    oldest: Any = await redis.xrange(keys.work, count=1)
-    age = 0.0
-    if oldest:
-        entry_id = oldest[0][0]
-        millis = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0])
-        age = max(0.0, time.time() - millis / 1000)
-    return int(summary["pending"]), age
 
 
 def exposition(gauges: RedisGauges) -> bytes:

@@ -26,7 +26,8 @@ from receiver.errors import Permanent, Transient
 from receiver.jobs.base import UnknownWork, retry_at
 from receiver.metrics import POLLS
 from receiver.settings import Settings
-from receiver.store import JobStatus, Store
+from receiver.store import JobStatus, Store, Work
+from receiver.store.rates import SharedRate
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,8 @@ class Poller:
         self.clock = clock
         # Polls of this provider in flight in this process.
         self._polling = asyncio.Semaphore(settings.poll_concurrency)
-        self._turns = 0  # polls this process may still make before _turns_until
-        self._turns_until = 0.0
-        self._refill = asyncio.Lock()  # one refill of the turns at a time, not one per poll
-        self._blocked_until = 0.0  # monotonic time before which the shared limit said wait
+        # The provider's requests a second, shared by every process.
+        self._rate = SharedRate.per_second(store, f"poll:{self.provider}", self.rate)
 
     @property
     def rate(self) -> float:
@@ -85,9 +84,9 @@ class Poller:
     async def run(
         self, kind: str, job_id: str, task_id: str, job: Mapping[str, Any] | None
     ) -> float | None:
-        if kind == "submit":
+        if kind == Work.SUBMIT:
             return await self.submit(job_id)
-        if kind == "poll":
+        if kind == Work.POLL:
             if job is None:
                 return None
             async with self._polling:
@@ -116,41 +115,13 @@ class Poller:
         return await self._record(job, seen)
 
     async def _take_turn(self) -> float:
-        """0 when this poll may go now, else seconds to wait. Turns are taken from the shared
-        rate limit a tenth of a second's worth at a time and spent within that tenth."""
-        if self._spend_turn():
-            return 0.0
-        async with self._refill:  # the polls that find no turn wait for one refill
-            if self._spend_turn():
-                return 0.0
-            blocked = self._blocked_until - time.monotonic()
-            if blocked > 0:  # the shared limit said wait: no need to ask it again
-                return blocked
-            batch = max(1, int(self.rate / 10))
-            wait = await self.store.acquire_rate(
-                f"poll:{self.provider}",
-                1.0 / self.rate,
-                burst=max(batch, int(self.rate)),
-                take=batch,
-            )
-            now = time.monotonic()
-            if wait > 0:
-                self._blocked_until = now + wait
-                return wait
-            self._turns, self._turns_until = batch - 1, now + 0.1
-            return 0.0
+        """0 when this poll may go now, else seconds to wait (the shared rate limit)."""
+        return await self._rate.take()
 
     async def _wait_turn(self) -> None:
         """Wait for a turn under the shared rate: for the requests a poll, a submission or a
         cancel makes beside its first (a batch's `next` pages), which cannot be rescheduled."""
-        while (wait := await self._take_turn()) > 0:
-            await asyncio.sleep(wait)
-
-    def _spend_turn(self) -> bool:
-        if self._turns > 0 and time.monotonic() < self._turns_until:
-            self._turns -= 1
-            return True
-        return False
+        await self._rate.wait()
 
     async def _record(self, job: Mapping[str, Any], seen: Observation) -> float | None:
         job_id, now = job["id"], self.clock()
@@ -206,7 +177,7 @@ class Poller:
         failing = f" (polls failing: {exc.reason})"
         if await self._end_overdue(job, self.clock(), last_moved, paused, expires_at, failing):
             return None
-        work = "poll" if job.get("external") else "submit"
+        work = Work.POLL if job.get("external") else Work.SUBMIT
         return await retry_at(
             self.store,
             self.settings,

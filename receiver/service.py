@@ -28,11 +28,12 @@ from uvicorn._types import (
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from receiver.app import STREAM_POOL_SIZE, Background, create_app
+from receiver.app import Background, create_app
 from receiver.metrics import CONNECTIONS_CUT
+from receiver.processes import uvicorn_options
 from receiver.providers.base import open_http
 from receiver.settings import Settings
-from receiver.store import open_redis, open_store
+from receiver.store import STREAM_POOL_SIZE, open_redis, open_store, pool_size
 from receiver.web import Services
 from receiver.worker import build_worker
 
@@ -67,14 +68,13 @@ async def run_worker(settings: Settings) -> None:
     raise_file_limit()  # a Redis connection and a provider one per concurrent fetch or poll
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)
-    redis = open_redis(settings)
-    store = open_store(settings, redis)
+    store = open_store(settings, open_redis(settings))
     try:
         async with open_http(settings) as http:
             await build_worker(settings, store, http).run()
     finally:
         with contextlib.suppress(RedisError, OSError):
-            await redis.aclose()
+            await store.close()
 
 
 class ProcessStop:
@@ -128,24 +128,12 @@ def web_app(settings: Settings, *, stop: ProcessStop | None = None) -> Starlette
 
 
 def serve(app: Starlette, settings: Settings) -> None:
+    """Serve `app` in this process (`receiver web`, `receiver run`)."""
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
         # httptools, with the bounds uvicorn does not give it (GuardedProtocol).
         http=guarded_protocol(connection_limits(settings)),
-        ws="none",  # no route is a WebSocket
-        log_level="warning",
-        # Uvicorn's loggers propagate to the root handler of configure_logging: one format,
-        # JSON included, rather than uvicorn's own plain-text handlers.
-        log_config=None,
-        lifespan="on",
-        proxy_headers=False,
-        access_log=False,
-        server_header=False,
-        # Requests in flight get this long to finish on SIGTERM; open event streams are
-        # then cut, and their clients resume with Last-Event-ID.
-        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
+        **uvicorn_options(settings),
     )
     uvicorn.Server(config).run()
 
@@ -186,7 +174,7 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
     """The settings' limits, with as many connections as the file limit leaves room for
     (raised to its hard limit first)."""
     files = raise_file_limit()
-    pools = 2 * settings.fetch_concurrency + 2 * settings.poll_concurrency + 64  # open_redis
+    pools = pool_size(settings)
     providers = settings.fetch_concurrency + settings.poll_concurrency  # `run`'s worker
     reserve = pools + STREAM_POOL_SIZE + providers + _FILES_SPARE
     room = max(files - reserve, files // 4)

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import Request
@@ -34,11 +33,10 @@ from starlette.types import Receive, Scope, Send
 from receiver.api import public_job
 from receiver.backoff import backoff
 from receiver.errors import InvalidRequest, UnknownJob
-from receiver.events import RETRY_BASE, RETRY_CAP, STREAM_ID, Event, last_event_id, read_events
-from receiver.keys import Keys
+from receiver.events import RETRY_BASE, RETRY_CAP, STREAM_ID, Event
 from receiver.metrics import STREAMS_REFUSED
 from receiver.outages import Outages, raise_if_cancelling
-from receiver.store import JobStatus
+from receiver.store import EventLog, JobStatus
 from receiver.web import Services, json_response
 
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -56,7 +54,7 @@ async def all_events(request: Request, services: Services) -> Response:
     resume = _resume_from(request)
 
     async def opening() -> AsyncIterator[bytes]:
-        cursor = resume or await last_event_id(services.stream_redis, services.store.keys)
+        cursor = resume or await services.events.last_id()
         return _follow(services, cursor, job_id=None)
 
     return await _opened(services, opening)
@@ -68,7 +66,7 @@ async def job_events(request: Request, services: Services) -> Response:
 
     async def opening() -> AsyncIterator[bytes]:
         # The cursor is taken before the state is read: nothing between them is missed.
-        cursor = resume or await last_event_id(services.stream_redis, services.store.keys)
+        cursor = resume or await services.events.last_id()
         job = await services.store.get_job(job_id)
         if job is None:
             raise UnknownJob(f"no job {job_id}")
@@ -124,7 +122,7 @@ async def _follow(
     # is with other jobs' events: proxies and clients time out on silence, not on the stream.
     heartbeat = services.settings.sse_heartbeat
     feed = services.feed
-    reader = _Reader(services.stream_redis, services.store.keys, services.outages, cursor)
+    reader = _Reader(services.events, services.outages, cursor)
     written = time.monotonic()
     with contextlib.nullcontext() if drain else feed.subscribed():
         while True:
@@ -177,14 +175,13 @@ class EventFeed:
 
     def __init__(
         self,
-        redis: Redis,
-        keys: Keys,
+        events: EventLog,
         outages: Outages,
         block: float,
         window: int = 4096,
         window_bytes: int = 8 * 1024 * 1024,
     ) -> None:
-        self.redis, self.keys, self.outages = redis, keys, outages
+        self.events, self.outages = events, outages
         # Seconds one read blocks at most: a Redis that does not answer is an outage once
         # it is past (and _OVERRUN), as it was for a stream's own reads; and how late the
         # feed sees its last stream gone.
@@ -257,7 +254,7 @@ class EventFeed:
         failures = 0
         while self.subscribers:
             try:
-                newest = await last_event_id(self.redis, self.keys)
+                newest = await self.events.last_id()
             except RedisError as exc:
                 raise_if_cancelling()
                 if not self.outages.failed(exc):
@@ -268,7 +265,7 @@ class EventFeed:
             self.outages.recovered()
             self._floor = _stream_key(newest)
             self._notify()
-            return _Reader(self.redis, self.keys, self.outages, newest)
+            return _Reader(self.events, self.outages, newest)
         return None
 
     def _add(self, events: list[Event]) -> None:
@@ -314,8 +311,7 @@ class _Reader:
     many streams see it.
     """
 
-    redis: Redis
-    keys: Keys
+    events: EventLog
     outages: Outages
     cursor: str
     failures: int = 0  # consecutive reads that failed
@@ -331,7 +327,7 @@ class _Reader:
         block_ms = max(1, math.ceil((until - now) * 1000)) if block else None
         try:
             async with asyncio.timeout(until - now + _OVERRUN):
-                events = await read_events(self.redis, self.keys, self.cursor, block_ms)
+                events = await self.events.read(self.cursor, block_ms)
         except TimeoutError:  # ours: Redis did not answer by the heartbeat
             raise_if_cancelling()
             self._failed(RedisTimeoutError("no answer by the heartbeat"))

@@ -10,19 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from receiver.batching import Batcher
 from receiver.errors import InvalidRequest, PayloadTooLarge, ProviderError, ReceiverError
 from receiver.jobs.base import Workflow
 from receiver.metrics import STREAMS_OPEN, RedisGauges
 from receiver.outages import Outages
 from receiver.settings import Settings
-from receiver.store import Callback, Store
+from receiver.store import Callback, EventLog, Store
+from receiver.store.batching import Batcher
 from receiver.tokens import PassthroughSigner
 
 if TYPE_CHECKING:
@@ -62,7 +61,6 @@ class Services:
     """What the routes share, opened in the lifespan."""
 
     settings: Settings
-    redis: Redis
     store: Store
     signer: PassthroughSigner
     committer: Batcher[Callback, str]  # callbacks recorded in group commits
@@ -70,9 +68,9 @@ class Services:
     workflows: dict[str, Workflow]  # each provider's, for what the API asks of them (cancel)
     gauges: RedisGauges
     outages: Outages
-    # The event streams' own client and pool: their reads never hold a connection that a
-    # callback waits for.
-    stream_redis: Redis
+    # The events stream on a client and pool of its own: its reads never hold a connection
+    # that a callback waits for.
+    events: EventLog
     streams: StreamSlots
     feed: EventFeed  # the one reader of the event stream for every open stream
 

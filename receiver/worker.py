@@ -1,9 +1,9 @@
 """The worker: takes work from the Redis stream and due work from the schedule.
 
-Work to do now (fetch results, submit) is an entry on `receiver:stream:work`, read through
-a consumer group: several workers share it, and a crashed worker's unacknowledged entries
-are reclaimed with XAUTOCLAIM. Work for later (retries, reconciliation, polls) is a member
-of the sorted set `receiver:due`, claimed with a lease. Nothing waits in memory: a
+Work to do now (fetch results, submit) is an entry of the work stream, read through a
+consumer group: several workers share it, and a crashed worker's unacknowledged entries
+are reclaimed (`store.queue`). Work for later (retries, reconciliation, polls) is a member
+of the schedule, claimed with a lease (`store.schedule`). Nothing waits in memory: a
 restarted worker carries on from what Redis holds.
 """
 
@@ -15,21 +15,20 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import httpx
 from redis.exceptions import RedisError, ResponseError
 
 from receiver.backoff import backoff
-from receiver.batching import Batcher
 from receiver.dispatch import Dispatcher, UnknownWork
 from receiver.jobs.base import Context
-from receiver.keys import DUE_LEASE, WORK_GROUP
 from receiver.outages import Outages, raise_if_cancelling, supervise
 from receiver.registry import workflows
 from receiver.settings import Settings
-from receiver.store import Store
+from receiver.store import Store, WorkItem
+from receiver.store.keys import DUE_LEASE
 from receiver.tokens import PassthroughSigner
 
 log = logging.getLogger(__name__)
@@ -41,6 +40,8 @@ STOP_WAIT = 5.0
 # Seconds an entry of our own must have been idle before _reclaim takes it up again: its
 # step ended and its acknowledgement failed (entries at work are renewed, and known).
 OWN_UNFINISHED_IDLE = 5.0
+# Milliseconds one read of the work stream waits for new entries.
+READ_BLOCK_MS = 1000
 
 
 class Worker:
@@ -70,7 +71,6 @@ class Worker:
         self._room.set()
         self._entries: dict[str, Any] = {}  # stream entries at work here, by id
         self._leases: dict[str, float] = {}  # due members at work here -> their lease end
-        self._acks = Acknowledger(store)
         self.outages = outages or Outages()
 
     async def run(self) -> None:
@@ -112,7 +112,7 @@ class Worker:
     async def _withdraw(self) -> None:
         """Take this worker's heartbeat away on the way out, so /readyz knows at once."""
         try:
-            await asyncio.wait_for(self.store.redis.zrem(self.store.keys.heartbeats, self.name), 2)
+            await asyncio.wait_for(self.store.withdraw(self.name), 2)
         except (RedisError, TimeoutError):
             log.warning("could not withdraw the heartbeat", extra={"worker": self.name})
 
@@ -140,65 +140,39 @@ class Worker:
     # -- loops --------------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        redis, keys = self.store.redis, self.store.keys
         while True:
-            now = time.time()
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(keys.heartbeats, {self.name: now})
-                pipe.zremrangebyscore(keys.heartbeats, "-inf", now - 10 * self.heartbeat_interval)
-                await pipe.execute()
+            await self.store.beat(self.name, self.heartbeat_interval)
             self.outages.recovered()
             await asyncio.sleep(self.heartbeat_interval)
 
     async def _consume(self) -> None:
-        redis, keys = self.store.redis, self.store.keys
         await self.store.ensure_group()
         while True:
             room = await self._wait_for_room()
-            reply: Any = await redis.xreadgroup(
-                WORK_GROUP, self.name, {keys.work: ">"}, count=room, block=1000
-            )
+            entries = await self.store.read_work(self.name, room, READ_BLOCK_MS)
             self.outages.recovered()
-            for _stream, entries in reply or ():
-                for entry_id, fields in entries:
-                    self._start_entry(entry_id, fields)
+            for entry_id, item in entries:
+                self._start_entry(entry_id, item)
 
     async def _reclaim(self) -> None:
         """Take over entries another worker read but never acknowledged (it died), and
         our own whose acknowledgement failed: every claim_idle / 2, and soon after an
         outage ends (once those have been idle OWN_UNFINISHED_IDLE)."""
-        redis, keys = self.store.redis, self.store.keys
         while True:
             if await self.outages.wait_for_end(max(self.claim_idle / 2, 0.05)):
                 await asyncio.sleep(OWN_UNFINISHED_IDLE)
             room = await self._wait_for_room()
-            reply: Any = await redis.xautoclaim(
-                keys.work, WORK_GROUP, self.name, int(self.claim_idle * 1000), "0-0", count=room
+            entries = await self.store.reclaim_work(self.name, int(self.claim_idle * 1000), room)
+            # And our own that we could not acknowledge (Redis was away): taken up again
+            # now rather than after claim_idle.
+            idle = int(OWN_UNFINISHED_IDLE * 1000)
+            entries += await self.store.own_unfinished(
+                self.name, idle, self.free or 1, self._entries
             )
-            entries = [*reply[1], *await self._own_unfinished()]
             if entries:
                 log.info("reclaimed work", extra={"entries": len(entries), "worker": self.name})
-            for entry_id, fields in entries:
-                self._start_entry(entry_id, fields)
-
-    async def _own_unfinished(self) -> list[Any]:
-        """Entries this worker read and then could not acknowledge (Redis was away): taken
-        up again now rather than after claim_idle."""
-        redis, keys = self.store.redis, self.store.keys
-        pending: Any = await redis.xpending_range(
-            keys.work,
-            WORK_GROUP,
-            "-",
-            "+",
-            self.free or 1,
-            consumername=self.name,
-            idle=int(OWN_UNFINISHED_IDLE * 1000),
-        )
-        ids = [p["message_id"] for p in pending if _text(p["message_id"]) not in self._entries]
-        if not ids:
-            return []
-        claimed: Any = await redis.xclaim(keys.work, WORK_GROUP, self.name, 0, ids)
-        return [(entry_id, fields) for entry_id, fields in claimed if fields]
+            for entry_id, item in entries:
+                self._start_entry(entry_id, item)
 
     async def _due(self) -> None:
         while True:
@@ -212,24 +186,21 @@ class Worker:
 
     # -- one piece of work --------------------------------------------------------------
 
-    def _start_entry(self, entry_id: Any, fields: Mapping[bytes, bytes]) -> None:
+    def _start_entry(self, entry_id: Any, item: WorkItem) -> None:
         """Start a stream entry's work, unless it is at work here already (an entry
         reclaimed from ourselves). Registered before the task runs, so no other loop can
         take it up meanwhile."""
-        key = _text(entry_id)
+        key = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         if key in self._entries:
             return
         self._entries[key] = entry_id
-        self._spawn(self._run_entry(key, entry_id, fields))
+        self._spawn(self._run_entry(key, entry_id, item))
 
-    async def _run_entry(self, key: str, entry_id: Any, fields: Mapping[bytes, bytes]) -> None:
-        kind = _text(fields.get(b"k", b""))
-        job_id = _text(fields.get(b"j", b""))
-        task_id = _text(fields.get(b"t", b""))
-        member = f"{kind}:{job_id}:{task_id}" if task_id else f"{kind}:{job_id}"
+    async def _run_entry(self, key: str, entry_id: Any, item: WorkItem) -> None:
+        member = item.member
         try:
-            retry_at = await self._step(member)
-            await self._acks.done(entry_id, member, retry_at)
+            retry_at = await self._step(item)
+            await self.store.acknowledge(entry_id, member, retry_at)
         except RedisError as exc:  # unacknowledged: taken up again by _reclaim
             if not self.outages.failed(exc):
                 extra = {"work": member, "error": repr(exc)}
@@ -239,7 +210,7 @@ class Worker:
 
     async def _run_due(self, member: str) -> None:
         try:
-            next_at = await self._step(member)
+            next_at = await self._step(WorkItem.parse(member))
             # No longer renewed; a renewal already on its way sees the new due time and
             # leaves it alone (it only extends a lease still at the end we gave it).
             self._leases.pop(member, None)
@@ -256,15 +227,10 @@ class Worker:
     async def _renew(self) -> None:
         """Keep this worker's claims fresh while its steps run, so nobody takes them over:
         one XCLAIM for every stream entry at work, one lease bump for every due member."""
-        redis, keys = self.store.redis, self.store.keys
         while True:
             await asyncio.sleep(self._renew_every)
-            entries = list(self._entries.values())
             try:
-                if entries:
-                    # XCLAIM to ourselves with no minimum idle time resets the idle time;
-                    # an entry acknowledged meanwhile is no longer pending and is skipped.
-                    await redis.xclaim(keys.work, WORK_GROUP, self.name, 0, entries, justid=True)
+                await self.store.renew_claims(self.name, list(self._entries.values()))
                 renewed = await self.store.renew_leases(dict(self._leases), self.lease)
             except RedisError as exc:  # renewed at the next turn, if Redis is back by then
                 if not self.outages.failed(exc):
@@ -278,12 +244,11 @@ class Worker:
     def _renew_every(self) -> float:
         return max(0.05, min(self.claim_idle, self.lease) / 3)
 
-    async def _step(self, member: str) -> float | None:
-        """Run the work a member names; when to run it again, or None."""
-        kind, _, rest = member.partition(":")
-        job_id, _, task_id = rest.partition(":")
+    async def _step(self, item: WorkItem) -> float | None:
+        """Run the work; when to run it again, or None."""
+        member = item.member
         try:
-            return await self.dispatcher.run(kind, job_id, task_id)
+            return await self.dispatcher.run(item.kind, item.job_id, item.task_id)
         except asyncio.CancelledError:
             raise
         except UnknownWork:
@@ -298,34 +263,6 @@ class Worker:
             return time.time() + 30.0
 
 
-# A finished stream entry: its id, and the member and time to retry it at, if any.
-Done = tuple[Any, str, float | None]
-
-
-class Acknowledger(Batcher[Done, None]):
-    """Acknowledges finished stream entries in batches, their retries scheduled in the
-    same MULTI."""
-
-    def __init__(self, store: Store) -> None:
-        super().__init__(self._acknowledge)
-        self.store = store
-
-    async def done(self, entry_id: Any, member: str, retry_at: float | None) -> None:
-        await self.submit((entry_id, member, retry_at))
-
-    async def _acknowledge(self, batch: Sequence[Done]) -> list[None]:
-        redis, keys = self.store.redis, self.store.keys
-        ids = [entry_id for entry_id, _, _ in batch]
-        async with redis.pipeline(transaction=True) as pipe:
-            for _, member, retry_at in batch:
-                if retry_at is not None:
-                    pipe.zadd(self.store.due_key(member), {member: retry_at})
-            pipe.xack(keys.work, WORK_GROUP, *ids)
-            pipe.xdel(keys.work, *ids)
-            await pipe.execute()
-        return [None] * len(batch)
-
-
 async def _stop(tasks: Sequence[asyncio.Task[Any]]) -> None:
     """Cancel tasks and wait for them, but never longer than STOP_WAIT seconds: a stop
     must end even if a library swallowed a cancellation (the rest is left to the loop's
@@ -336,10 +273,6 @@ async def _stop(tasks: Sequence[asyncio.Task[Any]]) -> None:
         _, left = await asyncio.wait(tasks, timeout=STOP_WAIT)
         if left:
             log.warning("tasks did not stop in time", extra={"tasks": len(left)})
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def build_worker(

@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from receiver.keys import Keys
 from receiver.store import Store
+from receiver.store.keys import Keys
 from tests.receiver_app import Receiver, running_receiver
 from tests.servers import RedisProcess, run_redis
 
@@ -34,7 +34,8 @@ async def redis(redis_process: RedisProcess) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def store(redis: Redis) -> Store:
-    return Store(redis, Keys(), events_maxlen=10_000)
+    """A store whose scripts fail on a key they were not given in KEYS."""
+    return Store(redis, Keys(), events_maxlen=10_000, strict_scripts=True)
 
 
 @pytest.fixture

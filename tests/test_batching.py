@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from receiver.batching import Batcher
+from receiver.store.batching import Batcher
 
 
 class Recorder:

@@ -13,11 +13,12 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from receiver.app import create_app
-from receiver.durability import Confirm, Durability, Persistence, read_persistence, resolve
+from receiver.durability import Confirm, Durability, Persistence, resolve
 from receiver.errors import ConfigError, NotConfirmed
-from receiver.keys import Keys
 from receiver.settings import Settings
 from receiver.store import Store
+from receiver.store.keys import Keys
+from receiver.store.server import read_persistence
 from receiver.tokens import PassthroughSigner
 from tests.receiver_app import KEYS, SEED_CALLBACK
 from tests.servers import RedisProcess, child_env, free_port, run_cli, run_redis, serve_app
@@ -71,10 +72,10 @@ def test_settings_refuse_an_unknown_level() -> None:
 
 def test_read_persistence_of_real_servers() -> None:
     with run_redis("--appendonly", "yes", "--appendfsync", "always") as server:
-        found = read_persistence(sync_redis.Redis.from_url(server.url))
+        found = read_persistence(server.url)
     assert found.fsyncs_always and found.replicas == 0 and found.version >= (6, 0)
     with run_redis() as server:  # the tests' default: no AOF
-        found = read_persistence(sync_redis.Redis.from_url(server.url))
+        found = read_persistence(server.url)
     assert found.appendonly is False and not found.fsyncs_always
 
 

@@ -24,12 +24,12 @@ from receiver.events import (
     consume,
     event_from_entry,
     last_event_id,
-    longest_block_ms,
     subscribe,
     wait,
 )
-from receiver.keys import Keys
 from receiver.store import JobStatus, Store
+from receiver.store.events import longest_block_ms
+from receiver.store.keys import Keys
 from receiver.tokens import PassthroughSigner
 from tests.e2e import TOKEN, Deployment, deployment
 from tests.servers import RedisProcess, free_port

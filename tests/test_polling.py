@@ -9,10 +9,10 @@ from typing import Any, cast
 import pytest
 from redis.asyncio import Redis
 
-from receiver.keys import Keys
 from receiver.polling import BUSY_POLL_MAX, Observation, Poller
 from receiver.settings import Settings
 from receiver.store import Store
+from receiver.store.keys import Keys
 
 T0 = 1_800_000_000.0  # the injected clock starts here
 

@@ -9,8 +9,8 @@ import pytest
 from redis.asyncio import Redis
 
 from receiver.events import event_from_entry
-from receiver.keys import WORK_GROUP
 from receiver.store import JobStatus, Store
+from receiver.store.keys import WORK_GROUP, Keys
 
 pytestmark = pytest.mark.anyio
 
@@ -190,7 +190,7 @@ async def test_acquire_rate_allows_a_burst_then_spaces(store: Store) -> None:
 
 
 async def test_due_shards_spread_members_and_claim_from_all(redis: Redis) -> None:
-    sharded = Store(redis, due_shards=4)
+    sharded = Store(redis, Keys(due_shards=4))
     now = sharded.clock()
     members = [f"poll:job{i}" for i in range(40)]
     for member in members:

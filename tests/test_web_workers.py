@@ -160,15 +160,15 @@ def answers(url: str) -> bool:
 
 
 def send_malformed(url: str, count: int) -> list[int]:
-    """`count` malformed callbacks (400, counted), each over a new connection, 8 at once."""
-    limits = httpx.Limits(max_keepalive_connections=0)
-    with httpx.Client(limits=limits, timeout=30) as client:
+    """`count` malformed callbacks (400, counted), each over a new connection, 8 at once.
+    Each request has a client of its own: one httpx client shared by threads may close a
+    connection under another thread's read (EBADF)."""
 
-        def send(_: int) -> int:
-            return client.post(f"{url}/callbacks/decodo", content=MALFORMED).status_code
+    def send(_: int) -> int:
+        return httpx.post(f"{url}/callbacks/decodo", content=MALFORMED, timeout=30).status_code
 
-        with ThreadPoolExecutor(8) as pool:
-            return list(pool.map(send, range(count)))
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(send, range(count)))
 
 
 def counted(url: str) -> float:

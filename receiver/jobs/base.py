@@ -114,7 +114,7 @@ async def retry_at(
     `Store.record_failure`); the delay is `backoff` of the work's attempts, or the
     provider's own Retry-After when longer."""
     if exc is None:
-        attempt = await store.redis.hincrby(store.keys.attempts(job_id), work, 1)
+        attempt = await store.count_attempt(job_id, work)
     else:
         attempt = await store.record_failure(job_id, work, str(exc))
         if attempt == 0:

@@ -22,7 +22,8 @@ from receiver.jobs.base import Context, Provider, Schema, UnknownWork, retry_at
 from receiver.metrics import FETCH_SECONDS, FETCHES
 from receiver.providers.decodo import BATCH_LIMIT, DONE, FAULTED, DecodoClient, SubmittedTask
 from receiver.settings import Settings
-from receiver.store import JobStatus, Store, TaskStatus, new_job_id
+from receiver.store import JobStatus, Store, TaskStatus, Work, WorkItem, new_job_id
+from receiver.store.rates import SharedRate
 from receiver.tokens import PassthroughSigner
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class DecodoJobs:
     """The worker's side of Decodo jobs. Each step returns when to run it again, or None."""
 
     # Results fetches and reconciliations go by job id: the fetch is the hot path.
-    direct = frozenset({"fetch", "reconcile"})
+    direct: frozenset[str] = frozenset({Work.FETCH, Work.RECONCILE})
 
     def __init__(
         self,
@@ -110,6 +111,8 @@ class DecodoJobs:
         self.settings = settings
         self.clock = clock
         self._states: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        # Batch submissions, one per interval across every worker process.
+        self._batches = SharedRate(store, "decodo:batch", settings.decodo_batch_interval)
         # Results requests in flight: the fetch concurrency bounds these, not the steps
         # around them, so a fetch that is storing its results already leaves room.
         self._fetching = asyncio.Semaphore(settings.fetch_concurrency)
@@ -121,11 +124,11 @@ class DecodoJobs:
     async def run(
         self, kind: str, job_id: str, task_id: str, job: Mapping[str, Any] | None
     ) -> float | None:
-        if kind == "fetch":
+        if kind == Work.FETCH:
             return await self.fetch(job_id, task_id)
-        if kind == "reconcile":
+        if kind == Work.RECONCILE:
             return await self.reconcile(job_id)
-        if kind == "submit":
+        if kind == Work.SUBMIT:
             return await self.submit(job_id)
         raise UnknownWork(f"decodo jobs have no {kind!r} work")
 
@@ -153,7 +156,7 @@ class DecodoJobs:
                     reconcile_after=self.settings.reconcile_after,
                 )
         except Transient as exc:
-            return await self._retry(job_id, "submit", exc)
+            return await self._retry(job_id, Work.SUBMIT, exc)
         except Permanent as exc:
             log.warning(
                 "decodo submission refused",
@@ -168,12 +171,7 @@ class DecodoJobs:
         if not request.batch:
             return [await self.client.submit_task({**params, request.key: items[0]})]
         # One batch request per interval across every worker process: the limit is in Redis.
-        while (
-            wait := await self.store.acquire_rate(
-                "decodo:batch", self.settings.decodo_batch_interval
-            )
-        ) > 0:
-            await asyncio.sleep(wait)
+        await self._batches.wait()
         return await self.client.submit_batch(params, request.key, items)
 
     # -- fetch results ------------------------------------------------------------------
@@ -189,14 +187,18 @@ class DecodoJobs:
             body = await self._get_results(task_id)
         except Transient as exc:
             FETCHES.labels("decodo", exc.reason).inc()
-            return await self._retry(job_id, f"fetch:{task_id}", exc)
+            return await self._retry(
+                job_id, WorkItem(Work.FETCH, job_id, task_id).attempt_name, exc
+            )
         except Permanent as exc:
             FETCHES.labels("decodo", exc.reason).inc()
             await self._fail_task(job, task_id, exc)
             return None
         if body is None:  # 204: not ready yet
             FETCHES.labels("decodo", "not_ready").inc()
-            return await self._retry(job_id, f"fetch:{task_id}", None)
+            return await self._retry(
+                job_id, WorkItem(Work.FETCH, job_id, task_id).attempt_name, None
+            )
         FETCHES.labels("decodo", "stored").inc()
         await self.store.store_results(job_id, task_id, body, self.settings.results_ttl)
         return None
@@ -229,7 +231,7 @@ class DecodoJobs:
         outcomes = await asyncio.gather(*(self._check(job, t, limit) for t in pending))
         if all(outcomes):
             return None
-        attempt = await self.store.redis.hincrby(self.store.keys.attempts(job_id), "reconcile", 1)
+        attempt = await self.store.count_attempt(job_id, Work.RECONCILE)
         base = max(self.settings.reconcile_after, 1.0)
         return self.clock() + backoff(attempt, base, max(base, 3600.0))
 
@@ -309,7 +311,11 @@ class Decodo(Provider):
         request = parse_request(body)
         job_id = new_job_id()
         await store.create_job(
-            job_id, self.name, total=len(request.items), params=request.as_params(), work="submit"
+            job_id,
+            self.name,
+            total=len(request.items),
+            params=request.as_params(),
+            work=Work.SUBMIT,
         )
         return job_id, True
 

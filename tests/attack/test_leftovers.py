@@ -14,12 +14,12 @@ from redis.asyncio import Redis
 
 from receiver.jobs.decodo import DecodoJobs
 from receiver.jobs.firecrawl import FirecrawlJobs
-from receiver.keys import Keys
 from receiver.providers.base import open_http
 from receiver.providers.decodo import DecodoClient
 from receiver.providers.firecrawl import FirecrawlClient
 from receiver.settings import Settings
 from receiver.store import Store
+from receiver.store.keys import Keys
 from receiver.tokens import PassthroughSigner
 from tests.attack.conftest import KEYS, Target, running_target, snapshot_async
 from tests.providers.test_unusable_answers import NOT_HTTP, raw_server

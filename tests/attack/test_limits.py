@@ -24,7 +24,7 @@ import orjson
 import pytest
 import redis as sync_redis
 
-from receiver.keys import Keys
+from receiver.store.keys import Keys
 from receiver.tokens import PassthroughSigner
 from tests.attack.conftest import API_TOKEN, KEYS, Target, create_running_job
 from tests.servers import RedisProcess, free_port, wait_for_port

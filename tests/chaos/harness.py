@@ -39,8 +39,8 @@ from redis import Redis as SyncRedis
 
 from receiver.embedded import redis_server_binary
 from receiver.events import FINAL_TYPES, event_from_entry
-from receiver.keys import WORK_GROUP, Keys
 from receiver.sandbox.decodo import DEFAULT_AUTH
+from receiver.store.keys import WORK_GROUP, Keys
 from receiver.tokens import PassthroughSigner
 from tests.servers import consecutive_free_ports, free_port, wait_for_port
 

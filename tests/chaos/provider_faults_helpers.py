@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from receiver.events import FINAL_TYPES
-from receiver.keys import WORK_GROUP, Keys
+from receiver.store.keys import WORK_GROUP, Keys
 from tests.e2e import PolledDeployment, polled_deployment
 from tests.servers import RedisProcess
 

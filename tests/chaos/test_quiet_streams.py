@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 from receiver.app import create_app
 from receiver.embedded import redis_server_binary
 from receiver.events import Event, consume, subscribe, wait
-from receiver.keys import Keys
 from receiver.settings import Settings
+from receiver.store.keys import Keys
 from tests.receiver_app import KEYS, running_receiver
 from tests.servers import RedisProcess, run_redis, serve_app
 

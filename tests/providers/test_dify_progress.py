@@ -16,11 +16,11 @@ from redis.asyncio import Redis
 
 from receiver.events import event_from_entry
 from receiver.jobs.dify import DifyJobs
-from receiver.keys import Keys
 from receiver.polling import BUSY_POLL_MAX
 from receiver.providers.dify import DifyClient
 from receiver.settings import Settings
 from receiver.store import Store
+from receiver.store.keys import Keys
 from tests.providers.captures import CAPTURES, Record, Replay, load, load_path
 from tests.providers.conftest import Handler, MockHttp
 from tests.providers.test_dify_client import TIMELINES, saved_polls, where

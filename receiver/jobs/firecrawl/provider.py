@@ -12,7 +12,7 @@ from receiver.jobs.firecrawl.request import MAX_URLS, OPTIONS, UUID, parse_reque
 from receiver.jobs.firecrawl.workflow import FirecrawlJobs
 from receiver.providers.firecrawl import FirecrawlClient
 from receiver.settings import FIRECRAWL_BASE_URL, Settings
-from receiver.store import Store, iso, new_job_id
+from receiver.store import Store, Work, iso, new_job_id
 
 
 class Firecrawl(Provider):
@@ -40,7 +40,7 @@ class Firecrawl(Provider):
             self.name,
             total=len(request.urls),
             params={"urls": request.urls, "options": request.options},
-            work="submit",
+            work=Work.SUBMIT,
             submitting=False,
             extra=extra,
         )

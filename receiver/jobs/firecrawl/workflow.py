@@ -16,7 +16,7 @@ from receiver.jobs.firecrawl.tally import ending, live_counts, submitted_urls, t
 from receiver.polling import Observation, Poller, fingerprint, last_moved_at, parse_time
 from receiver.providers.firecrawl import BatchStatus, FirecrawlClient, PageError, document_key
 from receiver.settings import Settings
-from receiver.store import JobStatus, Store, iso
+from receiver.store import JobStatus, Store, Work, WorkItem, iso
 from receiver.tokens import PassthroughSigner
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class FirecrawlJobs(Poller):
         if updated == "closed":  # cancelled while the submission was on its way
             await self._cancel_batch(job_id, submitted.id)
             return None
-        await self.store.schedule(f"poll:{job_id}", self.clock())
+        await self.store.schedule(WorkItem(Work.POLL, job_id).member, self.clock())
         return None
 
     async def _cancel_batch(self, job_id: str, batch_id: str) -> None:

@@ -1,0 +1,98 @@
+"""What every room of the store shares: the client, the keys, the clock, the scripts, and
+the arguments every job script starts with."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from receiver.errors import NotConfirmed
+from receiver.store.events import at_ms, iso_ms
+from receiver.store.keys import Keys
+from receiver.store.scripts import Script, Scripts
+
+Clock = Callable[[], float]
+
+
+class StoreBase:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys | None = None,
+        *,
+        events_maxlen: int = 8_640_000,
+        clock: Clock = time.time,
+        confirm: str = "",
+        confirm_timeout: float = 1.0,
+        strict_scripts: bool = False,
+    ) -> None:
+        self._redis = redis
+        self.keys = keys or Keys()
+        self.events_maxlen = events_maxlen
+        self.clock = clock
+        # The command that confirms an acknowledged write on its own connection, if any
+        # (receiver.durability): WAITAOF 1 0 <ms>, or WAIT 1 <ms>.
+        self._confirm: tuple[Any, ...] = _confirm_command(confirm, confirm_timeout)
+        self.scripts = Scripts(redis, self.keys, strict=strict_scripts)
+
+    @property
+    def redis(self) -> Redis:
+        """The client, for tests and benchmarks to look at Redis with: no module of the
+        package but the store's uses it (tests/test_boundaries.py)."""
+        return self._redis
+
+    async def _acknowledged(self, write: Callable[[Any], Awaitable[Any]]) -> Any:
+        """The answer of a write we acknowledge to a caller (a 202, a 201), once it is as
+        durable as RECEIVER_DURABILITY asks: the confirmation runs on the write's own
+        connection, in one round trip with it. NotConfirmed when it did not come in time."""
+        if not self._confirm:
+            return await write(self._redis)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await write(pipe)
+            pipe.execute_command(*self._confirm)
+            answer, confirmed = await pipe.execute()
+        if not _confirmed(confirmed):
+            raise NotConfirmed("the write was not confirmed durable in time; retry")
+        return answer
+
+    async def _run_on_jobs(
+        self,
+        script: Script,
+        job_ids: Sequence[str],
+        args: Sequence[Any],
+        *,
+        acknowledged: bool = False,
+    ) -> Any:
+        """Run a job script (see lua/prelude.lua) on these jobs, with its own arguments."""
+        keys = self.keys.shared(job_ids[0])
+        for job_id in job_ids:
+            keys += self.keys.job_keys(job_id)
+        now = self.clock()
+        argv = [repr(now), iso_ms(at_ms(now)), self.events_maxlen, len(job_ids), *job_ids]
+        argv += args
+        if not acknowledged:
+            return await script(keys, argv)
+        return await self._acknowledged(lambda client: script(keys, argv, client))
+
+
+def _confirm_command(confirm: str, timeout: float) -> tuple[Any, ...]:
+    milliseconds = max(1, int(timeout * 1000))
+    if confirm == "waitaof":
+        return ("WAITAOF", 1, 0, milliseconds)
+    if confirm == "wait":
+        return ("WAIT", 1, milliseconds)
+    return ()
+
+
+def _confirmed(reply: Any) -> bool:
+    """WAIT answers the replicas that have the write; WAITAOF [local, replicas] fsynced."""
+    if isinstance(reply, list | tuple):
+        return int(reply[0]) >= 1
+    return int(reply) >= 1
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,88 @@
+"""What operators are told: worker heartbeats, Redis's memory, the queues' lengths."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from receiver.store.base import text
+from receiver.store.keys import HEARTBEATS_KEPT, WORK_GROUP
+from receiver.store.reads import Reads
+
+
+@dataclass(frozen=True)
+class Memory:
+    used: int
+    limit: int  # maxmemory; 0: none
+    policy: str
+
+    @property
+    def full(self) -> str:
+        """Why Redis cannot take writes for lack of memory, or ""."""
+        if self.limit and self.policy == "noeviction" and self.used >= self.limit:
+            return (
+                f"redis out of memory: {self.used} of maxmemory {self.limit} bytes used"
+                " (noeviction)"
+            )
+        return ""
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The gauges of /metrics."""
+
+    memory: Memory
+    work: int  # entries in the work stream
+    pending: int  # read by a worker, not yet done
+    oldest: float  # seconds since the oldest entry in the work stream was queued
+    events: int  # entries in the events stream
+    jobs: dict[str, int]  # jobs by status
+
+
+class Health(Reads):
+    async def beat(self, worker: str, interval: float) -> None:
+        """A worker's heartbeat; those silent for HEARTBEATS_KEPT intervals are dropped."""
+        now = time.time()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.heartbeats, {worker: now})
+            pipe.zremrangebyscore(self.keys.heartbeats, "-inf", now - HEARTBEATS_KEPT * interval)
+            await pipe.execute()
+
+    async def withdraw(self, worker: str) -> None:
+        """A stopping worker's heartbeat taken away, so /readyz knows at once."""
+        await self._redis.zrem(self.keys.heartbeats, worker)
+
+    async def live_workers(self, window: float) -> int:
+        """Workers whose heartbeat is at most `window` seconds old."""
+        return int(await self._redis.zcount(self.keys.heartbeats, time.time() - window, "+inf"))
+
+    async def memory(self) -> Memory:
+        info: Any = await self._redis.info("memory")
+        return Memory(
+            int(info.get("used_memory", 0) or 0),
+            int(info.get("maxmemory", 0) or 0),
+            str(info.get("maxmemory_policy", "")),
+        )
+
+    async def figures(self) -> Figures:
+        work = await self._redis.xlen(self.keys.work)
+        events = await self._redis.xlen(self.keys.events)
+        pending, oldest = await self._pending()
+        jobs = await self.jobs_by_status()
+        return Figures(await self.memory(), work, pending, oldest, events, jobs)
+
+    async def _pending(self) -> tuple[int, float]:
+        """Pending entries of the work group, and the age in seconds of the oldest entry."""
+        if not await self._redis.exists(self.keys.work):
+            return 0, 0.0
+        try:
+            summary: Any = await self._redis.xpending(self.keys.work, WORK_GROUP)
+        except Exception:  # no worker has created the group yet
+            summary = {"pending": 0}
+        oldest: Any = await self._redis.xrange(self.keys.work, count=1)
+        age = 0.0
+        if oldest:
+            millis = int(text(oldest[0][0]).split("-")[0])
+            age = max(0.0, time.time() - millis / 1000)
+        return int(summary["pending"]), age

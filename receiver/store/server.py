@@ -1,0 +1,133 @@
+"""Reaching the Redis server: the clients every process opens, and what a server says of
+itself at start (its persistence, for RECEIVER_DURABILITY)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis as sync_redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+from receiver.errors import ConfigError
+from receiver.settings import Settings
+from receiver.store.base import text
+
+log = logging.getLogger("receiver.store")
+
+# Seconds any one Redis command may take before the call fails (and counts as an outage),
+# chosen here rather than inherited from redis-py (5 s in 8.x). Every blocking read asks
+# for less than this (events.read_events and the worker block for at most half of it).
+REDIS_TIMEOUT = 10.0
+# Seconds to open a connection to Redis.
+REDIS_CONNECT_TIMEOUT = 5.0
+# Connections of the web's event streams' pool (a pool of their own, so that callbacks
+# never wait behind subscribers for one): the feed's read, and the short reads of streams
+# opening or catching up (a stream waiting for events holds none).
+STREAM_POOL_SIZE = 32
+# Seconds a starting process waits for its Redis to answer before it gives up.
+STARTUP_WAIT = 30.0
+
+
+def pool_size(settings: Settings) -> int:
+    """Connections of a process's main pool: two per concurrent fetch or poll, and room for
+    the web's requests and the worker's loops."""
+    return 2 * settings.fetch_concurrency + 2 * settings.poll_concurrency + 64
+
+
+def open_redis(settings: Settings, max_connections: int | None = None) -> Redis:
+    """A client whose pool waits for a free connection rather than failing when busy, with
+    every timeout chosen: a command, a connection, and the wait for a pooled connection."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url or "",
+        max_connections=max_connections or pool_size(settings),
+        timeout=REDIS_TIMEOUT,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+    return Redis.from_pool(pool)  # closing the client closes the pool too
+
+
+def open_stream_redis(settings: Settings) -> Redis:
+    """The event streams' client, with a pool of its own (STREAM_POOL_SIZE)."""
+    return open_redis(settings, STREAM_POOL_SIZE)
+
+
+@dataclass(frozen=True)
+class Persistence:
+    """What a Redis says of its persistence and replication (None: it would not say)."""
+
+    appendonly: bool | None
+    appendfsync: str | None
+    version: tuple[int, ...]
+    replicas: int
+
+    @property
+    def has_waitaof(self) -> bool:
+        return self.version >= (7, 2)
+
+    @property
+    def fsyncs_always(self) -> bool:
+        return bool(self.appendonly) and self.appendfsync == "always"
+
+
+def read_persistence(url: str) -> Persistence:
+    """Ask the Redis at `url` about its AOF, version and replicas, once."""
+    client = sync_redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        return _persistence(client)
+    finally:
+        client.close()
+
+
+def _persistence(client: sync_redis.Redis) -> Persistence:
+    """CONFIG may be refused (managed offerings rename or forbid it), which leaves its
+    answers unknown."""
+    server: Any = client.info("server")
+    replication: Any = client.info("replication")
+    version = tuple(int(part) for part in str(server.get("redis_version", "0")).split(".")[:2])
+    appendonly: bool | None = None
+    appendfsync: str | None = None
+    try:
+        config: Any = client.config_get("append*")
+        if "appendonly" in config:
+            appendonly = text(config["appendonly"]) == "yes"
+        if "appendfsync" in config:
+            appendfsync = text(config["appendfsync"])
+    except ResponseError:
+        persistence: Any = client.info("persistence")
+        if "aof_enabled" in persistence:
+            appendonly = bool(int(persistence["aof_enabled"]))
+    replicas = int(replication.get("connected_slaves", 0))
+    return Persistence(appendonly, appendfsync, version, replicas)
+
+
+def persistence_when_up(url: str) -> Persistence:
+    """`read_persistence`, waiting up to STARTUP_WAIT seconds for the Redis to answer;
+    ConfigError when it does not, or refuses us."""
+    client = sync_redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    deadline = time.monotonic() + STARTUP_WAIT
+    waited = False
+    try:
+        while True:
+            try:
+                return _persistence(client)
+            except (RedisError, OSError) as exc:
+                refused = isinstance(exc, ResponseError | AuthenticationError)
+                if refused or time.monotonic() > deadline:
+                    why = "refused us" if refused else "is not answering"
+                    raise ConfigError(
+                        f"redis {why} ({type(exc).__name__}: {str(exc)[:200]})"
+                        + ("" if refused else f"; gave up after {STARTUP_WAIT:g} s")
+                    ) from None
+                if not waited:
+                    log.warning("waiting for redis", extra={"error": type(exc).__name__})
+                    waited = True
+                time.sleep(0.5)
+    finally:
+        client.close()

@@ -1,0 +1,70 @@
+"""The store: every room of it behind one object, the one door to Redis."""
+
+from __future__ import annotations
+
+import time
+
+from redis.asyncio import Redis
+
+from receiver.settings import Settings
+from receiver.store.base import Clock
+from receiver.store.batching import Batcher
+from receiver.store.health import Health
+from receiver.store.jobs import Callback, Jobs
+from receiver.store.keys import Keys
+from receiver.store.queue import Queue
+from receiver.store.rates import Rates
+from receiver.store.schedule import Schedule
+
+# Batches of callbacks in flight at once. With `appendfsync always` each script call waits
+# for Redis's fsync: a second batch in flight is taken while the first one's is on disk.
+COMMITS_IN_FLIGHT = 2
+
+
+class Store(Jobs, Schedule, Queue, Rates, Health):
+    """Reads and atomic writes of jobs, tasks, results, events, scheduled and queued work,
+    rate limits and heartbeats (each room in its module)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys | None = None,
+        *,
+        events_maxlen: int = 8_640_000,
+        clock: Clock = time.time,
+        confirm: str = "",
+        confirm_timeout: float = 1.0,
+        strict_scripts: bool = False,
+    ) -> None:
+        super().__init__(
+            redis,
+            keys,
+            events_maxlen=events_maxlen,
+            clock=clock,
+            confirm=confirm,
+            confirm_timeout=confirm_timeout,
+            strict_scripts=strict_scripts,
+        )
+        self._setup_jobs()
+        self._setup_reads()
+        self._setup_schedule()
+        self._setup_queue()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def open_store(settings: Settings, redis: Redis) -> Store:
+    return Store(
+        redis,
+        Keys(settings.key_prefix, settings.due_shards),
+        events_maxlen=settings.events_maxlen,
+        confirm=settings.durability_confirm,
+        confirm_timeout=settings.durability_timeout,
+    )
+
+
+def callback_committer(store: Store, max_batch: int = 512) -> Batcher[Callback, str]:
+    """Group commit of callbacks: those that arrive in one event-loop turn share one script
+    call (one Redis round trip per batch); each caller gets its code."""
+    return Batcher(store.apply_callbacks, max_batch, COMMITS_IN_FLIGHT)
