@@ -81,9 +81,9 @@ async def key_bytes(store: Store, job_ids: list[str]) -> dict[str, float]:
     hashes = [await redis.memory_usage(keys.job(j), samples=0) or 0 for j in sample]
     shared = {
         "external_index": keys.external("firecrawl"),
-        "jobs_index": keys.jobs,
-        "due_schedule": keys.due,
-        "events_stream": keys.events,
+        "jobs_index": keys.jobs(0),
+        "due_schedule": keys.due(0),
+        "events_stream": keys.events(0),
     }
     per_job = {"job_hash": sum(hashes) / len(hashes)}
     for name, key in shared.items():

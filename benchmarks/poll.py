@@ -217,7 +217,7 @@ async def prepare(deployment: Deployment, sizes: Sizes) -> None:
     redis = Redis.from_url(deployment.redis_url)
     try:
         await track_jobs(Store(redis), deployment.batch_ids, deployment.dify_batches)
-        due = await redis.zcard(Store(redis).keys.due)
+        due = await redis.zcard(Store(redis).keys.due(0))
     finally:
         await redis.aclose()
     say(f"tracked them as jobs in {time.monotonic() - started:.1f} s; {due} polls due")

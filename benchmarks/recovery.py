@@ -230,7 +230,7 @@ async def answer_of(request: Awaitable[httpx.Response]) -> httpx.Response | None
 
 async def work_drained(store: Store) -> bool:
     """No work entry left on the stream (workers delete what they acknowledge)."""
-    return await store.redis.xlen(store.keys.work) == 0
+    return await store.redis.xlen(store.keys.work(0)) == 0
 
 
 # -- Redis crashes --------------------------------------------------------------------------
@@ -434,7 +434,7 @@ async def worker_name(store: Store, worker: Child) -> str:
 async def pending_of(store: Store, consumer: str | None = None) -> set[str]:
     """Ids of the work entries read and not acknowledged (by `consumer`, else anyone)."""
     pending: Any = await store.redis.xpending_range(
-        store.keys.work, WORK_GROUP, "-", "+", 100_000, consumername=consumer
+        store.keys.work(0), WORK_GROUP, "-", "+", 100_000, consumername=consumer
     )
     return {p["message_id"].decode() for p in pending}
 

@@ -9,10 +9,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from receiver.errors import InvalidRequest, NotFound, Rejected, UnknownJob
-from receiver.events import STREAM_ID
 from receiver.jobs.base import Provider
 from receiver.registry import PROVIDERS
-from receiver.store import JobStatus, iso
+from receiver.store import JobStatus, cursors, iso
 from receiver.web import Services, error_response, json_response, parse_json_object, read_body
 
 # Bytes a POST /jobs body may hold (100,000 URLs fit).
@@ -78,17 +77,18 @@ async def list_jobs(request: Request, services: Services) -> Response:
         status=status,
         provider=provider,
         limit=_limit(request, default=100, most=1000),
-        cursor=_jobs_cursor(query.get("cursor")),
+        cursor=_jobs_cursor(query.get("cursor"), services.store.keys.partitions),
     )
     return json_response({"jobs": [public_job(job) for job in jobs], "next_cursor": cursor})
 
 
-def _jobs_cursor(raw: str | None) -> str | None:
+def _jobs_cursor(raw: str | None, partitions: int) -> str | None:
     if raw is None:
         return None
-    found = STREAM_ID.fullmatch(raw)
-    if found is None or any(int(part) >= 2**64 for part in found.groups()):
-        raise InvalidRequest("cursor must be a next_cursor this API gave")
+    try:
+        cursors.parse(raw, partitions, top=True)
+    except ValueError:
+        raise InvalidRequest("cursor must be a next_cursor this API gave") from None
     return raw
 
 

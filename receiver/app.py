@@ -46,10 +46,14 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = open_store(settings, open_redis(settings))
+        await store.settle_partitions()
         events = EventLog(open_stream_redis(settings), store.keys)
         signer = PassthroughSigner(settings.secret_keys, settings.token_max_age)
         outages = Outages()
-        feed = streams.EventFeed(events, outages, settings.sse_heartbeat)
+        feeds = [
+            streams.EventFeed(events, partition, outages, settings.sse_heartbeat)
+            for partition in range(store.keys.partitions)
+        ]
         async with open_http(settings) as http:
             services["s"] = Services(
                 settings,
@@ -62,7 +66,7 @@ def create_app(
                 outages,
                 events,
                 StreamSlots(settings.max_streams),
-                feed,
+                feeds,
             )
             metrics.DURABILITY.labels(settings.durability or "none").set(1)
             try:
@@ -72,7 +76,8 @@ def create_app(
                     async with background(services["s"]):
                         yield
             finally:
-                await feed.close()
+                for feed in feeds:
+                    await feed.close()
                 await events.close()
                 await store.close()
 

@@ -75,10 +75,14 @@ def _prepared(settings: Settings, *, join: bool = True) -> Iterator[Settings]:
 
 
 def _durable(settings: Settings) -> Settings:
+    """The settings with what the Redis says: the durability level in force, and the
+    deployment's number of partitions (recorded by its first process)."""
     from receiver.durability import check_redis
+    from receiver.store.server import settle_partitions
 
     try:
-        return check_redis(settings)
+        settings = check_redis(settings)
+        return settings.with_changes(partitions=settle_partitions(settings))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 

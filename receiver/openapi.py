@@ -27,8 +27,12 @@ EVENT_TYPES = (
 _TASK_ID = f"^{TASK_ID.pattern}$"
 # The JSON integers the callback parser reads as integers (wider ones become floats).
 _INT_RANGE = {"minimum": -(2**63), "maximum": 2**64 - 1}
-# An entry id of a stream: an event's id, and the next_cursor of GET /jobs.
-_STREAM_ID = f"^{STREAM_ID.pattern}$"
+# An entry id of a stream, or with several partitions one per partition, comma-separated:
+# an event's id, and the cursor of GET /events.
+_ID = STREAM_ID.pattern.replace("(", "").replace(")", "")
+_STREAM_ID = f"^{_ID}(,{_ID})*$"
+# The next_cursor of GET /jobs: the same, where a partition not yet read is `+`.
+_JOBS_CURSOR = f"^({_ID}|\\+)(,({_ID}|\\+))*$"
 # The `error` of a provider's failure passed on: provider_<reason>.
 _PROVIDER_ERROR = "^provider_[a-z_]+$"
 
@@ -280,7 +284,7 @@ def _list_jobs() -> Schema:
         _parameter(
             "query",
             "cursor",
-            {"type": "string", "pattern": _STREAM_ID},
+            {"type": "string", "pattern": _JOBS_CURSOR},
             "The previous page's next_cursor.",
         ),
     ]

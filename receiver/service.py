@@ -70,6 +70,7 @@ async def run_worker(settings: Settings) -> None:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)
     store = open_store(settings, open_redis(settings))
     try:
+        await store.settle_partitions()
         async with open_http(settings) as http:
             await build_worker(settings, store, http).run()
     finally:

@@ -11,6 +11,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from receiver.errors import ConfigError
 
+# The most partitions a deployment may have (RECEIVER_PARTITIONS).
+MOST_PARTITIONS = 1024
+
 T = TypeVar("T", int, float)
 
 DECODO_BASE_URL = "https://scraper-api.decodo.com"
@@ -116,8 +119,9 @@ class Settings:
     dify_rps: float = 50.0
     # Concurrent polls per provider in one worker process.
     poll_concurrency: int = 50
-    # Shards of the due schedule (sorted sets); raise when one Redis slot gets hot.
-    due_shards: int = 1
+    # Partitions of the deployment (see store/keys.py), fixed once its Redis records them:
+    # None takes what it recorded, else 1 (`store.server.settle_partitions`).
+    partitions: int | None = None
     # Seconds between SSE heartbeat comments, so proxies keep an idle stream open.
     sse_heartbeat: float = 15.0
     # Port of a worker's own /metrics (0: none); web processes serve /metrics themselves.
@@ -209,7 +213,7 @@ class Settings:
             firecrawl_rps=_number(env, "RECEIVER_FIRECRAWL_RPS", base.firecrawl_rps, float),
             dify_rps=_number(env, "RECEIVER_DIFY_RPS", base.dify_rps, float),
             poll_concurrency=_number(env, "RECEIVER_POLL_CONCURRENCY", base.poll_concurrency, int),
-            due_shards=max(1, _number(env, "RECEIVER_DUE_SHARDS", base.due_shards, int)),
+            partitions=_partitions(env),
             sse_heartbeat=_number(env, "RECEIVER_SSE_HEARTBEAT", base.sse_heartbeat, float),
             metrics_port=_number(env, "RECEIVER_METRICS_PORT", base.metrics_port, int),
             log_format=env.get("RECEIVER_LOG_FORMAT", base.log_format),
@@ -279,6 +283,15 @@ class Settings:
 
     def with_changes(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _partitions(env: Mapping[str, str]) -> int | None:
+    raw = env.get("RECEIVER_PARTITIONS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= MOST_PARTITIONS:
+        raise ConfigError(f"RECEIVER_PARTITIONS must be a whole number from 1 to {MOST_PARTITIONS}")
+    return int(raw)
 
 
 def _names(raw: str) -> tuple[str, ...]:

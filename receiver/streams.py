@@ -33,10 +33,10 @@ from starlette.types import Receive, Scope, Send
 from receiver.api import public_job
 from receiver.backoff import backoff
 from receiver.errors import InvalidRequest, UnknownJob
-from receiver.events import RETRY_BASE, RETRY_CAP, STREAM_ID, Event
+from receiver.events import RETRY_BASE, RETRY_CAP, Event
 from receiver.metrics import STREAMS_REFUSED
 from receiver.outages import Outages, raise_if_cancelling
-from receiver.store import EventLog, JobStatus
+from receiver.store import EventLog, JobStatus, cursors
 from receiver.web import Services, json_response
 
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -51,26 +51,28 @@ log = logging.getLogger(__name__)
 
 
 async def all_events(request: Request, services: Services) -> Response:
-    resume = _resume_from(request)
+    partitions = list(range(services.store.keys.partitions))
+    resume = _resume_from(request, len(partitions))
 
     async def opening() -> AsyncIterator[bytes]:
-        cursor = resume or await services.events.last_id()
-        return _follow(services, cursor, job_id=None)
+        positions = resume or [await services.events.last_id(p) for p in partitions]
+        return _follow(services, partitions, positions, job_id=None)
 
     return await _opened(services, opening)
 
 
 async def job_events(request: Request, services: Services) -> Response:
     job_id = request.path_params["job_id"]
-    resume = _resume_from(request)
+    resume = _resume_from(request, 1)
+    partition = services.store.keys.partition_of(job_id)
 
     async def opening() -> AsyncIterator[bytes]:
         # The cursor is taken before the state is read: nothing between them is missed.
-        cursor = resume or await services.events.last_id()
+        cursor = resume[0] if resume else await services.events.last_id(partition)
         job = await services.store.get_job(job_id)
         if job is None:
             raise UnknownJob(f"no job {job_id}")
-        return _job_stream(services, job, cursor, resumed=resume is not None)
+        return _job_stream(services, job, partition, cursor, resumed=resume is not None)
 
     return await _opened(services, opening)
 
@@ -101,7 +103,7 @@ def _too_many(services: Services) -> Response:
 
 
 async def _job_stream(
-    services: Services, job: dict[str, object], cursor: str, *, resumed: bool
+    services: Services, job: dict[str, object], partition: int, cursor: str, *, resumed: bool
 ) -> AsyncIterator[bytes]:
     ended = JobStatus(str(job["status"])).terminal
     if not resumed:
@@ -109,36 +111,52 @@ async def _job_stream(
         if ended:
             return
     # Resumed on an ended job (`drain`): what is left in the stream, then the end.
-    async for chunk in _follow(services, cursor, job_id=str(job["id"]), drain=ended):
+    follow = _follow(services, [partition], [cursor], job_id=str(job["id"]), drain=ended)
+    async for chunk in follow:
         yield chunk
 
 
 async def _follow(
-    services: Services, cursor: str, job_id: str | None, *, drain: bool = False
+    services: Services,
+    partitions: list[int],
+    positions: list[str],
+    job_id: str | None,
+    *,
+    drain: bool = False,
 ) -> AsyncIterator[bytes]:
-    """The events after the cursor (the job's, with `job_id`, until its final one), as they
-    come; with `drain`, only those the stream holds now."""
+    """The events of the partitions after their positions (the job's, with `job_id`, until
+    its final one), as they come; with `drain`, only those the streams hold now. Over
+    several partitions, each event's id is the cursor of them all after it."""
     # A ping goes out whenever nothing was written for a heartbeat, however busy the stream
     # is with other jobs' events: proxies and clients time out on silence, not on the stream.
     heartbeat = services.settings.sse_heartbeat
-    feed = services.feed
-    reader = _Reader(services.events, services.outages, cursor)
+    feeds = [services.feeds[p] for p in partitions]
+    readers = [
+        _Reader(services.events, p, services.outages, position)
+        for p, position in zip(partitions, positions, strict=True)
+    ]
     written = time.monotonic()
-    with contextlib.nullcontext() if drain else feed.subscribed():
+    with contextlib.ExitStack() as subscriptions:
+        if not drain:
+            for feed in feeds:
+                subscriptions.enter_context(feed.subscribed())
         while True:
-            items = None if drain else feed.after(reader.cursor)
-            if items is None:  # not in the feed's memory: read from Redis, without waiting
-                events = await reader.read(written + heartbeat, block=False)
-                if drain and events == []:
-                    return
-                if events == []:
-                    await feed.wait(written + heartbeat)
-                items = [(event, None) for event in events or ()]
-            elif items:
-                reader.cursor = items[-1][0].id
-            else:
-                await feed.wait(written + heartbeat)
-            chunk, ended = _frames(items, job_id)
+            items: list[tuple[int, Event, bytes | None]] = []
+            for index, (feed, reader) in enumerate(zip(feeds, readers, strict=True)):
+                kept = None if drain else feed.after(reader.cursor)
+                if kept is None:  # not in the feed's memory: read from Redis, without waiting
+                    events = await reader.read(written + heartbeat, block=False)
+                    kept = [(event, None) for event in events or ()]
+                elif kept:
+                    reader.cursor = kept[-1][0].id
+                items += [(index, event, body) for event, body in kept]
+            if drain and not items:
+                return
+            if not items:
+                await _wait_any(feeds, written + heartbeat)
+            elif len(readers) > 1:
+                items.sort(key=lambda item: cursors.order(item[1].id))
+            chunk, ended = _frames(items, job_id, positions)
             if chunk:
                 yield chunk
                 written = time.monotonic()
@@ -149,13 +167,31 @@ async def _follow(
                 written = time.monotonic()
 
 
-def _frames(items: Iterable[tuple[Event, bytes | None]], job_id: str | None) -> tuple[bytes, bool]:
+async def _wait_any(feeds: list[EventFeed], until: float) -> None:
+    """Until events come to one of the feeds, or the monotonic time `until`."""
+    if len(feeds) == 1:
+        await feeds[0].wait(until)
+        return
+    waits = [asyncio.ensure_future(feed.wait(until)) for feed in feeds]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+def _frames(
+    items: Iterable[tuple[int, Event, bytes | None]], job_id: str | None, positions: list[str]
+) -> tuple[bytes, bool]:
     """The frames of the events a stream sends (all, or the job's up to its final one),
-    joined; and whether the stream ends with them."""
+    joined; and whether the stream ends with them. `positions` (one per partition read)
+    move past each event; over several partitions they are each event's id."""
     frames: list[bytes] = []
-    for event, frame in items:
+    for index, event, body in items:
+        positions[index] = event.id
         if job_id is None or event.job_id == job_id:
-            frames.append(frame or _event_frame(event))
+            event_id = event.id if len(positions) == 1 else cursors.render(positions)
+            frames.append(b"id: %s\n%s" % (event_id.encode(), body or _event_body(event)))
             if job_id is not None and event.final:
                 return b"".join(frames), True
     return b"".join(frames), False
@@ -176,12 +212,13 @@ class EventFeed:
     def __init__(
         self,
         events: EventLog,
+        partition: int,
         outages: Outages,
         block: float,
         window: int = 4096,
         window_bytes: int = 8 * 1024 * 1024,
     ) -> None:
-        self.events, self.outages = events, outages
+        self.events, self.partition, self.outages = events, partition, outages
         # Seconds one read blocks at most: a Redis that does not answer is an outage once
         # it is past (and _OVERRUN), as it was for a stream's own reads; and how late the
         # feed sees its last stream gone.
@@ -198,7 +235,7 @@ class EventFeed:
 
     def after(self, cursor: str) -> list[tuple[Event, bytes | None]] | None:
         """The events after the cursor, with their frames; None when it is before the floor."""
-        key = _stream_key(cursor)
+        key = cursors.order(cursor)
         if self._floor is None or key < self._floor:
             return None
         return self._items[bisect.bisect_right(self._ids, key) :]
@@ -254,7 +291,7 @@ class EventFeed:
         failures = 0
         while self.subscribers:
             try:
-                newest = await self.events.last_id()
+                newest = await self.events.last_id(self.partition)
             except RedisError as exc:
                 raise_if_cancelling()
                 if not self.outages.failed(exc):
@@ -263,15 +300,15 @@ class EventFeed:
                 failures += 1
                 continue
             self.outages.recovered()
-            self._floor = _stream_key(newest)
+            self._floor = cursors.order(newest)
             self._notify()
-            return _Reader(self.events, self.outages, newest)
+            return _Reader(self.events, self.partition, self.outages, newest)
         return None
 
     def _add(self, events: list[Event]) -> None:
         for event in events:
-            frame = _event_frame(event)
-            self._ids.append(_stream_key(event.id))
+            frame = _event_body(event)
+            self._ids.append(cursors.order(event.id))
             self._items.append((event, frame))
             self._bytes += len(frame)
         if len(self._ids) > self.window or self._bytes > self.window_bytes:
@@ -297,12 +334,6 @@ class EventFeed:
         self._arrived = asyncio.Event()
 
 
-def _stream_key(event_id: str) -> tuple[int, int]:
-    """A stream id as the numbers Redis orders it by."""
-    millis, _, sequence = event_id.partition("-")
-    return int(millis), int(sequence or 0)
-
-
 @dataclass
 class _Reader:
     """Reads the events after a cursor; while Redis is away, tries again, backing off.
@@ -312,6 +343,7 @@ class _Reader:
     """
 
     events: EventLog
+    partition: int
     outages: Outages
     cursor: str
     failures: int = 0  # consecutive reads that failed
@@ -327,7 +359,7 @@ class _Reader:
         block_ms = max(1, math.ceil((until - now) * 1000)) if block else None
         try:
             async with asyncio.timeout(until - now + _OVERRUN):
-                events = await self.events.read(self.cursor, block_ms)
+                events = await self.events.read(self.partition, self.cursor, block_ms)
         except TimeoutError:  # ours: Redis did not answer by the heartbeat
             raise_if_cancelling()
             self._failed(RedisTimeoutError("no answer by the heartbeat"))
@@ -353,14 +385,17 @@ class _Reader:
         self.back_off()
 
 
-def _resume_from(request: Request) -> str | None:
+def _resume_from(request: Request, partitions: int) -> list[str] | None:
+    """The positions a Last-Event-ID resumes from: an event id, or over several partitions
+    the cursor the stream gave; None without one."""
     last = request.headers.get("last-event-id")
     if last is None or last == "":
         return None
-    # Redis takes each part of a stream id as a 64-bit unsigned number.
-    if not STREAM_ID.fullmatch(last) or any(int(part) >= 2**64 for part in last.split("-")):
-        raise InvalidRequest("Last-Event-ID must be an event id such as 1795383656390-0")
-    return last
+    try:
+        return cursors.parse(last, partitions)
+    except ValueError:
+        example = ",".join(["1795383656390-0"] * partitions)
+        raise InvalidRequest(f"Last-Event-ID must be an event id such as {example}") from None
 
 
 class _EventStream(StreamingResponse):
@@ -390,8 +425,9 @@ async def _ended_on_refusal(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes
         log.exception("event stream ended by a redis error")
 
 
-def _event_frame(event: Event) -> bytes:
-    return _frame(event.id, event.type, orjson.dumps(event.to_dict()))
+def _event_body(event: Event) -> bytes:
+    """An event's frame but for its id line, which depends on the stream it goes out on."""
+    return b"event: %s\ndata: %s\n\n" % (event.type.encode(), orjson.dumps(event.to_dict()))
 
 
 def _frame(event_id: str, kind: str, data: bytes) -> bytes:

@@ -72,7 +72,7 @@ class Services:
     # that a callback waits for.
     events: EventLog
     streams: StreamSlots
-    feed: EventFeed  # the one reader of the event stream for every open stream
+    feeds: list[EventFeed]  # per partition: the one reader of its events for every stream
 
 
 Endpoint = Callable[[Request, Services], Awaitable[Response]]

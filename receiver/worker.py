@@ -29,6 +29,7 @@ from receiver.registry import workflows
 from receiver.settings import Settings
 from receiver.store import Store, WorkItem
 from receiver.store.keys import DUE_LEASE
+from receiver.store.queue import Entry
 from receiver.tokens import PassthroughSigner
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
-        self._entries: dict[str, Any] = {}  # stream entries at work here, by id
+        self._entries: dict[str, Entry] = {}  # stream entries at work here, by Entry.key
         self._leases: dict[str, float] = {}  # due members at work here -> their lease end
         self.outages = outages or Outages()
 
@@ -146,13 +147,22 @@ class Worker:
             await asyncio.sleep(self.heartbeat_interval)
 
     async def _consume(self) -> None:
+        """Read every partition's stream, each with reads of its own (a Redis Cluster
+        refuses one read of several streams on different slots)."""
         await self.store.ensure_group()
+        async with asyncio.TaskGroup() as group:  # one fails: all stop, and start again
+            for partition in range(self.store.keys.partitions):
+                group.create_task(self._consume_partition(partition))
+
+    async def _consume_partition(self, partition: int) -> None:
+        share = self.store.keys.partitions
         while True:
             room = await self._wait_for_room()
-            entries = await self.store.read_work(self.name, room, READ_BLOCK_MS)
+            count = max(1, -(-room // share))  # the room, shared by the partitions' reads
+            entries = await self.store.read_work(partition, self.name, count, READ_BLOCK_MS)
             self.outages.recovered()
-            for entry_id, item in entries:
-                self._start_entry(entry_id, item)
+            for entry in entries:
+                self._start_entry(entry)
 
     async def _reclaim(self) -> None:
         """Take over entries another worker read but never acknowledged (it died), and
@@ -161,18 +171,22 @@ class Worker:
         while True:
             if await self.outages.wait_for_end(max(self.claim_idle / 2, 0.05)):
                 await asyncio.sleep(OWN_UNFINISHED_IDLE)
-            room = await self._wait_for_room()
-            entries = await self.store.reclaim_work(self.name, int(self.claim_idle * 1000), room)
-            # And our own that we could not acknowledge (Redis was away): taken up again
-            # now rather than after claim_idle.
-            idle = int(OWN_UNFINISHED_IDLE * 1000)
-            entries += await self.store.own_unfinished(
-                self.name, idle, self.free or 1, self._entries
-            )
-            if entries:
-                log.info("reclaimed work", extra={"entries": len(entries), "worker": self.name})
-            for entry_id, item in entries:
-                self._start_entry(entry_id, item)
+            for partition in range(self.store.keys.partitions):
+                room = await self._wait_for_room()
+                entries = await self.store.reclaim_work(
+                    partition, self.name, int(self.claim_idle * 1000), room
+                )
+                # And our own that we could not acknowledge (Redis was away): taken up
+                # again now rather than after claim_idle.
+                idle = int(OWN_UNFINISHED_IDLE * 1000)
+                entries += await self.store.own_unfinished(
+                    partition, self.name, idle, self.free or 1, self._entries
+                )
+                if entries:
+                    extra = {"entries": len(entries), "worker": self.name}
+                    log.info("reclaimed work", extra=extra)
+                for entry in entries:
+                    self._start_entry(entry)
 
     async def _due(self) -> None:
         while True:
@@ -186,27 +200,26 @@ class Worker:
 
     # -- one piece of work --------------------------------------------------------------
 
-    def _start_entry(self, entry_id: Any, item: WorkItem) -> None:
+    def _start_entry(self, entry: Entry) -> None:
         """Start a stream entry's work, unless it is at work here already (an entry
         reclaimed from ourselves). Registered before the task runs, so no other loop can
         take it up meanwhile."""
-        key = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-        if key in self._entries:
+        if entry.key in self._entries:
             return
-        self._entries[key] = entry_id
-        self._spawn(self._run_entry(key, entry_id, item))
+        self._entries[entry.key] = entry
+        self._spawn(self._run_entry(entry))
 
-    async def _run_entry(self, key: str, entry_id: Any, item: WorkItem) -> None:
-        member = item.member
+    async def _run_entry(self, entry: Entry) -> None:
+        member = entry.item.member
         try:
-            retry_at = await self._step(item)
-            await self.store.acknowledge(entry_id, member, retry_at)
+            retry_at = await self._step(entry.item)
+            await self.store.acknowledge(entry, retry_at)
         except RedisError as exc:  # unacknowledged: taken up again by _reclaim
             if not self.outages.failed(exc):
                 extra = {"work": member, "error": repr(exc)}
                 log.warning("could not acknowledge work", extra=extra)
         finally:
-            del self._entries[key]
+            del self._entries[entry.key]
 
     async def _run_due(self, member: str) -> None:
         try:

@@ -16,6 +16,7 @@ from receiver.events import event_from_entry
 from receiver.sandbox import decodo as decodo_sandbox
 from receiver.service import ProcessStop, worker_beside
 from receiver.settings import Settings
+from receiver.store.keys import Keys
 from tests.servers import RedisProcess, free_port, serve_app
 
 TOKEN = "e2e-api-token-7c1f9a"
@@ -43,6 +44,7 @@ class Deployment:
     api: str  # the receiver's base URL
     sandbox: str  # the Decodo sandbox's base URL
     redis: sync_redis.Redis
+    keys: Keys  # of the deployment (its partitions)
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKEN}"}
@@ -67,7 +69,7 @@ class Deployment:
     def wait(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = self.redis.hget(f"receiver:job:{{{job_id}}}", "status")
+            status = self.redis.hget(self.keys.job(job_id), "status")
             if status is not None and status.decode() in FINAL:  # type: ignore[union-attr]
                 return self.job(job_id)
             time.sleep(0.05)
@@ -96,7 +98,7 @@ class Deployment:
         return {**page, "results": merged}
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
-        entries: Any = self.redis.xrange("receiver:stream:events")
+        entries: Any = self.redis.xrange(self.keys.events(self.keys.partition_of(job_id)))
         return [
             event_from_entry(entry_id, fields).to_dict()
             for entry_id, fields in entries
@@ -140,7 +142,7 @@ def deployment(
             background=worker_beside(ProcessStop(signal_self=False)) if with_worker else None,
         )
         with serve_app(app, port) as api:
-            yield Deployment(api, sandbox, client)
+            yield Deployment(api, sandbox, client, Keys(partitions=config.partitions or 1))
     client.close()
 
 
@@ -181,7 +183,7 @@ class PolledDeployment(Deployment):
     def wait_for_field(self, job_id: str, name: str, timeout: float = 10.0) -> bytes:
         """The job hash field's value, once something has set it."""
         deadline = time.monotonic() + timeout
-        while (value := self.redis.hget(f"receiver:job:{{{job_id}}}", name)) is None:
+        while (value := self.redis.hget(self.keys.job(job_id), name)) is None:
             assert time.monotonic() < deadline, f"job {job_id} never got its {name}"
             time.sleep(0.02)
         return value  # type: ignore[return-value]
@@ -240,5 +242,6 @@ def polled_deployment(
             background=worker_beside(ProcessStop(signal_self=False)) if with_worker else None,
         )
         with serve_app(app, port) as api:
-            yield PolledDeployment(api, decodo_url, client, firecrawl_url, dify_url)
+            keys = Keys(partitions=config.partitions or 1)
+            yield PolledDeployment(api, decodo_url, client, keys, firecrawl_url, dify_url)
     client.close()

@@ -79,7 +79,7 @@ async def test_a_misspelt_code_in_a_script_fails(redis: Redis) -> None:
 
 async def test_every_script_keeps_to_its_keys(redis: Redis) -> None:
     """Each script, run through the store on a strict header, touches only its KEYS."""
-    store = Store(redis, Keys(due_shards=3), events_maxlen=1000, strict_scripts=True)
+    store = Store(redis, Keys(partitions=3), events_maxlen=1000, strict_scripts=True)
     now = store.clock()
     await store.ensure_group()
 
@@ -150,7 +150,7 @@ async def test_a_lua_error_names_its_file_and_line(redis: Redis, store: Store) -
     )
     script = store.scripts.update_jobs
     argv = [repr(store.clock()), "now", 100, 1, "j1", 1, 1, "job.progress", "{not json", 0]
-    keys = [*store.keys.shared("j1"), *store.keys.job_keys("j1")]
+    keys = [*store.keys.shared(store.keys.partition_of("j1")), *store.keys.job_keys("j1")]
     with pytest.raises(ResponseError) as raised:
         await script(keys, argv)
     assert f"receiver/store/lua/update_jobs.lua:{line}" in str(raised.value)

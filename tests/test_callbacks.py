@@ -14,9 +14,12 @@ from prometheus_client import REGISTRY
 from receiver import callbacks
 from receiver.app import create_app
 from receiver.settings import Settings
+from receiver.store.keys import Keys
 from receiver.tokens import PassthroughSigner
 from tests.receiver_app import KEYS, SEED_CALLBACK, Receiver, make_job
 from tests.servers import RedisProcess, serve_app
+
+REDIS_KEYS = Keys()
 
 
 def callback(receiver: Receiver, job_id: str, task_id: str, **changes: object) -> dict[str, object]:
@@ -29,7 +32,7 @@ def test_seed_callback_body_is_accepted_and_recorded(receiver: Receiver) -> None
     response = receiver.post(body)
     assert response.status_code == 202, response.text
     assert response.json() == {"status": "accepted"}
-    assert receiver.redis.hget("receiver:job:{j1}:tasks", "7039164056019693569") == b"done"
+    assert receiver.redis.hget(REDIS_KEYS.tasks("j1"), "7039164056019693569") == b"done"
 
 
 def test_misspelled_passtrough_and_task_id_variant_are_accepted(receiver: Receiver) -> None:
@@ -38,7 +41,7 @@ def test_misspelled_passtrough_and_task_id_variant_are_accepted(receiver: Receiv
     assert receiver.post({**SEED_CALLBACK, "id": "1", "passtrough": token}).status_code == 202
     short = {"task_id": "2", "status_code": 200, "passthrough": token}
     assert receiver.post(short).status_code == 202
-    assert receiver.redis.hgetall("receiver:job:{j1}:tasks") == {b"1": b"done", b"2": b"done"}
+    assert receiver.redis.hgetall(REDIS_KEYS.tasks("j1")) == {b"1": b"done", b"2": b"done"}
 
 
 def test_numeric_id_is_read_as_the_task_id(receiver: Receiver) -> None:

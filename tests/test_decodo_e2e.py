@@ -12,9 +12,12 @@ from typing import Any
 import httpx
 import redis
 
+from receiver.store.keys import Keys
 from receiver.tokens import PassthroughSigner
 from tests.e2e import Deployment, deployment, e2e_settings
 from tests.servers import RedisProcess
+
+KEYS = Keys()
 
 
 def final_events(events: list[dict[str, object]]) -> list[object]:
@@ -96,7 +99,7 @@ def test_duplicated_callbacks_complete_the_job_once(redis_process: RedisProcess)
         time.sleep(0.5)  # let every duplicate arrive
         assert final_events(d.events(job_id)) == ["job.completed"]
         assert sum(e["type"] == "task.completed" for e in d.events(job_id)) == 10
-        assert d.redis.hget(f"receiver:job:{{{job_id}}}", "received") == b"10"
+        assert d.redis.hget(KEYS.job(job_id), "received") == b"10"
 
 
 def test_reordered_callbacks_complete_the_job(redis_process: RedisProcess) -> None:
@@ -178,7 +181,7 @@ def test_batches_over_3000_items_are_chunked_one_per_second(redis_process: Redis
 def pending_work(d: Deployment) -> int:
     """Work entries read by a worker and not yet acknowledged."""
     try:
-        return int(d.redis.xpending("receiver:stream:work", "workers")["pending"])
+        return int(d.redis.xpending(KEYS.work(0), "workers")["pending"])
     except redis.exceptions.ResponseError:  # no worker has created the group yet
         return 0
 

@@ -20,8 +20,11 @@ from rich.console import Console
 from receiver.client.tables import print_jobs
 from receiver.polling import BUSY_POLL_MAX
 from receiver.providers.dify import STAGES
+from receiver.store.keys import Keys
 from tests.e2e import PolledDeployment, polled_deployment
 from tests.servers import RedisProcess
+
+KEYS = Keys()
 
 DIFY_KEY = {"Authorization": "Bearer dataset-sandbox"}
 
@@ -112,7 +115,7 @@ def test_a_resume_after_a_long_pause_is_noticed_within_seconds_with_its_re_split
         )
 
         # A long pause: the interval stays within the busy cap instead of backing off.
-        key = f"receiver:job:{{{job_id}}}"
+        key = KEYS.job(job_id)
         intervals: list[float] = []
         paused_until = time.monotonic() + 10.0
         while time.monotonic() < paused_until:
@@ -163,7 +166,7 @@ def test_a_non_uuid_dataset_id_fails_the_job_with_a_one_line_error(
 
 def scheduled(d: PolledDeployment, member: str) -> bool:
     """Whether the member is in one of the receiver's schedules (due sorted sets)."""
-    keys = d.redis.scan_iter("receiver:due*")
+    keys = [KEYS.due(p) for p in range(KEYS.partitions)]
     return any(d.redis.zscore(key, member) is not None for key in keys)
 
 

@@ -23,6 +23,8 @@ from receiver.tokens import PassthroughSigner
 from tests.receiver_app import KEYS, SEED_CALLBACK
 from tests.servers import RedisProcess, child_env, free_port, run_cli, run_redis, serve_app
 
+REDIS_KEYS = Keys()
+
 ALWAYS = Persistence(appendonly=True, appendfsync="always", version=(7, 0), replicas=0)
 EVERYSEC = Persistence(appendonly=True, appendfsync="everysec", version=(7, 0), replicas=0)
 
@@ -131,7 +133,7 @@ def test_replica_durability_waits_for_the_replica_and_refuses_without_it() -> No
             first = post("1")
             assert first.status_code == 202, first.text
             # Read from the replica itself: the write reached it before the 202.
-            assert replica.hget("receiver:job:{j1}:tasks", "1") == b"done"
+            assert replica.hget(REDIS_KEYS.tasks("j1"), "1") == b"done"
             replica.replicaof("NO", "ONE")  # the replica leaves
             refused = post("2")
             assert refused.status_code == 503, refused.text
@@ -143,7 +145,7 @@ def test_replica_durability_waits_for_the_replica_and_refuses_without_it() -> No
                 assert time.monotonic() < deadline, again.text
                 time.sleep(0.1)
             assert again.json()["status"] == "duplicate"  # taken before, confirmed now
-            assert replica.hget("receiver:job:{j1}:tasks", "2") == b"done"
+            assert replica.hget(REDIS_KEYS.tasks("j1"), "2") == b"done"
             ready = httpx.get(f"{url}/readyz", timeout=10).json()
             assert ready["durability"] == "replica"
         replica.close()
@@ -169,5 +171,5 @@ async def test_store_raises_not_confirmed_when_no_replica_acknowledges(
     with pytest.raises(NotConfirmed):
         await store.create_job("j2", "decodo", total=1, params={}, work="")
     # The write itself was made: a retry finds the id taken and creates nothing twice.
-    assert await client.hget("receiver:job:{j2}", "provider") == b"decodo"
+    assert await client.hget(REDIS_KEYS.job("j2"), "provider") == b"decodo"
     await client.aclose()

@@ -34,6 +34,8 @@ from receiver.tokens import PassthroughSigner
 from tests.e2e import TOKEN, Deployment, deployment
 from tests.servers import RedisProcess, free_port
 
+KEYS = Keys()
+
 
 def sse_frames(lines: Iterator[str]) -> Iterator[dict[str, str]]:
     """(id, event, data) frames of an SSE body, skipping comments."""
@@ -55,14 +57,14 @@ async def others_events(redis: Redis, count: int) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(count):
             event = {"type": "job.created", "job_id": f"other{i}", "provider": "decodo"}
-            pipe.xadd(Keys().events, {"event": orjson.dumps({**event, "status": "submitted"})})
+            pipe.xadd(Keys().events(0), {"event": orjson.dumps({**event, "status": "submitted"})})
         await pipe.execute()
 
 
 async def add_event(redis: Redis, job_id: str, kind: str) -> str:
     """An event of the job appended to the stream as the scripts append it; its id."""
     event = {"type": kind, "job_id": job_id, "provider": "decodo", "status": "running"}
-    entry_id: Any = await redis.xadd(Keys().events, {"event": orjson.dumps(event)})
+    entry_id: Any = await redis.xadd(Keys().events(0), {"event": orjson.dumps(event)})
     return str(entry_id.decode())
 
 
@@ -119,7 +121,7 @@ def stream_events(d: Deployment, job_id: str) -> list[dict[str, Any]]:
 
 
 def stream_ids(d: Deployment, job_id: str) -> list[str]:
-    entries: Any = d.redis.xrange("receiver:stream:events")
+    entries: Any = d.redis.xrange(KEYS.events(0))
     return [
         entry_id.decode() for entry_id, fields in entries if fields[b"job_id"].decode() == job_id
     ]
@@ -132,7 +134,7 @@ def stream_ids(d: Deployment, job_id: str) -> list[str]:
 async def test_offline_subscriber_catches_up_exactly_once(redis_process: RedisProcess) -> None:
     with deployment(redis_process) as d:
         client = Redis.from_url(redis_process.url)
-        cursor = await last_event_id(client, Keys())  # the subscriber goes offline here
+        cursor = await last_event_id(client, Keys(), 0)  # the subscriber goes offline here
         job_id = d.submit({"urls": [f"https://example.com/{i}" for i in range(5)]})
         d.wait(job_id)
         seen: list[Event] = []
@@ -167,7 +169,7 @@ async def test_wait_follows_from_the_newest_event_not_the_start(redis: Redis, st
     await store.finish_job("j1", JobStatus.FAILED, "because")
     final = await waiting
     assert final.type == "job.failed" and final.detail == {"reason": "because"}
-    assert final.id == (await last_event_id(redis, store.keys))
+    assert final.id == (await last_event_id(redis, store.keys, 0))
     assert await calls(redis, "xread") <= 3  # from 0, reading 20 000 events takes 40 and more
 
 
@@ -178,7 +180,7 @@ async def test_wait_on_an_ended_job_finds_its_final_event_without_reading_the_st
     await others_events(redis, 20_000)
     await store.create_job("j1", "dify", total=2, params={}, work="")
     await store.finish_job("j1", JobStatus.CANCELLED, "cancelled by a user")
-    final_id = await last_event_id(redis, store.keys)
+    final_id = await last_event_id(redis, store.keys, 0)
     await others_events(redis, 5_000)
     await redis.config_resetstat()
     final = await wait(redis, "j1", timeout=0.1)
@@ -193,9 +195,9 @@ async def test_wait_on_an_ended_job_trimmed_from_the_stream_rebuilds_its_event(
 ) -> None:
     await store.create_job("j1", "decodo", total=3, params={}, work="")
     await store.finish_job("j1", JobStatus.EXPIRED, "expired: gone")
-    entries: Any = await redis.xrange(store.keys.events)
+    entries: Any = await redis.xrange(store.keys.events(0))
     kept = entries[-1]
-    await redis.xtrim(store.keys.events, maxlen=0)  # MAXLEN trimmed it away
+    await redis.xtrim(store.keys.events(0), maxlen=0)  # MAXLEN trimmed it away
     final = await wait(redis, "j1", timeout=0.1)
     assert final.to_dict() == {**event_from_entry(*kept).to_dict(), "id": ""}
     assert final.type == "job.expired" and final.detail == {"reason": "expired: gone"}
@@ -294,7 +296,7 @@ async def test_helpers_raise_what_waiting_does_not_mend(redis: Redis) -> None:
     with pytest.raises(RedisConnectionError):  # still away at the timeout
         await wait(nowhere, "j1", timeout=0.3)
     await nowhere.aclose()
-    await redis.set(Keys().events, "not a stream")
+    await redis.set(Keys().events(0), "not a stream")
     with pytest.raises(ResponseError, match="WRONGTYPE"):  # at once: no retry mends it
         await asyncio.wait_for(anext(consume(redis, "g", "c")), 5)
     with pytest.raises(ResponseError, match="WRONGTYPE"):
@@ -345,7 +347,7 @@ def test_sse_on_an_ended_job_sends_its_state_and_ends(redis_process: RedisProces
 
 def test_sse_all_events_resume_and_heartbeat(redis_process: RedisProcess) -> None:
     with deployment(redis_process, settings={"sse_heartbeat": 0.2}) as d:
-        before: Any = d.redis.xrevrange("receiver:stream:events", count=1)
+        before: Any = d.redis.xrevrange(KEYS.events(0), count=1)
         job_id = d.submit({"url": "https://example.com"})
         d.wait(job_id)
         start = before[0][0].decode() if before else "0-0"
@@ -502,8 +504,8 @@ async def test_a_rebuilt_final_event_has_the_time_the_stream_entry_had(redis: Re
     store = Store(redis, clock=lambda: 1_800_000_000.0127)
     await store.create_job("j1", "decodo", total=1, params={}, work="")
     await store.finish_job("j1", JobStatus.FAILED, "rejected: no")
-    entries: Any = await redis.xrange(store.keys.events)
+    entries: Any = await redis.xrange(store.keys.events(0))
     kept = event_from_entry(*entries[-1])
-    await redis.xtrim(store.keys.events, maxlen=0)
+    await redis.xtrim(store.keys.events(0), maxlen=0)
     rebuilt = await wait(redis, "j1", timeout=0.1)
     assert kept.at == rebuilt.at == "2027-01-15T08:00:00.013+00:00"

@@ -22,11 +22,13 @@ from redis.asyncio import Redis
 from receiver.app import create_app
 from receiver.settings import Settings
 from receiver.store import Store, tracked_job_id
+from receiver.store.keys import Keys
 from receiver.tokens import PassthroughSigner, sign_webhook
 from tests.data import DATA
 from tests.servers import RedisProcess, serve_app
 
 KEYS = ("new-key", "old-key")
+REDIS_KEYS = Keys()
 SECRET = "whsec-webhooks"
 # The self-hosted build's 8 deliveries of one batch (capture 053).
 CAPTURE = DATA / "captures" / "firecrawl-webhooks" / "053_webhook_deliveries_unsigned.json"
@@ -72,13 +74,13 @@ class Webhooks:
         return {key: self.redis.dump(key) for key in sorted(keys)}
 
     def poll_due_at(self, job_id: str) -> float:
-        return float(self.redis.zscore("receiver:due", f"poll:{job_id}") or 0)
+        return float(self.redis.zscore(REDIS_KEYS.due_of(job_id), f"poll:{job_id}") or 0)
 
     def schedule_poll_later(self, job_id: str) -> float:
         """The job's poll planned an hour ahead, as a poll leaves it (next_poll_at)."""
         later = time.time() + 3600
-        self.redis.zadd("receiver:due", {f"poll:{job_id}": later})
-        self.redis.hset(f"receiver:job:{{{job_id}}}", "next_poll_at", repr(later))
+        self.redis.zadd(REDIS_KEYS.due_of(job_id), {f"poll:{job_id}": later})
+        self.redis.hset(REDIS_KEYS.job(job_id), "next_poll_at", repr(later))
         return later
 
 

@@ -16,12 +16,12 @@ pytestmark = pytest.mark.anyio
 
 
 async def events(redis: Redis, store: Store) -> list[dict[str, Any]]:
-    entries: Any = await redis.xrange(store.keys.events)
+    entries: Any = await redis.xrange(store.keys.events(0))
     return [event_from_entry(entry_id, fields).to_dict() for entry_id, fields in entries]
 
 
 async def work(redis: Redis, store: Store) -> list[dict[bytes, bytes]]:
-    entries: Any = await redis.xrange(store.keys.work)
+    entries: Any = await redis.xrange(store.keys.work(0))
     return [fields for _, fields in entries]
 
 
@@ -41,7 +41,7 @@ async def test_create_job_writes_record_index_event_and_work(redis: Redis, store
     job = await redis.hgetall(store.keys.job("j1"))
     assert job[b"status"] == b"submitted" and job[b"total"] == b"3"
     assert job[b"submitting"] == b"1"
-    indexed: Any = await redis.xrange(store.keys.jobs)
+    indexed: Any = await redis.xrange(store.keys.jobs(0))
     assert [fields for _, fields in indexed] == [{b"j": b"j1"}]
     assert [e["type"] for e in await events(redis, store)] == ["job.created"]
     assert await work(redis, store) == [{b"k": b"submit", b"j": b"j1"}]
@@ -54,7 +54,7 @@ async def test_record_submission_makes_job_running_and_schedules_reconcile(
     assert await redis.hgetall(store.keys.tasks("j1")) == {b"t0": b"pending", b"t1": b"pending"}
     job = await store.get_job("j1")
     assert job is not None and job["status"] == "running" and not job["submitting"]
-    assert await redis.zscore(store.keys.due, "reconcile:j1") is not None
+    assert await redis.zscore(store.keys.due(0), "reconcile:j1") is not None
 
 
 async def test_callback_done_records_task_enqueues_fetch_and_emits(
@@ -150,7 +150,7 @@ async def test_event_published_carries_the_stream_id(redis: Redis, store: Store)
     await store.finish_job("j1", JobStatus.CANCELLED, "stop")
     messages = [await pubsub.get_message(timeout=1) for _ in range(2)]
     await pubsub.aclose()  # type: ignore[no-untyped-call]
-    newest: Any = await redis.xrevrange(store.keys.events, count=1)
+    newest: Any = await redis.xrevrange(store.keys.events(0), count=1)
     stream_id = newest[0][0].decode()
     for message in messages:
         assert message is not None
@@ -174,7 +174,7 @@ async def test_claim_due_leases_members(store: Store) -> None:
     await store.schedule("b", now + 100)
     assert await store.claim_due(10, lease=30) == ["a"]
     assert await store.claim_due(10, lease=30) == []  # leased: no other worker gets it
-    score = await store.redis.zscore(store.keys.due, "a")
+    score = await store.redis.zscore(store.keys.due(0), "a")
     assert score is not None and score > now + 20
 
 
@@ -189,23 +189,23 @@ async def test_acquire_rate_allows_a_burst_then_spaces(store: Store) -> None:
     assert allowed == [True, True, True, False]
 
 
-async def test_due_shards_spread_members_and_claim_from_all(redis: Redis) -> None:
-    sharded = Store(redis, Keys(due_shards=4))
-    now = sharded.clock()
+async def test_partitions_spread_scheduled_work_and_claim_from_all(redis: Redis) -> None:
+    partitioned = Store(redis, Keys(partitions=4), strict_scripts=True)
+    now = partitioned.clock()
     members = [f"poll:job{i}" for i in range(40)]
     for member in members:
-        await sharded.schedule(member, now - 1)
-    used = {sharded.due_key(m) for m in members}
-    assert len(used) == 4 and all("{" in key or key == sharded.keys.due for key in used)
-    claimed = await sharded.claim_due(100)
+        await partitioned.schedule(member, now - 1)
+    used = {partitioned.due_key(m) for m in members}
+    assert used == {partitioned.keys.due(p) for p in range(4)}
+    claimed = await partitioned.claim_due(100)
     assert sorted(claimed) == sorted(members)
-    assert await sharded.claim_due(100) == []
+    assert await partitioned.claim_due(100) == []
 
 
 async def test_ensure_group_is_idempotent(redis: Redis, store: Store) -> None:
     await store.ensure_group()
     await store.ensure_group()
-    groups = await redis.xinfo_groups(store.keys.work)
+    groups = await redis.xinfo_groups(store.keys.work(0))
     assert [g["name"] for g in groups] == [WORK_GROUP.encode()]
 
 
@@ -234,7 +234,7 @@ async def test_events_stream_is_trimmed_near_its_maxlen(redis: Redis) -> None:
     store = Store(redis, events_maxlen=200)
     await running_job(store, tasks=3000)
     await store.apply_callbacks([("j1", f"t{i}", "done") for i in range(3000)])
-    length = await redis.xlen(store.keys.events)
+    length = await redis.xlen(store.keys.events(0))
     # MAXLEN ~ trims whole stream nodes (100 entries each by default): near 200, not 3000.
     assert 200 <= length <= 400, length
     newest = (await events(redis, store))[-1]

@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from receiver.sandbox.decodo import DEFAULT_AUTH
+from receiver.store.keys import Keys
 from tests.client.frames import (
     DIFY_DOCS,
     PING,
@@ -428,7 +429,7 @@ def test_watch_keeps_watching_a_job_quiet_for_longer_than_the_heartbeat(
         )
         with piped(env, "run") as server:
             wait_for_port(port)
-            d = Deployment(api, sandbox, redis)
+            d = Deployment(api, sandbox, redis, Keys())
             job_id, tasks = held_job(d, 1)
             with piped(env, "watch", job_id) as child:
                 child.read_until(" job.state ")

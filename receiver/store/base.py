@@ -3,9 +3,10 @@ the arguments every job script starts with."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
@@ -15,6 +16,8 @@ from receiver.store.keys import Keys
 from receiver.store.scripts import Script, Scripts
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class StoreBase:
@@ -66,8 +69,9 @@ class StoreBase:
         *,
         acknowledged: bool = False,
     ) -> Any:
-        """Run a job script (see lua/prelude.lua) on these jobs, with its own arguments."""
-        keys = self.keys.shared(job_ids[0])
+        """Run a job script (see lua/prelude.lua) on these jobs, all of one partition, with
+        its own arguments."""
+        keys = self.keys.shared(self.keys.partition_of(job_ids[0]))
         for job_id in job_ids:
             keys += self.keys.job_keys(job_id)
         now = self.clock()
@@ -76,6 +80,26 @@ class StoreBase:
         if not acknowledged:
             return await script(keys, argv)
         return await self._acknowledged(lambda client: script(keys, argv, client))
+
+
+async def per_partition(
+    keys: Keys,
+    items: Sequence[T],
+    job_of: Callable[[T], str],
+    apply: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+) -> list[R]:
+    """`apply` of the items of each partition (by their job), the partitions at once; the
+    answers in the items' order."""
+    if keys.partitions == 1:
+        return list(await apply(items))
+    groups: dict[int, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(keys.partition_of(job_of(item)), []).append(index)
+    answers = await asyncio.gather(*(apply([items[i] for i in group]) for group in groups.values()))
+    ordered: dict[int, R] = {}
+    for group, answer in zip(groups.values(), answers, strict=True):
+        ordered.update(zip(group, answer, strict=True))
+    return [ordered[index] for index in range(len(items))]
 
 
 def _confirm_command(confirm: str, timeout: float) -> tuple[Any, ...]:

@@ -12,13 +12,13 @@ going away (restarted, loading, unreachable) is ridden out, backing off, from th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import math
-import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -30,6 +30,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from receiver.backoff import backoff
 from receiver.outages import outage_reason, raise_if_cancelling
+from receiver.store import cursors
 from receiver.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ T = TypeVar("T")
 # Event types that end a job, and the job statuses they end it in.
 # An entry id of a Redis stream (two numbers below 2**64): an event's id, as SSE's `id:` and
 # `Last-Event-ID` carry it, and the cursor of GET /jobs.
-STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+STREAM_ID = cursors.STREAM_ID
 FINAL_TYPES = frozenset({"job.completed", "job.failed", "job.cancelled", "job.expired"})
 FINAL_STATUSES = frozenset(t.removeprefix("job.") for t in FINAL_TYPES)
 # The counts of an event's `progress`.
@@ -201,6 +202,15 @@ def longest_block_ms(redis: Redis) -> int | None:
     return None if timeout is None else max(1, int(timeout * 500))
 
 
+async def deployment_keys(redis: Redis, keys: Keys | None = None) -> Keys:
+    """The keys of the deployment in this Redis: `keys`' prefix (receiver's own by default)
+    and the number of partitions the deployment recorded (one if it recorded none)."""
+    keys = keys or Keys()
+    recorded = await redis.hget(keys.meta, "partitions")
+    partitions = int(recorded) if recorded else 1
+    return keys if partitions == keys.partitions else replace(keys, partitions=partitions)
+
+
 async def subscribe(
     redis: Redis,
     job_id: str | None = None,
@@ -216,32 +226,97 @@ async def subscribe(
     still holds. Pass the id of the last event you handled to resume with nothing missed
     and nothing twice. With `job_id`, only that job's events are yielded.
 
+    With several partitions, every partition's stream is read at once (each job's events
+    in their order) and an event's `id` is a cursor over all of them (an entry id per
+    partition, comma-separated); a job's events carry their entry id in the job's
+    partition. Either is what `after` takes to resume.
+
     It waits as long as the stream is quiet, on any client. While Redis is away it tries
     again, backing off (up to 2 s apart), and goes on from the last event yielded; after
     `retry_for` seconds of failures (None: never) the Redis error is raised, as is at once
     an error that time does not cure (a refused password, a wrong key type).
     """
-    keys = keys or Keys()
     retries = _Retries(retry_for)
-    cursor = after
-    if not cursor:  # from now on: after the newest event
-        cursor = await retries.call(partial(last_event_id, redis, keys))
-    while True:
-        events = await retries.call(partial(read_events, redis, keys, cursor, block_ms))
-        for event in events:
-            cursor = event.id
-            if job_id is None or event.job_id == job_id:
-                yield event
+    keys = await retries.call(partial(deployment_keys, redis, keys))
+    partitions = [keys.partition_of(job_id)] if job_id else list(range(keys.partitions))
+    if not after:  # from now on: after the newest event
+        positions = [await retries.call(partial(last_event_id, redis, keys, p)) for p in partitions]
+    elif after == "0":
+        positions = ["0-0"] * len(partitions)
+    else:
+        positions = cursors.parse(after, len(partitions))
+    merged = _Merged(redis, keys, dict(zip(partitions, positions, strict=True)), block_ms)
+    try:
+        while True:
+            for partition, event in await retries.call(merged.read):
+                if job_id is None or event.job_id == job_id:
+                    yield merged.with_cursor(partition, event)
+    finally:
+        merged.close()
+
+
+class _Merged:
+    """Reads several partitions' streams at once: one blocking read each in flight (a
+    cluster refuses one read of streams on different slots), their events merged by time
+    as they come; a read that answers is followed by the next one of its partition while
+    the others wait on."""
+
+    def __init__(self, redis: Redis, keys: Keys, positions: dict[int, str], block_ms: int) -> None:
+        self.redis, self.keys, self.block_ms = redis, keys, block_ms
+        self.positions = positions
+        self._reads: dict[int, asyncio.Task[list[Event]]] = {}
+
+    async def read(self) -> list[tuple[int, Event]]:
+        """The next events of whichever partitions answer first (none: block_ms passed)."""
+        for partition, position in self.positions.items():
+            if partition not in self._reads:
+                read = read_events(self.redis, self.keys, partition, position, self.block_ms)
+                self._reads[partition] = asyncio.ensure_future(read)
+        done, _ = await asyncio.wait(self._reads.values(), return_when=asyncio.FIRST_COMPLETED)
+        found: list[tuple[int, Event]] = []
+        failed: BaseException | None = None
+        for partition, task in list(self._reads.items()):
+            if task not in done:
+                continue
+            del self._reads[partition]
+            if task.exception() is not None:
+                failed = task.exception()
+                continue
+            found += [(partition, event) for event in task.result()]
+        if failed is not None and not found:
+            raise failed
+        found.sort(key=lambda pair: cursors.order(pair[1].id))
+        return found
+
+    def with_cursor(self, partition: int, event: Event) -> Event:
+        """The event, past which the positions now are; its id the cursor of them all when
+        it reads several partitions."""
+        self.positions[partition] = event.id
+        if len(self.positions) == 1:
+            return event
+        return dataclasses.replace(event, id=cursors.render(list(self.positions.values())))
+
+    def close(self) -> None:
+        for task in self._reads.values():
+            task.cancel()
+        self._reads.clear()
 
 
 async def read_events(
-    redis: Redis, keys: Keys, after: str, block_ms: int | None = None, count: int = 500
+    redis: Redis,
+    keys: Keys,
+    partition: int,
+    after: str,
+    block_ms: int | None = None,
+    count: int = 500,
 ) -> list[Event]:
-    """The events after the id `after`, waiting up to block_ms for one when there are none
-    (None: not waiting; 0: as long as it takes). Safe on any client: see `read_blocking`."""
+    """The events of a partition after the id `after`, waiting up to block_ms for one when
+    there are none (None: not waiting; 0: as long as it takes). Safe on any client: see
+    `read_blocking`."""
+    stream = keys.events(partition)
 
     async def xread(block: int | None) -> Any:
-        return await redis.xread({keys.events: after}, count=count, block=block)
+        return await redis.xread({stream: after}, count=count, block=block)
 
     reply: Any = await read_blocking(redis, block_ms, xread)
     return [
@@ -285,19 +360,20 @@ async def wait(redis: Redis, job_id: str, timeout: float, *, keys: Keys | None =
     the job's record, with an empty `id`, when the stream no longer holds it. Redis going
     away meanwhile is ridden out; if it is still away at the timeout, its error is raised.
     """
-    keys = keys or Keys()
     deadline = time.monotonic() + timeout
     retries = _Retries(deadline=deadline)
+    keys = await retries.call(partial(deployment_keys, redis, keys))
+    partition = keys.partition_of(job_id)
     # The cursor is taken before the state is read: an end after the read is still seen.
-    cursor = await retries.call(partial(last_event_id, redis, keys))
+    cursor = await retries.call(partial(last_event_id, redis, keys, partition))
     record = await retries.call(partial(_job_record, redis, keys, job_id))
     if record.get("status") in FINAL_STATUSES:
-        found = await retries.call(partial(_find_final, redis, keys, record))
+        found = await retries.call(partial(_find_final, redis, keys, job_id, record))
         return found or _rebuild_final(job_id, record)
 
     async def read() -> list[Event]:  # until the deadline, whenever it is tried
         left_ms = math.ceil((deadline - time.monotonic()) * 1000)
-        return await read_events(redis, keys, cursor, max(1, left_ms))
+        return await read_events(redis, keys, partition, cursor, max(1, left_ms))
 
     while deadline > time.monotonic():
         for event in await retries.call(read):
@@ -313,12 +389,15 @@ async def _job_record(redis: Redis, keys: Keys, job_id: str) -> dict[str, str]:
     return {name: _text(v) for name, v in zip(_RECORD_FIELDS, values, strict=True) if v}
 
 
-async def _find_final(redis: Redis, keys: Keys, record: Mapping[str, str]) -> Event | None:
+async def _find_final(
+    redis: Redis, keys: Keys, job_id: str, record: Mapping[str, str]
+) -> Event | None:
     """The job's final event, by the stream id its job record keeps; None once trimmed."""
     final_id = record.get("final_event")
     if not final_id:
         return None
-    entries: Any = await redis.xrange(keys.events, final_id, final_id)
+    stream = keys.events(keys.partition_of(job_id))
+    entries: Any = await redis.xrange(stream, final_id, final_id)
     return event_from_entry(*entries[0]) if entries else None
 
 
@@ -337,11 +416,11 @@ def _rebuild_final(job_id: str, record: Mapping[str, str]) -> Event:
     )
 
 
-async def last_event_id(redis: Redis, keys: Keys) -> str:
-    """The id of the newest event, or "0" when there is none yet."""
-    last: Any = await redis.xrevrange(keys.events, count=1)
+async def last_event_id(redis: Redis, keys: Keys, partition: int) -> str:
+    """The id of the partition's newest event, or "0-0" when there is none yet."""
+    last: Any = await redis.xrevrange(keys.events(partition), count=1)
     if not last:
-        return "0"
+        return "0-0"
     return _text(last[0][0])
 
 
@@ -369,28 +448,67 @@ async def consume(
     to another consumer after `claim_idle_ms`. `start` is where a new group begins: "$"
     (only new events) or "0" (everything the stream holds). `prefetch` is how many
     events a consumer takes at once: more is faster, fewer shares the work more evenly.
+    With several partitions the group is one per partition's stream, read all at once.
 
     Like `subscribe`, it waits as long as the stream is quiet, on any client, and rides
     out Redis going away (`retry_for`). A Redis that came back without its data has lost
     the group too: it is made again after the last event this consumer took.
     """
-    member = _Member(redis, keys or Keys(), group, consumer, start, block_ms, claim_idle_ms)
     retries = _Retries(retry_for)
-    await retries.call(member.join)
-    while True:
-        for entry_id, fields in await retries.call(partial(member.take, prefetch)):
-            event = event_from_entry(entry_id, fields)
-            if job_id is None or event.job_id == job_id:
-                yield event
-            await retries.call(partial(member.ack, entry_id))
+    keys = await retries.call(partial(deployment_keys, redis, keys))
+    members = {
+        partition: _Member(
+            redis, keys.events(partition), group, consumer, start, block_ms, claim_idle_ms
+        )
+        for partition in range(keys.partitions)
+    }
+    for member in members.values():
+        await retries.call(member.join)
+    takes: dict[int, asyncio.Task[list[Any]]] = {}
+    try:
+        while True:
+            for partition, member in members.items():
+                if partition not in takes:
+                    takes[partition] = asyncio.ensure_future(member.take(prefetch))
+            done, _ = await asyncio.wait(takes.values(), return_when=asyncio.FIRST_COMPLETED)
+            for partition, task in list(takes.items()):
+                if task not in done:
+                    continue
+                del takes[partition]
+                entries = await retries.call(_outcome(task, members[partition], prefetch))
+                for entry_id, fields in entries:
+                    event = event_from_entry(entry_id, fields)
+                    if job_id is None or event.job_id == job_id:
+                        yield event
+                    await retries.call(partial(members[partition].ack, entry_id))
+    finally:
+        for task in takes.values():
+            task.cancel()
+
+
+def _outcome(
+    task: asyncio.Task[list[Any]], member: _Member, count: int
+) -> Callable[[], Awaitable[list[Any]]]:
+    """What a take gave, as an attempt `_Retries.call` can make again: the first attempt
+    gives the take's answer (or raises its error), each later one takes anew."""
+    first = True
+
+    async def attempt() -> list[Any]:
+        nonlocal first
+        if first:
+            first = False
+            return task.result()
+        return await member.take(count)
+
+    return attempt
 
 
 @dataclass
 class _Member:
-    """One consumer of a consumer group of the events stream."""
+    """One consumer of a consumer group of one partition's events stream."""
 
     redis: Redis
-    keys: Keys
+    stream: str
     group: str
     name: str
     start: str  # where the group begins if it has to be made (again): after this entry id
@@ -399,9 +517,7 @@ class _Member:
 
     async def join(self) -> None:
         try:
-            await self.redis.xgroup_create(
-                self.keys.events, self.group, id=self.start, mkstream=True
-            )
+            await self.redis.xgroup_create(self.stream, self.group, id=self.start, mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -417,18 +533,18 @@ class _Member:
         return []
 
     async def ack(self, entry_id: bytes) -> None:
-        await self.redis.xack(self.keys.events, self.group, entry_id)
+        await self.redis.xack(self.stream, self.group, entry_id)
 
     async def _claim(self, count: int) -> list[Any]:
         claimed: Any = await self.redis.xautoclaim(
-            self.keys.events, self.group, self.name, self.claim_idle_ms, "0-0", count=count
+            self.stream, self.group, self.name, self.claim_idle_ms, "0-0", count=count
         )
         return list(claimed[1])
 
     async def _read(self, count: int) -> list[Any]:
         async def xreadgroup(block: int | None) -> Any:
             return await self.redis.xreadgroup(
-                self.group, self.name, {self.keys.events: ">"}, count=count, block=block
+                self.group, self.name, {self.stream: ">"}, count=count, block=block
             )
 
         reply: Any = await read_blocking(self.redis, self.block_ms, xreadgroup)
@@ -440,18 +556,20 @@ class _Member:
 
 @dataclass
 class EventLog:
-    """The events stream on a client of its own (the web's event feed and its readers)."""
+    """The events streams on a client of their own (the web's event feeds and readers)."""
 
     redis: Redis
     keys: Keys
 
-    async def read(self, after: str, block_ms: int | None = None, count: int = 500) -> list[Event]:
-        """The events after `after` (see read_events)."""
-        return await read_events(self.redis, self.keys, after, block_ms, count)
+    async def read(
+        self, partition: int, after: str, block_ms: int | None = None, count: int = 500
+    ) -> list[Event]:
+        """The events of a partition after `after` (see read_events)."""
+        return await read_events(self.redis, self.keys, partition, after, block_ms, count)
 
-    async def last_id(self) -> str:
-        """The id of the newest event, "0" when there is none."""
-        return await last_event_id(self.redis, self.keys)
+    async def last_id(self, partition: int) -> str:
+        """The id of the partition's newest event, "0-0" when there is none."""
+        return await last_event_id(self.redis, self.keys, partition)
 
     async def close(self) -> None:
         await self.redis.aclose()

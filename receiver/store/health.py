@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from receiver.store.base import text
 from receiver.store.keys import HEARTBEATS_KEPT, WORK_GROUP
 from receiver.store.reads import Reads
@@ -66,21 +68,28 @@ class Health(Reads):
         )
 
     async def figures(self) -> Figures:
-        work = await self._redis.xlen(self.keys.work)
-        events = await self._redis.xlen(self.keys.events)
-        pending, oldest = await self._pending()
+        """The gauges, summed over every partition (the oldest: the oldest of them)."""
+        work = events = pending = 0
+        oldest = 0.0
+        for partition in range(self.keys.partitions):
+            work += await self._redis.xlen(self.keys.work(partition))
+            events += await self._redis.xlen(self.keys.events(partition))
+            waiting, age = await self._pending(partition)
+            pending, oldest = pending + waiting, max(oldest, age)
         jobs = await self.jobs_by_status()
         return Figures(await self.memory(), work, pending, oldest, events, jobs)
 
-    async def _pending(self) -> tuple[int, float]:
-        """Pending entries of the work group, and the age in seconds of the oldest entry."""
-        if not await self._redis.exists(self.keys.work):
+    async def _pending(self, partition: int) -> tuple[int, float]:
+        """Pending entries of the partition's work group, and the age in seconds of the
+        oldest entry of its stream."""
+        stream = self.keys.work(partition)
+        if not await self._redis.exists(stream):
             return 0, 0.0
         try:
-            summary: Any = await self._redis.xpending(self.keys.work, WORK_GROUP)
-        except Exception:  # no worker has created the group yet
+            summary: Any = await self._redis.xpending(stream, WORK_GROUP)
+        except ResponseError:  # no worker has created the group yet
             summary = {"pending": 0}
-        oldest: Any = await self._redis.xrange(self.keys.work, count=1)
+        oldest: Any = await self._redis.xrange(stream, count=1)
         age = 0.0
         if oldest:
             millis = int(text(oldest[0][0]).split("-")[0])

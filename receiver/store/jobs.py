@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from receiver.store.base import StoreBase, text
+from receiver.store.base import StoreBase, per_partition, text
 from receiver.store.batching import Batcher
 from receiver.store.codes import Code, JobStatus, Work
 from receiver.store.keys import WEBHOOK_SEEN_TTL
@@ -69,6 +69,11 @@ def _numbered(job_ids: Iterable[str]) -> dict[str, int]:
     for job_id in job_ids:
         numbers.setdefault(job_id, len(numbers) + 1)
     return numbers
+
+
+def _first(item: Sequence[Any]) -> str:
+    """The job id a batched item starts with."""
+    return str(item[0])
 
 
 class Jobs(StoreBase):
@@ -182,7 +187,14 @@ class Jobs(StoreBase):
     async def apply_callbacks(
         self, callbacks: Sequence[Callback], source: str = "callback"
     ) -> list[str]:
-        """Record (job id, task id, done|faulted) callbacks in one script call."""
+        """Record (job id, task id, done|faulted) callbacks: one script call per partition."""
+
+        async def apply(group: Sequence[Callback]) -> list[str]:
+            return await self._apply_callbacks(group, source)
+
+        return await per_partition(self.keys, callbacks, _first, apply)
+
+    async def _apply_callbacks(self, callbacks: Sequence[Callback], source: str) -> list[str]:
         numbers = _numbered(job_id for job_id, _, _ in callbacks)
         args: list[Any] = [source, len(callbacks)]
         for job_id, task_id, status in callbacks:
@@ -217,6 +229,9 @@ class Jobs(StoreBase):
         return await self._outcomes.submit((job_id, task_id, outcome, reason.encode(), 0))
 
     async def _apply_outcomes(self, outcomes: Sequence[Outcome]) -> list[str]:
+        return await per_partition(self.keys, outcomes, _first, self._apply_partition_outcomes)
+
+    async def _apply_partition_outcomes(self, outcomes: Sequence[Outcome]) -> list[str]:
         numbers = _numbered(outcome[0] for outcome in outcomes)
         args: list[Any] = [len(outcomes)]
         for job_id, *rest in outcomes:
@@ -281,6 +296,9 @@ class Jobs(StoreBase):
         return await self._updates.submit(update)
 
     async def _apply_updates(self, batch: Sequence[list[Any]]) -> list[str]:
+        return await per_partition(self.keys, batch, _first, self._apply_partition_updates)
+
+    async def _apply_partition_updates(self, batch: Sequence[list[Any]]) -> list[str]:
         numbers = _numbered(update[0] for update in batch)
         args: list[Any] = [len(batch)]
         for job_id, *rest in batch:

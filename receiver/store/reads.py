@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
+from receiver.store import cursors
 from receiver.store.base import StoreBase, text
 from receiver.store.batching import Batcher
 from receiver.store.jobs import decompress
 
-# The lowest id a stream entry can have, in any spelling.
-_STREAM_START = re.compile(r"0+-0+")
 # Job hash fields that hold integers.
 _INT_FIELDS = (
     "total",
@@ -126,12 +124,15 @@ class Reads(StoreBase):
         return {text(k): orjson.loads(decompress(v)) for k, v in raw.items()}
 
     async def jobs_by_status(self) -> dict[str, int]:
-        raw: dict[Any, Any] = await self._redis.hgetall(self.keys.stats)
-        return {
-            text(k).removeprefix("status:"): int(v)
-            for k, v in raw.items()
-            if text(k).startswith("status:")
-        }
+        """Jobs by status, over every partition."""
+        counts: dict[str, int] = {}
+        for partition in range(self.keys.partitions):
+            raw: dict[Any, Any] = await self._redis.hgetall(self.keys.stats(partition))
+            for name, value in raw.items():
+                if text(name).startswith("status:"):
+                    status = text(name).removeprefix("status:")
+                    counts[status] = counts.get(status, 0) + int(value)
+        return counts
 
     async def list_jobs(
         self,
@@ -142,35 +143,48 @@ class Reads(StoreBase):
         cursor: str | None = None,
         scan: int = 10_000,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Jobs newest first, filtered; and the cursor (an entry id of the jobs stream) after
-        the last one looked at.
+        """Jobs newest first (by their entries in the partitions' jobs indexes, merged),
+        filtered; and the cursor after the last one looked at (`cursors.render`: an entry
+        id per partition), None at the end.
 
         Looks at `scan` jobs at most per call, so a rare status never makes one call slow:
         then fewer than `limit` come back, with a cursor to carry on from.
         """
+        positions = cursors.parse(cursor, self.keys.partitions, top=True)
         found: list[dict[str, Any]] = []
         looked = 0
         while len(found) < limit and looked < scan:
-            if cursor is not None and _STREAM_START.fullmatch(cursor):
-                return found, None  # nothing comes before the first id (and Redis refuses it)
-            top = "+" if cursor is None else f"({cursor}"
-            raw: Any = await self._redis.xrevrange(
-                self.keys.jobs, top, "-", count=min(500, scan - looked)
-            )
-            if not raw:
+            page = await self._index_page(positions, min(500, scan - looked))
+            if not page:
                 return found, None
-            looked += len(raw)
-            page = [(text(entry_id), text(fields[b"j"])) for entry_id, fields in raw]
-            states = await self._statuses([job_id for _, job_id in page])
-            for (entry_id, job_id), (job_status, job_provider) in zip(page, states, strict=True):
-                cursor = entry_id
+            looked += len(page)
+            states = await self._statuses([job_id for _, _, job_id in page])
+            for (partition, entry_id, job_id), (job_status, job_provider) in zip(
+                page, states, strict=True
+            ):
+                positions[partition] = entry_id
                 if (status in (None, job_status)) and (provider in (None, job_provider)):
                     job = await self.get_job(job_id)
                     if job is not None:
                         found.append(job)
                     if len(found) == limit:
                         break
-        return found, cursor
+        return found, cursors.render(positions)
+
+    async def _index_page(self, positions: list[str], count: int) -> list[tuple[int, str, str]]:
+        """The next `count` entries below the positions of every partition's jobs index,
+        newest first: (partition, entry id, job id)."""
+        entries: list[tuple[tuple[int, int], int, str, str]] = []
+        for partition, position in enumerate(positions):
+            if cursors.at_start(position):
+                continue  # nothing comes before the first id (and Redis refuses it)
+            top = "+" if position == cursors.TOP else f"({position}"
+            raw: Any = await self._redis.xrevrange(self.keys.jobs(partition), top, "-", count=count)
+            for entry_id, fields in raw:
+                entry = text(entry_id)
+                entries.append((cursors.order(entry), partition, entry, text(fields[b"j"])))
+        entries.sort(reverse=True)
+        return [(partition, entry, job_id) for _, partition, entry, job_id in entries[:count]]
 
     async def _statuses(self, job_ids: list[str]) -> list[tuple[str, str]]:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -1,6 +1,6 @@
 """Scheduled work: members (`WorkItem.member`) due at a unix time, claimed under a lease.
 
-A job's scheduled work lives in one schedule (the shard of its id, `Keys.due_of`). A worker
+A job's scheduled work lives in its partition's schedule (`Keys.due_of`). A worker
 claims due members and holds them under a lease it renews while it works; a crashed
 worker's members come due again when their lease ends.
 """
@@ -20,7 +20,7 @@ class Schedule(StoreBase):
     def _setup_schedule(self) -> None:
         # Schedule changes of concurrent steps share one pipelined round trip per turn.
         self._moves: Batcher[tuple[str, float | None], None] = Batcher(self._apply_moves)
-        self._next_shard = 0
+        self._next_partition = 0
 
     def due_key(self, member: str) -> str:
         """The schedule a member lives in: its job's."""
@@ -58,13 +58,13 @@ class Schedule(StoreBase):
         now = self.clock()
         lease_end = now + lease
         claimed: list[str] = []
-        shards = self.keys.due_shards_all()
-        first = self._next_shard
-        self._next_shard = (first + 1) % len(shards)  # no shard waits behind another
-        for offset in range(len(shards)):
+        partitions = self.keys.partitions
+        first = self._next_partition
+        self._next_partition = (first + 1) % partitions  # none waits behind another
+        for offset in range(partitions):
             if len(claimed) >= limit:
                 break
-            key = shards[(first + offset) % len(shards)]
+            key = self.keys.due((first + offset) % partitions)
             args: list[Any] = [repr(now), limit - len(claimed), repr(lease_end)]
             claimed += [text(m) for m in await self.scripts.claim_due([key], args)]
         return claimed, lease_end
@@ -72,15 +72,19 @@ class Schedule(StoreBase):
     async def renew_leases(self, leases: Mapping[str, float], lease: float) -> dict[str, float]:
         """Extend the leases still held (due time unchanged since we set it): member -> new
         lease end. A member rescheduled meanwhile is left alone."""
-        if not leases:
-            return {}
         new_end = self.clock() + lease
-        keys = [self.due_key(member) for member in leases]
-        args: list[Any] = [repr(new_end)]
+        by_schedule: dict[str, list[tuple[str, float]]] = {}
         for member, held in leases.items():
-            args += [member, repr(held)]
-        renewed = await self.scripts.renew_leases(keys, args)
-        return {m: new_end for m, ok in zip(leases, renewed, strict=True) if int(ok)}
+            by_schedule.setdefault(self.due_key(member), []).append((member, held))
+        renewed: dict[str, float] = {}
+        for key, held_here in by_schedule.items():  # one call per partition: one slot each
+            args: list[Any] = [repr(new_end)]
+            for member, held in held_here:
+                args += [member, repr(held)]
+            answers = await self.scripts.renew_leases([key] * len(held_here), args)
+            pairs = zip(held_here, answers, strict=True)
+            renewed.update((member, new_end) for (member, _), ok in pairs if int(ok))
+        return renewed
 
     async def hint_poll(self, job_id: str) -> str:
         """Make a job's poll due now, unless a worker holds it: then its holder polls again

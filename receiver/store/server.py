@@ -15,6 +15,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from receiver.errors import ConfigError
 from receiver.settings import Settings
 from receiver.store.base import text
+from receiver.store.keys import Keys
 
 log = logging.getLogger("receiver.store")
 
@@ -131,3 +132,28 @@ def persistence_when_up(url: str) -> Persistence:
                 time.sleep(0.5)
     finally:
         client.close()
+
+
+def settle_partitions(settings: Settings) -> int:
+    """The deployment's number of partitions: the one its Redis recorded; recorded now
+    (RECEIVER_PARTITIONS, else 1) by the deployment's first process. ConfigError when
+    RECEIVER_PARTITIONS asks for another: a job's keys are where its partition puts them,
+    so the number cannot change under a running deployment (README: changing it)."""
+    meta = Keys(settings.key_prefix).meta
+    client = sync_redis.Redis.from_url(
+        settings.redis_url or "", socket_timeout=5, socket_connect_timeout=2
+    )
+    try:
+        client.hsetnx(meta, "partitions", settings.partitions or 1)
+        recorded = int(text(client.hget(meta, "partitions") or b"1"))
+    except (RedisError, OSError) as exc:
+        raise ConfigError(f"redis did not say its partitions ({type(exc).__name__})") from None
+    finally:
+        client.close()
+    if settings.partitions is not None and settings.partitions != recorded:
+        raise ConfigError(
+            f"RECEIVER_PARTITIONS is {settings.partitions}, but this deployment's Redis holds "
+            f"{recorded} partitions ({meta}): unset it or set it to {recorded}; to change "
+            "the number of partitions, see the README (Changing the number of partitions)"
+        )
+    return recorded

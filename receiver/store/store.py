@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from receiver.errors import ConfigError
 from receiver.settings import Settings
 from receiver.store.base import Clock
 from receiver.store.batching import Batcher
@@ -15,6 +18,8 @@ from receiver.store.keys import Keys
 from receiver.store.queue import Queue
 from receiver.store.rates import Rates
 from receiver.store.schedule import Schedule
+
+log = logging.getLogger("receiver.store")
 
 # Batches of callbacks in flight at once. With `appendfsync always` each script call waits
 # for Redis's fsync: a second batch in flight is taken while the first one's is on disk.
@@ -50,6 +55,23 @@ class Store(Jobs, Schedule, Queue, Rates, Health):
         self._setup_schedule()
         self._setup_queue()
 
+    async def settle_partitions(self) -> None:
+        """Record this deployment's number of partitions if its Redis holds none yet;
+        ConfigError if it holds another (see server.settle_partitions, which the CLI runs
+        before a process starts). A Redis away meanwhile leaves it to that check."""
+        meta = self.keys.meta
+        try:
+            await self._redis.hsetnx(meta, "partitions", self.keys.partitions)
+            recorded = int(await self._redis.hget(meta, "partitions") or 1)
+        except RedisError as exc:
+            log.warning("could not read the partitions", extra={"error": type(exc).__name__})
+            return
+        if recorded != self.keys.partitions:
+            raise ConfigError(
+                f"this process has {self.keys.partitions} partitions, but this deployment's "
+                f"Redis holds {recorded} ({meta})"
+            )
+
     async def close(self) -> None:
         await self._redis.aclose()
 
@@ -57,7 +79,7 @@ class Store(Jobs, Schedule, Queue, Rates, Health):
 def open_store(settings: Settings, redis: Redis) -> Store:
     return Store(
         redis,
-        Keys(settings.key_prefix, settings.due_shards),
+        Keys(settings.key_prefix, settings.partitions or 1),
         events_maxlen=settings.events_maxlen,
         confirm=settings.durability_confirm,
         confirm_timeout=settings.durability_timeout,

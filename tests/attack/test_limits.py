@@ -445,7 +445,7 @@ def add_events(redis: sync_redis.Redis, count: int, pad: int = 0) -> list[str]:
     )
     with redis.pipeline(transaction=False) as pipe:
         for _ in range(count):
-            pipe.xadd(Keys().events, {"event": event})
+            pipe.xadd(Keys().events(0), {"event": event})
         ids: Any = pipe.execute()
     return [entry_id.decode() for entry_id in ids]
 

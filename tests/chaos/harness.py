@@ -580,7 +580,7 @@ def stored_results(client: redis.Redis, job_ids: Iterable[str]) -> int:
 
 def events_by_job(client: redis.Redis) -> dict[str, list[dict[str, Any]]]:
     """Every event of the events stream, as the public JSON, grouped by job, in order."""
-    entries: Any = client.xrange(KEYS.events)
+    entries: Any = client.xrange(KEYS.events(0))
     grouped: dict[str, list[dict[str, Any]]] = {}
     for entry_id, fields in entries:
         event = event_from_entry(entry_id, fields).to_dict()
@@ -590,9 +590,9 @@ def events_by_job(client: redis.Redis) -> dict[str, list[dict[str, Any]]]:
 
 def work_left(client: redis.Redis) -> tuple[int, int]:
     """Entries in the work stream, and those of them read but not acknowledged."""
-    length = int(client.xlen(KEYS.work))
+    length = int(client.xlen(KEYS.work(0)))
     try:
-        pending: Any = client.xpending(KEYS.work, WORK_GROUP)
+        pending: Any = client.xpending(KEYS.work(0), WORK_GROUP)
     except redis.ResponseError:  # no group yet
         return length, 0
     return length, int(pending["pending"])
@@ -600,7 +600,7 @@ def work_left(client: redis.Redis) -> tuple[int, int]:
 
 def pending_of(client: redis.Redis, pid: int) -> int:
     """Work entries held by the worker process `pid` (its consumer is named after its pid)."""
-    summary: Any = client.xpending(KEYS.work, WORK_GROUP)
+    summary: Any = client.xpending(KEYS.work(0), WORK_GROUP)
     return sum(
         int(consumer["pending"])
         for consumer in summary.get("consumers") or ()

@@ -246,7 +246,7 @@ def _leftover_problems(d: PolledDeployment, jobs: Jobs) -> list[str]:
         time.sleep(0.05)  # the last acknowledgements are batched
     if left != (0, 0):
         problems.append(f"work stream: {left[0]} entries, {left[1]} read and unacknowledged")
-    due: Any = d.redis.zrange(KEYS.due, 0, -1)
+    due: Any = d.redis.zrange(KEYS.due(0), 0, -1)
     members = [m.decode() for m in due]
     for job_id in jobs.all:
         held = [m for m in members if m.startswith((f"fetch:{job_id}", f"poll:{job_id}"))]
@@ -256,6 +256,6 @@ def _leftover_problems(d: PolledDeployment, jobs: Jobs) -> list[str]:
 
 
 def _work_left(d: PolledDeployment) -> tuple[int, int]:
-    length = int(d.redis.xlen(KEYS.work))
-    pending: Any = d.redis.xpending(KEYS.work, WORK_GROUP)
+    length = int(d.redis.xlen(KEYS.work(0)))
+    pending: Any = d.redis.xpending(KEYS.work(0), WORK_GROUP)
     return length, int(pending["pending"])

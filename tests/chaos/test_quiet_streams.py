@@ -107,7 +107,7 @@ def add_event(server: RedisProcess, job_id: str, kind: str) -> str:
     """An event of the job appended to the stream as the scripts append it; its id."""
     event = {"type": kind, "job_id": job_id, "provider": "decodo", "status": "running"}
     with sync_redis.Redis(port=server.port, socket_timeout=5) as client:
-        entry_id: Any = client.xadd(Keys().events, {"event": orjson.dumps(event)})
+        entry_id: Any = client.xadd(Keys().events(0), {"event": orjson.dumps(event)})
     return str(entry_id.decode())
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis
 
+from receiver.store.keys import Keys
 from tests.chaos.harness import (
     Chaos,
     ReceiverApi,
@@ -18,6 +19,8 @@ from tests.chaos.harness import (
     wait_until,
 )
 from tests.servers import free_port, run_cli
+
+KEYS = Keys()
 
 
 def test_worker_and_web_end_cleanly_on_sigterm_while_redis_is_gone(chaos: Chaos) -> None:
@@ -108,13 +111,13 @@ def test_workers_carry_on_when_redis_comes_back_empty(chaos: Chaos) -> None:
     # It came back empty: the first job is gone. (Its stream and scripts may be back already:
     # the workers recreate the group, and a script is loaded again at its first call.)
     with stack.client() as client:
-        assert not client.exists(f"receiver:job:{{{first}}}")
+        assert not client.exists(KEYS.job(first))
     api = stack.api
     second = wait_until(lambda: _submitted(api), 30, "POST /jobs once Redis is back")
     stack.wait_completed([second], timeout=60)
     # The group lost while Redis stays up: the workers' reads fail NOGROUP and recreate it.
     with stack.client() as client:
-        client.delete("receiver:stream:work")
+        client.delete(KEYS.work(0))
     third = stack.api.submit(["https://c.example/1"])
     stack.wait_completed([third], timeout=60)
     for worker in stack.workers:

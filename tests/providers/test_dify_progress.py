@@ -61,7 +61,7 @@ class Polled:
         return after
 
     async def events(self, kind: str = "job.progress") -> list[dict[str, Any]]:
-        entries: Any = await self.redis.xrange(self.store.keys.events)
+        entries: Any = await self.redis.xrange(self.store.keys.events(0))
         events = [event_from_entry(entry_id, fields).to_dict() for entry_id, fields in entries]
         return [e for e in events if e["job_id"] == self.job_id and e["type"] == kind]
 

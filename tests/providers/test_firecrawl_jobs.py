@@ -121,7 +121,7 @@ async def poll(store: Store, jobs: FirecrawlJobs, job_id: str, times: int) -> di
 
 
 async def events(store: Store, job_id: str) -> list[dict[str, Any]]:
-    entries: Any = await store.redis.xrange(store.keys.events)
+    entries: Any = await store.redis.xrange(store.keys.events(0))
     found = []
     for _, fields in entries:
         if fields[b"job_id"].decode() == job_id:
