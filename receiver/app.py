@@ -22,8 +22,7 @@ from receiver.settings import Settings
 from receiver.store import (
     EventLog,
     callback_committer,
-    open_redis,
-    open_store,
+    connect_store,
     open_stream_redis,
 )
 from receiver.tokens import PassthroughSigner
@@ -45,11 +44,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = open_store(settings, open_redis(settings))
-        await store.settle_partitions()
+        store = await connect_store(settings)
         events = EventLog(open_stream_redis(settings), store.keys)
+        await events.router.start()
         signer = PassthroughSigner(settings.secret_keys, settings.token_max_age)
         outages = Outages()
+        outages.listeners += [store.router.noticed, events.router.noticed]
         feeds = [
             streams.EventFeed(events, partition, outages, settings.sse_heartbeat)
             for partition in range(store.keys.partitions)

@@ -75,13 +75,14 @@ def _prepared(settings: Settings, *, join: bool = True) -> Iterator[Settings]:
 
 
 def _durable(settings: Settings) -> Settings:
-    """The settings with what the Redis says: the durability level in force, and the
-    deployment's number of partitions (recorded by its first process)."""
+    """The settings with what the Redis says: the durability level in force, whether it is
+    a cluster, and the deployment's number of partitions (recorded by its first process)."""
     from receiver.durability import check_redis
-    from receiver.store.server import settle_partitions
+    from receiver.store.server import detect_cluster, settle_partitions
 
     try:
         settings = check_redis(settings)
+        settings = settings.with_changes(redis_cluster=detect_cluster(settings))
         return settings.with_changes(partitions=settle_partitions(settings))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None

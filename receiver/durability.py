@@ -18,7 +18,7 @@ import logging
 
 from receiver.errors import ConfigError
 from receiver.settings import Settings
-from receiver.store.server import Persistence, persistence_when_up
+from receiver.store.server import Persistence, node_url, persistence_when_up
 
 __all__ = ["Confirm", "Durability", "Persistence", "check_redis", "resolve"]
 
@@ -102,6 +102,6 @@ def check_redis(settings: Settings) -> Settings:
     if settings.embedded:
         level, confirm = resolve(settings, None)
     else:
-        level, confirm = resolve(settings, persistence_when_up(settings.redis_url or ""))
+        level, confirm = resolve(settings, persistence_when_up(node_url(settings)))
     log.info("durability", extra={"durability": level.value, "confirm": confirm.value or "-"})
     return settings.with_changes(durability=level.value, durability_confirm=confirm.value)

@@ -23,9 +23,13 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
     BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
     ReadOnlyError,
     RedisError,
     ResponseError,
@@ -94,6 +98,10 @@ def outage_reason(exc: BaseException) -> str | None:
         return "readonly"
     if isinstance(exc, TryAgainError):
         return "tryagain"
+    if isinstance(exc, MovedError | AskError):  # a Redis Cluster's slot moved (a failover)
+        return "moved"
+    if isinstance(exc, ClusterDownError | MasterDownError):
+        return "clusterdown"
     if isinstance(exc, ResponseError) and str(exc).startswith("OOM"):
         return "oom"
     return None
@@ -107,6 +115,9 @@ class Outages:
         self.reason: str | None = None  # why Redis is unavailable; None while it answers
         self.since = 0.0  # when the current outage began (clock time)
         self._ended = asyncio.Event()  # set when an outage ends, for `wait_for_end`
+        # Told of every failed call that is an outage (a cluster's router reads its slot
+        # map again).
+        self.listeners: list[Callable[[BaseException], None]] = []
         REDIS_UP.set(1)
 
     @property
@@ -118,6 +129,8 @@ class Outages:
         reason = outage_reason(exc)
         if reason is None:
             return False
+        for listener in self.listeners:
+            listener(exc)
         if self.reason is None:
             self.reason, self.since = reason, self.clock()
             OUTAGES.labels(reason).inc()

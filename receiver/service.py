@@ -33,7 +33,7 @@ from receiver.metrics import CONNECTIONS_CUT
 from receiver.processes import uvicorn_options
 from receiver.providers.base import open_http
 from receiver.settings import Settings
-from receiver.store import STREAM_POOL_SIZE, open_redis, open_store, pool_size
+from receiver.store import STREAM_POOL_SIZE, connect_store, pool_size
 from receiver.web import Services
 from receiver.worker import build_worker
 
@@ -68,9 +68,8 @@ async def run_worker(settings: Settings) -> None:
     raise_file_limit()  # a Redis connection and a provider one per concurrent fetch or poll
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)
-    store = open_store(settings, open_redis(settings))
+    store = await connect_store(settings)
     try:
-        await store.settle_partitions()
         async with open_http(settings) as http:
             await build_worker(settings, store, http).run()
     finally:

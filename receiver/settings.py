@@ -122,6 +122,9 @@ class Settings:
     # Partitions of the deployment (see store/keys.py), fixed once its Redis records them:
     # None takes what it recorded, else 1 (`store.server.settle_partitions`).
     partitions: int | None = None
+    # Whether REDIS_URL names a Redis Cluster: `redis+cluster://`, or found at start
+    # (`store.server.detect_cluster`).
+    redis_cluster: bool = False
     # Seconds between SSE heartbeat comments, so proxies keep an idle stream open.
     sse_heartbeat: float = 15.0
     # Port of a worker's own /metrics (0: none); web processes serve /metrics themselves.

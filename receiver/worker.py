@@ -10,12 +10,13 @@ restarted worker carries on from what Redis holds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -24,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from receiver.backoff import backoff
 from receiver.dispatch import Dispatcher, UnknownWork
 from receiver.jobs.base import Context
-from receiver.outages import Outages, raise_if_cancelling, supervise
+from receiver.outages import Fatal, Outages, raise_if_cancelling, supervise
 from receiver.registry import workflows
 from receiver.settings import Settings
 from receiver.store import Store, WorkItem
@@ -81,22 +82,30 @@ class Worker:
         only a fatal fault (`outages.Fatal`) ends the worker, and with it the process.
         """
         log.info("worker started", extra={"worker": self.name})
-        loops = {
-            "heartbeat": self._heartbeat,
-            "consume": self._consume,
-            "reclaim": self._reclaim,
-            "due": self._due,
-            "renew": self._renew,
-        }
+        # Each partition's stream is read by a loop of its own (a cluster refuses one read of
+        # several streams on different slots), restarted on its own.
+        consume = [
+            ("consume", functools.partial(self._consume, partition))
+            for partition in range(self.store.keys.partitions)
+        ]
+        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("heartbeat", self._heartbeat),
+            *consume,
+            ("reclaim", self._reclaim),
+            ("due", self._due),
+            ("renew", self._renew),
+        ]
         tasks = [
             asyncio.create_task(supervise(name, loop, self.outages, repair=self._repair))
-            for name, loop in loops.items()
+            for name, loop in loops
         ]
         try:
-            # Loops end only by a fatal fault (or cancellation): then they all stop.
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            # Loops end only by a fatal fault (or cancellation): then they all stop. One
+            # that ended any other way stops the worker too, rather than leave it idle.
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
+            raise Fatal("a worker loop ended")
         finally:
             await _stop(tasks)
             await _stop(list(self._inflight))
@@ -146,15 +155,9 @@ class Worker:
             self.outages.recovered()
             await asyncio.sleep(self.heartbeat_interval)
 
-    async def _consume(self) -> None:
-        """Read every partition's stream, each with reads of its own (a Redis Cluster
-        refuses one read of several streams on different slots)."""
-        await self.store.ensure_group()
-        async with asyncio.TaskGroup() as group:  # one fails: all stop, and start again
-            for partition in range(self.store.keys.partitions):
-                group.create_task(self._consume_partition(partition))
-
-    async def _consume_partition(self, partition: int) -> None:
+    async def _consume(self, partition: int) -> None:
+        """Read the partition's stream."""
+        await self.store.ensure_group(partition)
         share = self.store.keys.partitions
         while True:
             room = await self._wait_for_room()
@@ -302,5 +305,11 @@ def build_worker(
         claim_idle=settings.claim_idle,
         lease=settings.lease,
         heartbeat_interval=settings.heartbeat_interval,
-        outages=outages,
+        outages=outages or _told(Outages(), store),
     )
+
+
+def _told(outages: Outages, store: Store) -> Outages:
+    """Outages whose failures the store's router hears of (a cluster's slot map moved)."""
+    outages.listeners.append(store.router.noticed)
+    return outages

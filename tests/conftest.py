@@ -7,6 +7,8 @@ from redis.asyncio import Redis
 
 from receiver.store import Store
 from receiver.store.keys import Keys
+from tests.cluster import ClusterProcesses, run_redis_cluster
+from tests.e2e import Target
 from tests.receiver_app import Receiver, running_receiver
 from tests.servers import RedisProcess, run_redis
 
@@ -45,10 +47,6 @@ def receiver(redis_process: RedisProcess) -> Iterator[Receiver]:
         yield running
 
 
-# The Redis Cluster (tests/cluster.py), kept apart at the end of this file.
-from tests.cluster import ClusterProcesses, run_redis_cluster  # noqa: E402
-
-
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[ClusterProcesses]:
     """One real Redis Cluster for the session (3 masters, 1 replica each), skipped when no
@@ -56,3 +54,15 @@ def redis_cluster() -> Iterator[ClusterProcesses]:
     again any node a test kills."""
     with run_redis_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(params=["one", "cluster"])
+def redis_target(request: pytest.FixtureRequest) -> Target:
+    """One redis-server, then the Redis Cluster: the end-to-end tests that take it run on
+    both (`-m "not cluster"` leaves the cluster out)."""
+    if request.param == "cluster":
+        request.applymarker(pytest.mark.cluster)
+        cluster: ClusterProcesses = request.getfixturevalue("redis_cluster")
+        return cluster
+    server: RedisProcess = request.getfixturevalue("redis_process")
+    return server

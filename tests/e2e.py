@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import redis as sync_redis
+import redis.cluster as sync_cluster
 
 from receiver.app import create_app
 from receiver.events import event_from_entry
@@ -17,15 +18,37 @@ from receiver.sandbox import decodo as decodo_sandbox
 from receiver.service import ProcessStop, worker_beside
 from receiver.settings import Settings
 from receiver.store.keys import Keys
+from tests.cluster import ClusterProcesses
 from tests.servers import RedisProcess, free_port, serve_app
 
 TOKEN = "e2e-api-token-7c1f9a"
 FINAL = ("completed", "failed", "cancelled", "expired")
 
 
-def e2e_settings(redis: RedisProcess, sandbox_url: str, **changes: Any) -> Settings:
+# Partitions of a deployment on the test cluster: two on each of its three masters.
+CLUSTER_PARTITIONS = 6
+# A real Redis: one server, or a cluster (tests/cluster.py).
+Target = RedisProcess | ClusterProcesses
+SyncClient = sync_redis.Redis | sync_cluster.RedisCluster
+
+
+def target_client(redis: Target) -> SyncClient:
+    """A synchronous client of the target, emptied: on a cluster, redis-py's cluster client."""
+    client: SyncClient
+    if isinstance(redis, ClusterProcesses):
+        client = sync_cluster.RedisCluster.from_url(redis.url)
+    else:
+        client = sync_redis.Redis.from_url(redis.url)
+    client.flushall()
+    return client
+
+
+def e2e_settings(redis: Target, sandbox_url: str, **changes: Any) -> Settings:
+    cluster = isinstance(redis, ClusterProcesses)
     base = Settings(
         redis_url=redis.url,
+        redis_cluster=cluster,
+        partitions=CLUSTER_PARTITIONS if cluster else None,
         secret_keys=("e2e-key-5b8d2f0c4a",),
         api_token=TOKEN,
         decodo_base_url=sandbox_url,
@@ -43,7 +66,7 @@ def e2e_settings(redis: RedisProcess, sandbox_url: str, **changes: Any) -> Setti
 class Deployment:
     api: str  # the receiver's base URL
     sandbox: str  # the Decodo sandbox's base URL
-    redis: sync_redis.Redis
+    redis: SyncClient
     keys: Keys  # of the deployment (its partitions)
 
     def headers(self) -> dict[str, str]:
@@ -123,15 +146,14 @@ def decodo_sandbox_server(**knobs: Any) -> Iterator[str]:
 
 @contextlib.contextmanager
 def deployment(
-    redis: RedisProcess,
+    redis: Target,
     *,
     with_worker: bool = True,
     settings: dict[str, Any] | None = None,
     **knobs: Any,
 ) -> Iterator[Deployment]:
     """The sandbox and the receiver (web, with a worker in the same process by default)."""
-    client = sync_redis.Redis.from_url(redis.url)
-    client.flushall()
+    client = target_client(redis)
     with decodo_sandbox_server(**knobs) as sandbox:
         port = free_port()
         config = e2e_settings(
@@ -199,7 +221,7 @@ class PolledDeployment(Deployment):
 
 @contextlib.contextmanager
 def polled_deployment(
-    redis: RedisProcess,
+    redis: Target,
     *,
     firecrawl: dict[str, Any] | None = None,
     dify: dict[str, Any] | None = None,
@@ -210,8 +232,7 @@ def polled_deployment(
     from receiver.sandbox import dify as dify_sandbox
     from receiver.sandbox import firecrawl as firecrawl_sandbox
 
-    client = sync_redis.Redis.from_url(redis.url)
-    client.flushall()
+    client = target_client(redis)
     fc_config = firecrawl_sandbox.FirecrawlSandboxConfig(
         **{"seed": 3, "scrape_delay": 0.05, **(firecrawl or {})}
     )

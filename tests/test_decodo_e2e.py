@@ -12,12 +12,9 @@ from typing import Any
 import httpx
 import redis
 
-from receiver.store.keys import Keys
 from receiver.tokens import PassthroughSigner
-from tests.e2e import Deployment, deployment, e2e_settings
+from tests.e2e import Deployment, Target, deployment, e2e_settings
 from tests.servers import RedisProcess
-
-KEYS = Keys()
 
 
 def final_events(events: list[dict[str, object]]) -> list[object]:
@@ -44,8 +41,8 @@ def complete_in_sandbox(d: Deployment, task_id: str, status: str = "done") -> No
     response.raise_for_status()
 
 
-def test_single_task_completes_with_results(redis_process: RedisProcess) -> None:
-    with deployment(redis_process) as d:
+def test_single_task_completes_with_results(redis_target: Target) -> None:
+    with deployment(redis_target) as d:
         job_id = d.submit({"url": "https://ip.decodo.com", "target": "universal"})
         job = d.wait(job_id)
         assert job["status"] == "completed"
@@ -61,8 +58,8 @@ def test_single_task_completes_with_results(redis_process: RedisProcess) -> None
         assert stats["submit 200"] == 1
 
 
-def test_batch_with_one_faulted_task(redis_process: RedisProcess) -> None:
-    with deployment(redis_process, completion_delay=60.0) as d:
+def test_batch_with_one_faulted_task(redis_target: Target) -> None:
+    with deployment(redis_target, completion_delay=60.0) as d:
         urls = [f"https://example.com/{i}" for i in range(5)]
         job_id = d.submit({"urls": urls})
         deadline = time.monotonic() + 10
@@ -91,15 +88,15 @@ def test_every_task_faulted_fails_the_job(redis_process: RedisProcess) -> None:
         assert final_events(d.events(job["id"])) == ["job.failed"]
 
 
-def test_duplicated_callbacks_complete_the_job_once(redis_process: RedisProcess) -> None:
-    with deployment(redis_process, duplicate_rate=1.0, callback_delay=0.05) as d:
+def test_duplicated_callbacks_complete_the_job_once(redis_target: Target) -> None:
+    with deployment(redis_target, duplicate_rate=1.0, callback_delay=0.05) as d:
         job_id = d.submit({"urls": [f"https://example.com/{i}" for i in range(10)]})
         job = d.wait(job_id)
         assert job["status"] == "completed" and job["progress"]["completed"] == 10
         time.sleep(0.5)  # let every duplicate arrive
         assert final_events(d.events(job_id)) == ["job.completed"]
         assert sum(e["type"] == "task.completed" for e in d.events(job_id)) == 10
-        assert d.redis.hget(KEYS.job(job_id), "received") == b"10"
+        assert d.redis.hget(d.keys.job(job_id), "received") == b"10"
 
 
 def test_reordered_callbacks_complete_the_job(redis_process: RedisProcess) -> None:
@@ -114,8 +111,8 @@ def test_passtrough_spelling_and_short_body_variant(redis_process: RedisProcess)
         assert job["status"] == "completed" and job["progress"]["completed"] == 2
 
 
-def test_dropped_callbacks_are_recovered_by_reconciliation(redis_process: RedisProcess) -> None:
-    with deployment(redis_process, drop_rate=1.0, settings={"reconcile_after": 0.5}) as d:
+def test_dropped_callbacks_are_recovered_by_reconciliation(redis_target: Target) -> None:
+    with deployment(redis_target, drop_rate=1.0, settings={"reconcile_after": 0.5}) as d:
         job_id = d.submit({"urls": [f"https://example.com/{i}" for i in range(3)]})
         job = d.wait(job_id)
         assert job["status"] == "completed" and job["progress"]["completed"] == 3
@@ -181,7 +178,10 @@ def test_batches_over_3000_items_are_chunked_one_per_second(redis_process: Redis
 def pending_work(d: Deployment) -> int:
     """Work entries read by a worker and not yet acknowledged."""
     try:
-        return int(d.redis.xpending(KEYS.work(0), "workers")["pending"])
+        return sum(
+            int(d.redis.xpending(d.keys.work(p), "workers")["pending"])
+            for p in range(d.keys.partitions)
+        )
     except redis.exceptions.ResponseError:  # no worker has created the group yet
         return 0
 

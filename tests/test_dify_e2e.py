@@ -20,11 +20,8 @@ from rich.console import Console
 from receiver.client.tables import print_jobs
 from receiver.polling import BUSY_POLL_MAX
 from receiver.providers.dify import STAGES
-from receiver.store.keys import Keys
-from tests.e2e import PolledDeployment, polled_deployment
+from tests.e2e import PolledDeployment, Target, polled_deployment
 from tests.servers import RedisProcess
-
-KEYS = Keys()
 
 DIFY_KEY = {"Authorization": "Bearer dataset-sandbox"}
 
@@ -59,9 +56,9 @@ def sandbox_document(d: PolledDeployment, dataset: str, batch: str) -> dict[str,
 
 
 def test_economy_indexing_shows_its_stage_in_every_event_and_on_the_job(
-    redis_process: RedisProcess,
+    redis_target: Target,
 ) -> None:
-    with polled_deployment(redis_process, dify={"economy": True, "step_seconds": 0.5}) as d:
+    with polled_deployment(redis_target, dify={"economy": True, "step_seconds": 0.5}) as d:
         dataset, batch, _ = d.dify_batch([{"name": "a.txt", "segments": 40}])
         job = d.wait(d.create({"provider": "dify", "dataset_id": dataset, "batch": batch}))
         assert job["status"] == "completed"
@@ -115,7 +112,7 @@ def test_a_resume_after_a_long_pause_is_noticed_within_seconds_with_its_re_split
         )
 
         # A long pause: the interval stays within the busy cap instead of backing off.
-        key = KEYS.job(job_id)
+        key = d.keys.job(job_id)
         intervals: list[float] = []
         paused_until = time.monotonic() + 10.0
         while time.monotonic() < paused_until:
@@ -166,7 +163,7 @@ def test_a_non_uuid_dataset_id_fails_the_job_with_a_one_line_error(
 
 def scheduled(d: PolledDeployment, member: str) -> bool:
     """Whether the member is in one of the receiver's schedules (due sorted sets)."""
-    keys = [KEYS.due(p) for p in range(KEYS.partitions)]
+    keys = [d.keys.due(p) for p in range(d.keys.partitions)]
     return any(d.redis.zscore(key, member) is not None for key in keys)
 
 
@@ -201,9 +198,9 @@ def test_a_cancel_is_local_only_and_says_dify_goes_on_indexing(
 
 
 def test_retry_after_a_cancel_follows_the_batch_to_completed(
-    redis_process: RedisProcess,
+    redis_target: Target,
 ) -> None:
-    with polled_deployment(redis_process, dify={"step_seconds": 0.5}) as d:
+    with polled_deployment(redis_target, dify={"step_seconds": 0.5}) as d:
         job_id, _, dataset, batch = cancelled_while_indexing(d)
         # The worker has seen the cancel (its next poll dropped the job from the schedule),
         # and Dify has finished: the retry alone must follow the batch again.

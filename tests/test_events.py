@@ -34,8 +34,6 @@ from receiver.tokens import PassthroughSigner
 from tests.e2e import TOKEN, Deployment, deployment
 from tests.servers import RedisProcess, free_port
 
-KEYS = Keys()
-
 
 def sse_frames(lines: Iterator[str]) -> Iterator[dict[str, str]]:
     """(id, event, data) frames of an SSE body, skipping comments."""
@@ -121,7 +119,7 @@ def stream_events(d: Deployment, job_id: str) -> list[dict[str, Any]]:
 
 
 def stream_ids(d: Deployment, job_id: str) -> list[str]:
-    entries: Any = d.redis.xrange(KEYS.events(0))
+    entries: Any = d.redis.xrange(d.keys.events(0))
     return [
         entry_id.decode() for entry_id, fields in entries if fields[b"job_id"].decode() == job_id
     ]
@@ -347,7 +345,7 @@ def test_sse_on_an_ended_job_sends_its_state_and_ends(redis_process: RedisProces
 
 def test_sse_all_events_resume_and_heartbeat(redis_process: RedisProcess) -> None:
     with deployment(redis_process, settings={"sse_heartbeat": 0.2}) as d:
-        before: Any = d.redis.xrevrange(KEYS.events(0), count=1)
+        before: Any = d.redis.xrevrange(d.keys.events(0), count=1)
         job_id = d.submit({"url": "https://example.com"})
         d.wait(job_id)
         start = before[0][0].decode() if before else "0-0"

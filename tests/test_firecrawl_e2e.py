@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e import PolledDeployment, polled_deployment
+from tests.e2e import PolledDeployment, Target, polled_deployment
 from tests.servers import RedisProcess
 
 SANDBOX_KEY = {"Authorization": "Bearer fc-sandbox"}
@@ -127,7 +127,7 @@ def test_cancel_of_a_job_not_submitted_yet_is_local_and_at_once(
 # -- every URL accounted for -------------------------------------------------------------------
 
 
-def test_every_submitted_url_is_completed_failed_or_invalid(redis_process: RedisProcess) -> None:
+def test_every_submitted_url_is_completed_failed_or_invalid(redis_target: Target) -> None:
     # A third of the pages time out and drop out of Firecrawl's total, as on the real build;
     # its /v2/batch/scrape/{id}/errors is the HTML 404 page there.
     firecrawl = {
@@ -138,7 +138,7 @@ def test_every_submitted_url_is_completed_failed_or_invalid(redis_process: Redis
     }
     invalid = "https://intranet-host/page"  # no top-level domain: in invalidURLs
     submitted = [*urls(15), invalid]
-    with polled_deployment(redis_process, firecrawl=firecrawl) as d:
+    with polled_deployment(redis_target, firecrawl=firecrawl) as d:
         job_id = d.create({"provider": "firecrawl", "urls": submitted, "ignoreInvalidURLs": True})
         job = d.wait(job_id)
         at_firecrawl = batch_at_firecrawl(d, job["external"]["batch_id"])
@@ -221,11 +221,11 @@ def test_a_tracked_batch_reports_the_count_of_documents_missing(
 # -- webhooks from a self-hosted server --------------------------------------------------------
 
 
-def test_selfhosted_webhooks_are_taken_and_hasten_the_poll(redis_process: RedisProcess) -> None:
+def test_selfhosted_webhooks_are_taken_and_hasten_the_poll(redis_target: Target) -> None:
     # Unsigned, no webhookId, no FIRECRAWL_WEBHOOK_SECRET: the token in the URL is the proof.
     settings = {"poll_min": 20.0, "poll_max": 20.0}
     firecrawl = {"webhook_style": "selfhosted", "scrape_delay": 2.0, "concurrency": 1}
-    with polled_deployment(redis_process, firecrawl=firecrawl, settings=settings) as d:
+    with polled_deployment(redis_target, firecrawl=firecrawl, settings=settings) as d:
         started = time.monotonic()
         job = d.wait(d.create({"provider": "firecrawl", "urls": urls(2)}), timeout=15)
         assert job["status"] == "completed"

@@ -155,7 +155,7 @@ def test_decodo_jobs_across_four_partitions(redis_process: RedisProcess) -> None
                 e["type"] for e in d.events(job_id)
             ]
         # The Python helper reads every partition too.
-        assert asyncio.run(_finals_by_helper(d.redis.connection_pool.connection_kwargs, jobs))
+        assert asyncio.run(_finals_by_helper(redis_process.url, jobs))
 
 
 def _event_count(d: Any, jobs: list[str]) -> int:
@@ -175,8 +175,8 @@ def _stream(api: str, headers: dict[str, str], last: str, count: int) -> list[di
     return frames
 
 
-async def _finals_by_helper(kwargs: dict[str, Any], jobs: list[str]) -> bool:
-    client = Redis(host=kwargs["host"], port=kwargs["port"])
+async def _finals_by_helper(url: str, jobs: list[str]) -> bool:
+    client = Redis.from_url(url)
     finals: dict[str, str] = {}
     ids: list[str] = []
     async with asyncio.timeout(30):

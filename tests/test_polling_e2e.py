@@ -15,12 +15,9 @@ import httpx
 import orjson
 import pytest
 
-from receiver.store.keys import Keys
 from receiver.tokens import sign_webhook
 from tests.e2e import PolledDeployment, polled_deployment
 from tests.servers import RedisProcess, free_port
-
-KEYS = Keys()
 
 
 def urls(count: int) -> list[str]:
@@ -49,7 +46,9 @@ def webhook_body(batch_id: str, kind: str = "batch_scrape.completed") -> bytes:
 def leased_until(d: PolledDeployment, job_id: str, timeout: float = 20) -> float:
     """The poll's lease end once a worker holds it (due far past the poll interval)."""
     deadline = time.monotonic() + timeout
-    while (score := d.redis.zscore(KEYS.due_of(job_id), f"poll:{job_id}") or 0) < time.time() + 30:
+    while (
+        score := d.redis.zscore(d.keys.due_of(job_id), f"poll:{job_id}") or 0
+    ) < time.time() + 30:
         assert time.monotonic() < deadline, "no worker took the poll"
         time.sleep(0.02)
     return score
@@ -260,15 +259,15 @@ def test_firecrawl_webhook_leaves_a_leased_poll_to_its_holder(redis_process: Red
         response = httpx.post(f"{d.api}/callbacks/firecrawl", content=body, headers=signed)
         assert response.json()["status"] == "accepted"
         # The lease stands (not made due now for a second worker); its holder is told.
-        assert (d.redis.zscore(KEYS.due_of(job_id), f"poll:{job_id}") or 0) > time.time() + 30
-        assert d.redis.hget(KEYS.job(job_id), "poll_now") == b"1"
+        assert (d.redis.zscore(d.keys.due_of(job_id), f"poll:{job_id}") or 0) > time.time() + 30
+        assert d.redis.hget(d.keys.job(job_id), "poll_now") == b"1"
         # The holder polls again at once, not at the 20 s interval, and never two at once.
         deadline = time.monotonic() + 10
         while d.stats(d.firecrawl).get("GET /v2/batch/scrape/{id} 200", 0) < 2:
             assert time.monotonic() < deadline, "the holder did not poll again at once"
             time.sleep(0.05)
         assert d.stats(d.firecrawl).get("overlapping polls", 0) == 0
-        assert d.redis.hget(KEYS.job(job_id), "poll_now") is None
+        assert d.redis.hget(d.keys.job(job_id), "poll_now") is None
 
 
 def test_firecrawl_webhook_makes_a_scheduled_poll_due_now(redis_process: RedisProcess) -> None:
@@ -535,13 +534,13 @@ def test_killed_worker_poll_lease_is_taken_over(redis_process: RedisProcess) -> 
         job_id = d.create({"provider": "firecrawl", "batch_id": d.firecrawl_batch(urls(1))})
         deadline = time.monotonic() + 20
         # Leased: due past the 0.3 s poll cap, so the first worker's poll is in flight.
-        while (d.redis.zscore(KEYS.due_of(job_id), f"poll:{job_id}") or 0) < time.time() + 1:
+        while (d.redis.zscore(d.keys.due_of(job_id), f"poll:{job_id}") or 0) < time.time() + 1:
             assert time.monotonic() < deadline, "the first worker never took the poll"
             time.sleep(0.02)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         # The dead worker's lease on the poll runs out (2 s) and another worker takes it.
-        lease_end = d.redis.zscore(KEYS.due_of(job_id), f"poll:{job_id}")
+        lease_end = d.redis.zscore(d.keys.due_of(job_id), f"poll:{job_id}")
         assert lease_end is not None and lease_end > time.time()
         d.configure_firecrawl(get_latency=0.0)
         second = subprocess.Popen(

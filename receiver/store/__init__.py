@@ -30,7 +30,13 @@ from receiver.store.server import (
     open_stream_redis,
     pool_size,
 )
-from receiver.store.store import COMMITS_IN_FLIGHT, Store, callback_committer, open_store
+from receiver.store.store import (
+    COMMITS_IN_FLIGHT,
+    Store,
+    callback_committer,
+    connect_store,
+    open_store,
+)
 
 __all__ = [
     "COMMITS_IN_FLIGHT",
@@ -49,6 +55,7 @@ __all__ = [
     "WorkItem",
     "callback_committer",
     "compress",
+    "connect_store",
     "decode_job",
     "decompress",
     "iso",

@@ -9,10 +9,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from receiver.errors import NotConfirmed
 from receiver.store.events import at_ms, iso_ms
 from receiver.store.keys import Keys
+from receiver.store.routing import Router
 from receiver.store.scripts import Script, Scripts
 
 Clock = Callable[[], float]
@@ -23,7 +25,7 @@ R = TypeVar("R")
 class StoreBase:
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | Router,
         keys: Keys | None = None,
         *,
         events_maxlen: int = 8_640_000,
@@ -32,28 +34,53 @@ class StoreBase:
         confirm_timeout: float = 1.0,
         strict_scripts: bool = False,
     ) -> None:
-        self._redis = redis
+        self._router = redis if isinstance(redis, Router) else Router(redis)
         self.keys = keys or Keys()
+        self._slots = [key_slot(self.keys.base(p).encode()) for p in range(self.keys.partitions)]
         self.events_maxlen = events_maxlen
         self.clock = clock
         # The command that confirms an acknowledged write on its own connection, if any
         # (receiver.durability): WAITAOF 1 0 <ms>, or WAIT 1 <ms>.
         self._confirm: tuple[Any, ...] = _confirm_command(confirm, confirm_timeout)
-        self.scripts = Scripts(redis, self.keys, strict=strict_scripts)
+        self.scripts = Scripts(self._router.any, self.keys, strict=strict_scripts)
 
     @property
     def redis(self) -> Redis:
-        """The client, for tests and benchmarks to look at Redis with: no module of the
-        package but the store's uses it (tests/test_boundaries.py)."""
-        return self._redis
+        """A client (on a cluster, of one master), for tests and benchmarks to look at Redis
+        with: no module of the package but the store's uses it (tests/test_boundaries.py)."""
+        return self._router.any
 
-    async def _acknowledged(self, write: Callable[[Any], Awaitable[Any]]) -> Any:
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    def _for(self, key: str) -> Redis:
+        """The client of the node that holds `key`."""
+        return self._router.of(key)
+
+    def _at(self, partition: int) -> Redis:
+        """The client of the node that holds the partition."""
+        return self._router.at_slot(self._slots[partition])
+
+    def _of(self, job_id: str) -> Redis:
+        """The client of the node that holds the job."""
+        return self._at(self.keys.partition_of(job_id))
+
+    def _by_node(self, keys: Sequence[str]) -> list[tuple[Redis, list[int]]]:
+        """The keys' positions grouped by the client of the node that holds them."""
+        groups: dict[int, tuple[Redis, list[int]]] = {}
+        for index, key in enumerate(keys):
+            client = self._for(key)
+            groups.setdefault(id(client), (client, []))[1].append(index)
+        return list(groups.values())
+
+    async def _acknowledged(self, client: Redis, write: Callable[[Any], Awaitable[Any]]) -> Any:
         """The answer of a write we acknowledge to a caller (a 202, a 201), once it is as
         durable as RECEIVER_DURABILITY asks: the confirmation runs on the write's own
         connection, in one round trip with it. NotConfirmed when it did not come in time."""
         if not self._confirm:
-            return await write(self._redis)
-        async with self._redis.pipeline(transaction=False) as pipe:
+            return await write(client)
+        async with client.pipeline(transaction=False) as pipe:
             await write(pipe)
             pipe.execute_command(*self._confirm)
             answer, confirmed = await pipe.execute()
@@ -71,15 +98,17 @@ class StoreBase:
     ) -> Any:
         """Run a job script (see lua/prelude.lua) on these jobs, all of one partition, with
         its own arguments."""
-        keys = self.keys.shared(self.keys.partition_of(job_ids[0]))
+        partition = self.keys.partition_of(job_ids[0])
+        keys = self.keys.shared(partition)
         for job_id in job_ids:
             keys += self.keys.job_keys(job_id)
         now = self.clock()
         argv = [repr(now), iso_ms(at_ms(now)), self.events_maxlen, len(job_ids), *job_ids]
         argv += args
+        client = self._at(partition)
         if not acknowledged:
-            return await script(keys, argv)
-        return await self._acknowledged(lambda client: script(keys, argv, client))
+            return await script(keys, argv, client)
+        return await self._acknowledged(client, lambda on: script(keys, argv, on))
 
 
 async def per_partition(

@@ -25,15 +25,20 @@ from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
 from receiver.backoff import backoff
 from receiver.outages import outage_reason, raise_if_cancelling
 from receiver.store import cursors
 from receiver.store.keys import Keys
+from receiver.store.routing import Router
 
 log = logging.getLogger(__name__)
+# The helpers' clients: one Redis's, or redis-py's cluster client.
+Client = Redis | RedisCluster
 T = TypeVar("T")
 
 # Event types that end a job, and the job statuses they end it in.
@@ -194,15 +199,18 @@ class _Retries:
         return limit if self.deadline is None else min(limit, self.deadline)
 
 
-def longest_block_ms(redis: Redis) -> int | None:
+def longest_block_ms(redis: Client) -> int | None:
     """The longest BLOCK a read sends on this client: half its socket timeout, so that the
     answer is in well before the client gives up on it; None when it has no socket timeout."""
-    kwargs = redis.connection_pool.connection_kwargs
+    if isinstance(redis, RedisCluster):  # redis-py's cluster client: its nodes' options
+        kwargs = redis.connection_kwargs
+    else:
+        kwargs = redis.connection_pool.connection_kwargs
     timeout = kwargs.get("socket_timeout", _DEFAULT_SOCKET_TIMEOUT)
     return None if timeout is None else max(1, int(timeout * 500))
 
 
-async def deployment_keys(redis: Redis, keys: Keys | None = None) -> Keys:
+async def deployment_keys(redis: Client, keys: Keys | None = None) -> Keys:
     """The keys of the deployment in this Redis: `keys`' prefix (receiver's own by default)
     and the number of partitions the deployment recorded (one if it recorded none)."""
     keys = keys or Keys()
@@ -212,7 +220,7 @@ async def deployment_keys(redis: Redis, keys: Keys | None = None) -> Keys:
 
 
 async def subscribe(
-    redis: Redis,
+    redis: Client,
     job_id: str | None = None,
     after: str | None = None,
     *,
@@ -261,7 +269,7 @@ class _Merged:
     as they come; a read that answers is followed by the next one of its partition while
     the others wait on."""
 
-    def __init__(self, redis: Redis, keys: Keys, positions: dict[int, str], block_ms: int) -> None:
+    def __init__(self, redis: Client, keys: Keys, positions: dict[int, str], block_ms: int) -> None:
         self.redis, self.keys, self.block_ms = redis, keys, block_ms
         self.positions = positions
         self._reads: dict[int, asyncio.Task[list[Event]]] = {}
@@ -303,7 +311,7 @@ class _Merged:
 
 
 async def read_events(
-    redis: Redis,
+    redis: Client,
     keys: Keys,
     partition: int,
     after: str,
@@ -327,7 +335,7 @@ async def read_events(
 
 
 async def read_blocking(
-    redis: Redis, block_ms: int | None, read: Callable[[int | None], Awaitable[Any]]
+    redis: Client, block_ms: int | None, read: Callable[[int | None], Awaitable[Any]]
 ) -> Any:
     """The first answer of `read(block)` with entries in it, or the last empty one once
     `block_ms` passed (None: one read that does not block; 0: as long as it takes).
@@ -353,7 +361,7 @@ def _capped(block_ms: int, longest: int | None) -> int:
     return min(block_ms, longest) if block_ms else longest
 
 
-async def wait(redis: Redis, job_id: str, timeout: float, *, keys: Keys | None = None) -> Event:
+async def wait(redis: Client, job_id: str, timeout: float, *, keys: Keys | None = None) -> Event:
     """The event that ended the job, waiting at most `timeout` seconds (TimeoutError).
 
     A job that already ended gives its final event at once: from the stream, or rebuilt from
@@ -383,14 +391,14 @@ async def wait(redis: Redis, job_id: str, timeout: float, *, keys: Keys | None =
     raise TimeoutError(f"job {job_id} did not end within {timeout} s")
 
 
-async def _job_record(redis: Redis, keys: Keys, job_id: str) -> dict[str, str]:
+async def _job_record(redis: Client, keys: Keys, job_id: str) -> dict[str, str]:
     """The fields of the job's hash that a final event is made of, those it has."""
     values = await redis.hmget(keys.job(job_id), _RECORD_FIELDS)
     return {name: _text(v) for name, v in zip(_RECORD_FIELDS, values, strict=True) if v}
 
 
 async def _find_final(
-    redis: Redis, keys: Keys, job_id: str, record: Mapping[str, str]
+    redis: Client, keys: Keys, job_id: str, record: Mapping[str, str]
 ) -> Event | None:
     """The job's final event, by the stream id its job record keeps; None once trimmed."""
     final_id = record.get("final_event")
@@ -416,7 +424,7 @@ def _rebuild_final(job_id: str, record: Mapping[str, str]) -> Event:
     )
 
 
-async def last_event_id(redis: Redis, keys: Keys, partition: int) -> str:
+async def last_event_id(redis: Client, keys: Keys, partition: int) -> str:
     """The id of the partition's newest event, or "0-0" when there is none yet."""
     last: Any = await redis.xrevrange(keys.events(partition), count=1)
     if not last:
@@ -429,7 +437,7 @@ def _text(value: Any) -> str:
 
 
 async def consume(
-    redis: Redis,
+    redis: Client,
     group: str,
     consumer: str,
     *,
@@ -507,7 +515,7 @@ def _outcome(
 class _Member:
     """One consumer of a consumer group of one partition's events stream."""
 
-    redis: Redis
+    redis: Client
     stream: str
     group: str
     name: str
@@ -554,22 +562,25 @@ class _Member:
         return entries
 
 
-@dataclass
 class EventLog:
-    """The events streams on a client of their own (the web's event feeds and readers)."""
+    """The events streams on clients of their own (the web's event feeds and readers)."""
 
-    redis: Redis
-    keys: Keys
+    def __init__(self, router: Router, keys: Keys) -> None:
+        self.router, self.keys = router, keys
+        self._slots = [key_slot(keys.base(p).encode()) for p in range(keys.partitions)]
+
+    def _at(self, partition: int) -> Redis:
+        return self.router.at_slot(self._slots[partition])
 
     async def read(
         self, partition: int, after: str, block_ms: int | None = None, count: int = 500
     ) -> list[Event]:
         """The events of a partition after `after` (see read_events)."""
-        return await read_events(self.redis, self.keys, partition, after, block_ms, count)
+        return await read_events(self._at(partition), self.keys, partition, after, block_ms, count)
 
     async def last_id(self, partition: int) -> str:
         """The id of the partition's newest event, "0-0" when there is none."""
-        return await last_event_id(self.redis, self.keys, partition)
+        return await last_event_id(self._at(partition), self.keys, partition)
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.router.aclose()

@@ -46,34 +46,39 @@ class Health(Reads):
     async def beat(self, worker: str, interval: float) -> None:
         """A worker's heartbeat; those silent for HEARTBEATS_KEPT intervals are dropped."""
         now = time.time()
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._for(self.keys.heartbeats).pipeline(transaction=False) as pipe:
             pipe.zadd(self.keys.heartbeats, {worker: now})
             pipe.zremrangebyscore(self.keys.heartbeats, "-inf", now - HEARTBEATS_KEPT * interval)
             await pipe.execute()
 
     async def withdraw(self, worker: str) -> None:
         """A stopping worker's heartbeat taken away, so /readyz knows at once."""
-        await self._redis.zrem(self.keys.heartbeats, worker)
+        await self._for(self.keys.heartbeats).zrem(self.keys.heartbeats, worker)
 
     async def live_workers(self, window: float) -> int:
         """Workers whose heartbeat is at most `window` seconds old."""
-        return int(await self._redis.zcount(self.keys.heartbeats, time.time() - window, "+inf"))
+        return int(
+            await self._for(self.keys.heartbeats).zcount(
+                self.keys.heartbeats, time.time() - window, "+inf"
+            )
+        )
 
     async def memory(self) -> Memory:
-        info: Any = await self._redis.info("memory")
-        return Memory(
-            int(info.get("used_memory", 0) or 0),
-            int(info.get("maxmemory", 0) or 0),
-            str(info.get("maxmemory_policy", "")),
-        )
+        """The memory of the fullest master (the one Redis, or every master of a cluster)."""
+        found: list[Memory] = []
+        for client in self._router.masters():
+            info: Any = await client.info("memory")
+            used, limit = int(info.get("used_memory", 0) or 0), int(info.get("maxmemory", 0) or 0)
+            found.append(Memory(used, limit, str(info.get("maxmemory_policy", ""))))
+        return max(found, key=lambda m: (bool(m.full), m.used / m.limit if m.limit else 0.0))
 
     async def figures(self) -> Figures:
         """The gauges, summed over every partition (the oldest: the oldest of them)."""
         work = events = pending = 0
         oldest = 0.0
         for partition in range(self.keys.partitions):
-            work += await self._redis.xlen(self.keys.work(partition))
-            events += await self._redis.xlen(self.keys.events(partition))
+            work += await self._at(partition).xlen(self.keys.work(partition))
+            events += await self._at(partition).xlen(self.keys.events(partition))
             waiting, age = await self._pending(partition)
             pending, oldest = pending + waiting, max(oldest, age)
         jobs = await self.jobs_by_status()
@@ -83,13 +88,13 @@ class Health(Reads):
         """Pending entries of the partition's work group, and the age in seconds of the
         oldest entry of its stream."""
         stream = self.keys.work(partition)
-        if not await self._redis.exists(stream):
+        if not await self._for(stream).exists(stream):
             return 0, 0.0
         try:
-            summary: Any = await self._redis.xpending(stream, WORK_GROUP)
+            summary: Any = await self._for(stream).xpending(stream, WORK_GROUP)
         except ResponseError:  # no worker has created the group yet
             summary = {"pending": 0}
-        oldest: Any = await self._redis.xrange(stream, count=1)
+        oldest: Any = await self._for(stream).xrange(stream, count=1)
         age = 0.0
         if oldest:
             millis = int(text(oldest[0][0]).split("-")[0])

@@ -126,8 +126,12 @@ class Jobs(StoreBase):
         """A job polling an existing provider job, its first poll due now: (job id, created).
         Tracking the same provider job twice gives the first job back, and so does tracking
         a job we submitted ourselves."""
-        submitted = await self._redis.hget(self.keys.external(provider), external_id)
-        if submitted is not None and await self._redis.exists(self.keys.job(text(submitted))):
+        submitted = await self._for(self.keys.external(provider)).hget(
+            self.keys.external(provider), external_id
+        )
+        if submitted is not None and await self._of(text(submitted)).exists(
+            self.keys.job(text(submitted))
+        ):
             return text(submitted), False
         job_id = tracked_job_id(provider, external_id)
         created = await self.create_job(
@@ -145,21 +149,25 @@ class Jobs(StoreBase):
     async def record_external(self, provider: str, external_id: str, job_id: str) -> None:
         """Index a provider job we submitted ourselves, so its webhooks and a later track
         of it find our job."""
-        await self._redis.hset(self.keys.external(provider), external_id, job_id)
+        await self._for(self.keys.external(provider)).hset(
+            self.keys.external(provider), external_id, job_id
+        )
 
     async def job_of(self, provider: str, external_id: str) -> str | None:
         """Our job of a provider job: one we submitted, else one that tracks it."""
-        found = await self._redis.hget(self.keys.external(provider), external_id)
+        found = await self._for(self.keys.external(provider)).hget(
+            self.keys.external(provider), external_id
+        )
         if found is not None:
             return text(found)
         job_id = tracked_job_id(provider, external_id)
-        return job_id if await self._redis.exists(self.keys.job(job_id)) else None
+        return job_id if await self._of(job_id).exists(self.keys.job(job_id)) else None
 
     async def first_delivery(self, delivery_id: str) -> bool:
         """Whether this webhook delivery is seen for the first time (remembered for
         WEBHOOK_SEEN_TTL seconds)."""
         key = self.keys.webhook_seen(delivery_id)
-        return bool(await self._redis.set(key, 1, nx=True, ex=WEBHOOK_SEEN_TTL))
+        return bool(await self._for(key).set(key, 1, nx=True, ex=WEBHOOK_SEEN_TTL))
 
     async def store_documents(
         self, job_id: str, documents: Mapping[str, bytes], ttl: float
@@ -168,7 +176,7 @@ class Jobs(StoreBase):
         if not documents:
             return
         key = self.keys.results(job_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._of(job_id).pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={k: compress(v) for k, v in documents.items()})
             pipe.expire(key, int(ttl))
             await pipe.execute()
@@ -177,7 +185,7 @@ class Jobs(StoreBase):
         self, job_id: str, statuses: Mapping[str, str], errors: Mapping[str, str]
     ) -> None:
         """A polled job's documents: id -> status, and the errors of the failed ones."""
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._of(job_id).pipeline(transaction=True) as pipe:
             if statuses:
                 pipe.hset(self.keys.tasks(job_id), mapping=dict[Any, Any](statuses))
             if errors:
@@ -259,7 +267,7 @@ class Jobs(StoreBase):
     async def count_attempt(self, job_id: str, work: str) -> int:
         """An attempt at the job's `work` that found nothing ready yet (no failure): its
         attempts so far, in the same counter as record_failure's."""
-        return int(await self._redis.hincrby(self.keys.attempts(job_id), work, 1))
+        return int(await self._of(job_id).hincrby(self.keys.attempts(job_id), work, 1))
 
     async def finish_job(self, job_id: str, status: JobStatus, reason: str = "") -> str:
         """Move a job to a terminal status; 'closed' when it already was terminal. The
@@ -273,7 +281,7 @@ class Jobs(StoreBase):
     async def _log_end(self, job_id: str, status: JobStatus, reason: str) -> None:
         # Only the reason's leading code ("stalled", "rejected"...): the rest may quote
         # the provider's answer, which is no log's business.
-        provider = text(await self._redis.hget(self.keys.job(job_id), "provider") or b"")
+        provider = text(await self._of(job_id).hget(self.keys.job(job_id), "provider") or b"")
         code = reason.partition(":")[0]
         extra = {"job_id": job_id, "provider": provider, "status": status.value}
         log.info("job ended", extra={**extra, "reason": code if _CODE.fullmatch(code) else ""})

@@ -99,33 +99,35 @@ class Keys:
 
     def tasks(self, job_id: str) -> str:
         """Hash: provider task id -> task status (pending, done, stored, failed, expired)."""
-        return f"{self.job(job_id)}:tasks"
+        return f"{self._bases[self.partition_of(job_id)]}tasks:{job_id}"
 
     def inputs(self, job_id: str) -> str:
         """Hash: provider task id -> the URL or query it was submitted for."""
-        return f"{self.job(job_id)}:inputs"
+        return f"{self._bases[self.partition_of(job_id)]}inputs:{job_id}"
 
     def errors(self, job_id: str) -> str:
         """Hash: provider task id (or document id) -> why it failed."""
-        return f"{self.job(job_id)}:errors"
+        return f"{self._bases[self.partition_of(job_id)]}errors:{job_id}"
 
     def results(self, job_id: str) -> str:
         """Hash: task id -> zlib-compressed JSON results; expires after the results TTL."""
-        return f"{self.job(job_id)}:results"
+        return f"{self._bases[self.partition_of(job_id)]}results:{job_id}"
 
     def early(self, job_id: str) -> str:
         """Hash: callbacks that arrived before their task ids were recorded (task id -> status)."""
-        return f"{self.job(job_id)}:early"
+        return f"{self._bases[self.partition_of(job_id)]}early:{job_id}"
 
     def attempts(self, job_id: str) -> str:
         """Hash: the job's work (`WorkItem.attempt_name`: fetch:<task>, submit, poll...) ->
         attempts made so far: the one retry counter, reset when the work succeeds."""
-        return f"{self.job(job_id)}:attempts"
+        return f"{self._bases[self.partition_of(job_id)]}attempts:{job_id}"
 
     def job_keys(self, job_id: str) -> list[str]:
-        """The job's keys in the order of JOB_KEYS."""
-        base = self.job(job_id)
-        return [base, *(f"{base}:{name}" for name in JOB_KEYS[1:])]
+        """The job's keys in the order of JOB_KEYS. Each is its partition's base, what the
+        key holds, then the job's id: whatever the id holds (a `:`, braces), no key of one
+        job is a key of another."""
+        base = self._bases[self.partition_of(job_id)]
+        return [f"{base}job:{job_id}", *(f"{base}{name}:{job_id}" for name in JOB_KEYS[1:])]
 
     # -- a partition's keys -------------------------------------------------------------
 

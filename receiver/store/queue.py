@@ -44,11 +44,11 @@ class Queue(StoreBase):
     def _setup_queue(self) -> None:
         self._acks: Batcher[Done, None] = Batcher(self._acknowledge)
 
-    async def ensure_group(self) -> None:
-        """The workers' group on every partition's stream."""
-        for partition in range(self.keys.partitions):
+    async def ensure_group(self, only: int | None = None) -> None:
+        """The workers' group on a partition's stream (None: on every partition's)."""
+        for partition in range(self.keys.partitions) if only is None else [only]:
             try:
-                await self._redis.xgroup_create(
+                await self._at(partition).xgroup_create(
                     self.keys.work(partition), WORK_GROUP, id="0", mkstream=True
                 )
             except ResponseError as exc:  # the group exists already
@@ -58,14 +58,14 @@ class Queue(StoreBase):
     async def enqueue(self, item: WorkItem) -> None:
         """Queue work for the workers now."""
         stream = self.keys.work(self.keys.partition_of(item.job_id))
-        await self._redis.xadd(stream, item.fields)  # type: ignore[arg-type]
+        await self._for(stream).xadd(stream, item.fields)  # type: ignore[arg-type]
 
     async def read_work(
         self, partition: int, consumer: str, count: int, block_ms: int
     ) -> list[Entry]:
         """New entries of the partition for `consumer`, waiting up to block_ms for some."""
         stream = self.keys.work(partition)
-        reply: Any = await self._redis.xreadgroup(
+        reply: Any = await self._at(partition).xreadgroup(
             WORK_GROUP, consumer, {stream: ">"}, count=count, block=block_ms
         )
         return [entry for _stream, raw in reply or () for entry in _entries(partition, raw)]
@@ -75,7 +75,7 @@ class Queue(StoreBase):
     ) -> list[Entry]:
         """Entries of the partition another consumer read and left idle for idle_ms, now
         `consumer`'s."""
-        reply: Any = await self._redis.xautoclaim(
+        reply: Any = await self._at(partition).xautoclaim(
             self.keys.work(partition), WORK_GROUP, consumer, idle_ms, "0-0", count=count
         )
         return _entries(partition, reply[1])
@@ -86,7 +86,7 @@ class Queue(StoreBase):
         """Entries of the partition `consumer` read and left idle for idle_ms (it could not
         acknowledge them), but for those it has at work (by `Entry.key`)."""
         stream = self.keys.work(partition)
-        pending: Any = await self._redis.xpending_range(
+        pending: Any = await self._for(stream).xpending_range(
             stream, WORK_GROUP, "-", "+", count, consumername=consumer, idle=idle_ms
         )
         ids = [
@@ -96,7 +96,7 @@ class Queue(StoreBase):
         ]
         if not ids:
             return []
-        claimed: Any = await self._redis.xclaim(stream, WORK_GROUP, consumer, 0, ids)
+        claimed: Any = await self._for(stream).xclaim(stream, WORK_GROUP, consumer, 0, ids)
         return _entries(partition, claimed)
 
     async def renew_claims(self, consumer: str, entries: Sequence[Entry]) -> None:
@@ -107,7 +107,7 @@ class Queue(StoreBase):
         for entry in entries:
             by_partition.setdefault(entry.partition, []).append(entry.id)
         for partition, ids in by_partition.items():
-            await self._redis.xclaim(
+            await self._at(partition).xclaim(
                 self.keys.work(partition), WORK_GROUP, consumer, 0, ids, justid=True
             )
 
@@ -122,7 +122,7 @@ class Queue(StoreBase):
             by_partition.setdefault(done[0].partition, []).append(done)
         for partition, dones in by_partition.items():
             ids = [entry.id for entry, _ in dones]
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._at(partition).pipeline(transaction=True) as pipe:
                 for entry, retry_at in dones:
                     if retry_at is not None:
                         pipe.zadd(self.keys.due(partition), {entry.item.member: retry_at})

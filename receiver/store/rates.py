@@ -22,7 +22,8 @@ class Rates(StoreBase):
         """0 when the caller may make `take` calls of the limit `name` now (one every
         `interval` seconds, `burst` at once), else the seconds to wait."""
         args = [interval, burst, take]
-        return float(text(await self.scripts.acquire_rate([self.keys.rate(name)], args)))
+        key = self.keys.rate(name)
+        return float(text(await self.scripts.acquire_rate([key], args, self._for(key))))
 
 
 class SharedRate:

@@ -81,16 +81,20 @@ class Reads(StoreBase):
         return decode_job(job_id, raw)
 
     async def _read_jobs(self, job_ids: Sequence[str]) -> list[dict[Any, Any]]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hgetall(self.keys.job(job_id))
-            rows: list[dict[Any, Any]] = await pipe.execute()
+        keys = [self.keys.job(job_id) for job_id in job_ids]
+        rows: list[dict[Any, Any]] = [{}] * len(keys)
+        for client, positions in self._by_node(keys):
+            async with client.pipeline(transaction=False) as pipe:
+                for index in positions:
+                    pipe.hgetall(keys[index])
+                for index, row in zip(positions, await pipe.execute(), strict=True):
+                    rows[index] = row
         return rows
 
     async def get_state(self, job_id: str) -> dict[str, Any] | None:
         """The few fields hot paths need (status, provider, times), without the request."""
         names = ("status", "provider", "created_at", "submitted_at")
-        values = await self._redis.hmget(self.keys.job(job_id), names)
+        values = await self._of(job_id).hmget(self.keys.job(job_id), names)
         if values[0] is None:
             return None
         state: dict[str, Any] = {"id": job_id}
@@ -100,11 +104,11 @@ class Reads(StoreBase):
         return state
 
     async def get_tasks(self, job_id: str) -> dict[str, str]:
-        raw = await self._redis.hgetall(self.keys.tasks(job_id))
+        raw = await self._of(job_id).hgetall(self.keys.tasks(job_id))
         return {text(k): text(v) for k, v in raw.items()}
 
     async def get_task_details(self, job_id: str) -> list[dict[str, Any]]:
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._of(job_id).pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.tasks(job_id))
             pipe.hgetall(self.keys.inputs(job_id))
             pipe.hgetall(self.keys.errors(job_id))
@@ -120,14 +124,14 @@ class Reads(StoreBase):
         return details
 
     async def get_results(self, job_id: str) -> dict[str, Any]:
-        raw: dict[Any, Any] = await self._redis.hgetall(self.keys.results(job_id))
+        raw: dict[Any, Any] = await self._of(job_id).hgetall(self.keys.results(job_id))
         return {text(k): orjson.loads(decompress(v)) for k, v in raw.items()}
 
     async def jobs_by_status(self) -> dict[str, int]:
         """Jobs by status, over every partition."""
         counts: dict[str, int] = {}
         for partition in range(self.keys.partitions):
-            raw: dict[Any, Any] = await self._redis.hgetall(self.keys.stats(partition))
+            raw: dict[Any, Any] = await self._at(partition).hgetall(self.keys.stats(partition))
             for name, value in raw.items():
                 if text(name).startswith("status:"):
                     status = text(name).removeprefix("status:")
@@ -179,7 +183,9 @@ class Reads(StoreBase):
             if cursors.at_start(position):
                 continue  # nothing comes before the first id (and Redis refuses it)
             top = "+" if position == cursors.TOP else f"({position}"
-            raw: Any = await self._redis.xrevrange(self.keys.jobs(partition), top, "-", count=count)
+            raw: Any = await self._at(partition).xrevrange(
+                self.keys.jobs(partition), top, "-", count=count
+            )
             for entry_id, fields in raw:
                 entry = text(entry_id)
                 entries.append((cursors.order(entry), partition, entry, text(fields[b"j"])))
@@ -187,10 +193,14 @@ class Reads(StoreBase):
         return [(partition, entry, job_id) for _, partition, entry, job_id in entries[:count]]
 
     async def _statuses(self, job_ids: list[str]) -> list[tuple[str, str]]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hmget(self.keys.job(job_id), ["status", "provider"])
-            rows = await pipe.execute()
+        keys = [self.keys.job(job_id) for job_id in job_ids]
+        rows: list[Any] = [None] * len(keys)
+        for client, positions in self._by_node(keys):
+            async with client.pipeline(transaction=False) as pipe:
+                for index in positions:
+                    pipe.hmget(keys[index], ["status", "provider"])
+                for index, row in zip(positions, await pipe.execute(), strict=True):
+                    rows[index] = row
         return [(text(row[0] or b""), text(row[1] or b"")) for row in rows]
 
     async def results_page(
@@ -198,7 +208,9 @@ class Reads(StoreBase):
     ) -> tuple[dict[str, Any], int]:
         """One page of a job's results (HSCAN: `count` is a hint) and the next cursor, 0 at
         the end."""
-        reply: Any = await self._redis.hscan(self.keys.results(job_id), cursor=cursor, count=count)
+        reply: Any = await self._of(job_id).hscan(
+            self.keys.results(job_id), cursor=cursor, count=count
+        )
         next_cursor, raw = reply
         page = {text(k): orjson.loads(decompress(v)) for k, v in raw.items()}
         return page, int(next_cursor)

@@ -33,17 +33,21 @@ class Schedule(StoreBase):
         await self._moves.submit((member, None))
 
     async def _apply_moves(self, batch: Sequence[tuple[str, float | None]]) -> list[None]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for member, at in batch:
-                if at is None:
-                    pipe.zrem(self.due_key(member), member)
-                else:
-                    pipe.zadd(self.due_key(member), {member: at})
-            await pipe.execute()
+        keys = [self.due_key(member) for member, _ in batch]
+        for client, positions in self._by_node(keys):
+            async with client.pipeline(transaction=False) as pipe:
+                for index in positions:
+                    member, at = batch[index]
+                    if at is None:
+                        pipe.zrem(keys[index], member)
+                    else:
+                        pipe.zadd(keys[index], {member: at})
+                await pipe.execute()
         return [None] * len(batch)
 
     async def due_at(self, member: str) -> float | None:
-        score = await self._redis.zscore(self.due_key(member), member)
+        key = self.due_key(member)
+        score = await self._for(key).zscore(key, member)
         return None if score is None else float(score)
 
     async def claim_due(self, limit: int, lease: float = DUE_LEASE) -> list[str]:
@@ -66,7 +70,8 @@ class Schedule(StoreBase):
                 break
             key = self.keys.due((first + offset) % partitions)
             args: list[Any] = [repr(now), limit - len(claimed), repr(lease_end)]
-            claimed += [text(m) for m in await self.scripts.claim_due([key], args)]
+            found = await self.scripts.claim_due([key], args, self._for(key))
+            claimed += [text(m) for m in found]
         return claimed, lease_end
 
     async def renew_leases(self, leases: Mapping[str, float], lease: float) -> dict[str, float]:
@@ -81,7 +86,7 @@ class Schedule(StoreBase):
             args: list[Any] = [repr(new_end)]
             for member, held in held_here:
                 args += [member, repr(held)]
-            answers = await self.scripts.renew_leases([key] * len(held_here), args)
+            answers = await self.scripts.renew_leases([key] * len(held_here), args, self._for(key))
             pairs = zip(held_here, answers, strict=True)
             renewed.update((member, new_end) for (member, _), ok in pairs if int(ok))
         return renewed
@@ -91,4 +96,5 @@ class Schedule(StoreBase):
         at once (see lua/hint_poll.lua). 'due', 'flagged', 'already_due' or 'not_scheduled'."""
         member = WorkItem(Work.POLL, job_id).member
         keys = [self.due_key(member), self.keys.job(job_id)]
-        return text(await self.scripts.hint_poll(keys, [member, repr(self.clock())]))
+        args = [member, repr(self.clock())]
+        return text(await self.scripts.hint_poll(keys, args, self._of(job_id)))

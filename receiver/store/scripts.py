@@ -117,7 +117,9 @@ class Script:
         try:
             return await self._script(keys=keys, args=args, client=client)
         except ResponseError as exc:
-            raise ResponseError(self.located(str(exc))) from exc
+            if "user_script:" not in str(exc):
+                raise
+            raise type(exc)(self.located(str(exc))) from exc
 
     def located(self, message: str) -> str:
         """The message with each `user_script:<line>` told as `<file>:<line>`."""

@@ -7,8 +7,10 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import redis as sync_redis
+import redis.cluster as sync_cluster
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
@@ -16,6 +18,7 @@ from receiver.errors import ConfigError
 from receiver.settings import Settings
 from receiver.store.base import text
 from receiver.store.keys import Keys
+from receiver.store.routing import ClusterAddress, ClusterRouter, Router, pool_client
 
 log = logging.getLogger("receiver.store")
 
@@ -29,6 +32,8 @@ REDIS_CONNECT_TIMEOUT = 5.0
 # never wait behind subscribers for one): the feed's read, and the short reads of streams
 # opening or catching up (a stream waiting for events holds none).
 STREAM_POOL_SIZE = 32
+# Partitions of a new deployment on a cluster, for each master it has.
+PARTITIONS_PER_MASTER = 4
 # Seconds a starting process waits for its Redis to answer before it gives up.
 STARTUP_WAIT = 30.0
 
@@ -39,24 +44,74 @@ def pool_size(settings: Settings) -> int:
     return 2 * settings.fetch_concurrency + 2 * settings.poll_concurrency + 64
 
 
-def open_redis(settings: Settings, max_connections: int | None = None) -> Redis:
-    """A client whose pool waits for a free connection rather than failing when busy, with
-    every timeout chosen: a command, a connection, and the wait for a pooled connection."""
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url or "",
-        max_connections=max_connections or pool_size(settings),
-        timeout=REDIS_TIMEOUT,
-        socket_timeout=REDIS_TIMEOUT,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
-        socket_keepalive=True,
-        health_check_interval=30,
-    )
-    return Redis.from_pool(pool)  # closing the client closes the pool too
+def _pool_options(max_connections: int) -> dict[str, Any]:
+    """Every timeout chosen: a command, a connection, and the wait for a pooled one."""
+    return {
+        "max_connections": max_connections,
+        "timeout": REDIS_TIMEOUT,
+        "socket_timeout": REDIS_TIMEOUT,
+        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+    }
 
 
-def open_stream_redis(settings: Settings) -> Redis:
-    """The event streams' client, with a pool of its own (STREAM_POOL_SIZE)."""
+def open_redis(settings: Settings, max_connections: int | None = None) -> Router:
+    """The clients of the Redis in use: one whose pool waits for a free connection rather
+    than failing when busy, or on a cluster one such pool per master (`routing`); each
+    pool holds `max_connections` at most (by default `pool_size`)."""
+    options = _pool_options(max_connections or pool_size(settings))
+    url = settings.redis_url or ""
+    if settings.redis_cluster:
+        address = ClusterAddress.parse(url)
+        return ClusterRouter(address, lambda node, at: pool_client(node, at, **options))
+    pool = BlockingConnectionPool.from_url(url, **options)
+    return Router(Redis.from_pool(pool))  # closing the client closes the pool too
+
+
+def open_stream_redis(settings: Settings) -> Router:
+    """The event streams' clients, with pools of their own (STREAM_POOL_SIZE each)."""
     return open_redis(settings, STREAM_POOL_SIZE)
+
+
+def node_url(settings: Settings) -> str:
+    """A plain URL of one node: of the first seed of a cluster URL."""
+    url = settings.redis_url or ""
+    if not urlsplit(url).scheme.endswith("+cluster"):
+        return url
+    address = ClusterAddress.parse(url)
+    host, port = address.seeds[0]
+    scheme = "rediss" if address.tls else "redis"
+    auth = ""
+    if address.password is not None:
+        auth = f"{quote(address.username or '')}:{quote(address.password)}@"
+    return f"{scheme}://{auth}{host}:{port}/0"
+
+
+def detect_cluster(settings: Settings) -> bool:
+    """Whether REDIS_URL names a Redis Cluster: a `+cluster` URL, or a node whose INFO says
+    `cluster_enabled:1`."""
+    if urlsplit(settings.redis_url or "").scheme.endswith("+cluster"):
+        return True
+    client = sync_redis.Redis.from_url(
+        node_url(settings), socket_timeout=5, socket_connect_timeout=2
+    )
+    try:
+        info: Any = client.info("cluster")
+    except ResponseError:  # INFO cluster refused: no cluster
+        return False
+    finally:
+        client.close()
+    return bool(int(info.get("cluster_enabled", 0)))
+
+
+def _sync_client(settings: Settings) -> Any:
+    """A synchronous client for the checks at start: redis-py's cluster client on a
+    cluster (each key to its master), else a plain one."""
+    url = node_url(settings)
+    if settings.redis_cluster:
+        return sync_cluster.RedisCluster.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    return sync_redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
 
 
 @dataclass(frozen=True)
@@ -140,11 +195,9 @@ def settle_partitions(settings: Settings) -> int:
     RECEIVER_PARTITIONS asks for another: a job's keys are where its partition puts them,
     so the number cannot change under a running deployment (README: changing it)."""
     meta = Keys(settings.key_prefix).meta
-    client = sync_redis.Redis.from_url(
-        settings.redis_url or "", socket_timeout=5, socket_connect_timeout=2
-    )
+    client = _sync_client(settings)
     try:
-        client.hsetnx(meta, "partitions", settings.partitions or 1)
+        client.hsetnx(meta, "partitions", settings.partitions or _default_partitions(client))
         recorded = int(text(client.hget(meta, "partitions") or b"1"))
     except (RedisError, OSError) as exc:
         raise ConfigError(f"redis did not say its partitions ({type(exc).__name__})") from None
@@ -157,3 +210,12 @@ def settle_partitions(settings: Settings) -> int:
             "the number of partitions, see the README (Changing the number of partitions)"
         )
     return recorded
+
+
+def _default_partitions(client: Any) -> int:
+    """The number of partitions a new deployment gets: 1 on one Redis; on a cluster
+    PARTITIONS_PER_MASTER for each master, so that they spread over all of them."""
+    if not isinstance(client, sync_cluster.RedisCluster):
+        return 1
+    cluster: Any = client
+    return PARTITIONS_PER_MASTER * max(1, len(cluster.get_primaries()))

@@ -17,7 +17,9 @@ from receiver.store.jobs import Callback, Jobs
 from receiver.store.keys import Keys
 from receiver.store.queue import Queue
 from receiver.store.rates import Rates
+from receiver.store.routing import Router
 from receiver.store.schedule import Schedule
+from receiver.store.server import open_redis
 
 log = logging.getLogger("receiver.store")
 
@@ -32,7 +34,7 @@ class Store(Jobs, Schedule, Queue, Rates, Health):
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | Router,
         keys: Keys | None = None,
         *,
         events_maxlen: int = 8_640_000,
@@ -61,8 +63,8 @@ class Store(Jobs, Schedule, Queue, Rates, Health):
         before a process starts). A Redis away meanwhile leaves it to that check."""
         meta = self.keys.meta
         try:
-            await self._redis.hsetnx(meta, "partitions", self.keys.partitions)
-            recorded = int(await self._redis.hget(meta, "partitions") or 1)
+            await self._for(meta).hsetnx(meta, "partitions", self.keys.partitions)
+            recorded = int(await self._for(meta).hget(meta, "partitions") or 1)
         except RedisError as exc:
             log.warning("could not read the partitions", extra={"error": type(exc).__name__})
             return
@@ -73,10 +75,19 @@ class Store(Jobs, Schedule, Queue, Rates, Health):
             )
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._router.aclose()
 
 
-def open_store(settings: Settings, redis: Redis) -> Store:
+async def connect_store(settings: Settings) -> Store:
+    """The store of a process: its Redis (a cluster's slot map read) and the deployment's
+    number of partitions checked."""
+    store = open_store(settings, open_redis(settings))
+    await store.router.start()
+    await store.settle_partitions()
+    return store
+
+
+def open_store(settings: Settings, redis: Redis | Router) -> Store:
     return Store(
         redis,
         Keys(settings.key_prefix, settings.partitions or 1),

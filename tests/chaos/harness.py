@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 import redis
+import redis.cluster
 from redis import Redis as SyncRedis
 
 from receiver.embedded import redis_server_binary
@@ -50,6 +51,8 @@ SECRET_KEY = "chaos-key-4f9c2a7e1b"
 API_TOKEN = "chaos-token-8d3e6b0a5c"
 TOKEN_MAX_AGE = 48 * 3600.0  # seconds, as the receiver's default
 KEYS = Keys()
+# A client of one Redis, or of a Redis Cluster.
+Client = redis.Redis | redis.cluster.RedisCluster
 # Variables of the test run's own environment that must not reach a child.
 _OWN_PREFIXES = ("REDIS_", "RECEIVER_", "DECODO_", "FIRECRAWL_", "DIFY_", "PROMETHEUS_")
 _LOG_TAIL = 4000  # characters of a log shown when a process died
@@ -536,18 +539,18 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _hash(client: redis.Redis, key: str) -> dict[str, str]:
+def _hash(client: Client, key: str) -> dict[str, str]:
     raw: Any = client.hgetall(key)
     return {_text(k): _text(v) for k, v in raw.items()}
 
 
-def job_record(client: redis.Redis, job_id: str) -> dict[str, str]:
-    return _hash(client, KEYS.job(job_id))
+def job_record(client: Client, job_id: str, keys: Keys = KEYS) -> dict[str, str]:
+    return _hash(client, keys.job(job_id))
 
 
-def task_statuses(client: redis.Redis, job_id: str) -> dict[str, str]:
+def task_statuses(client: Client, job_id: str, keys: Keys = KEYS) -> dict[str, str]:
     """Task id -> its status, from the job's tasks hash."""
-    return _hash(client, KEYS.tasks(job_id))
+    return _hash(client, keys.tasks(job_id))
 
 
 def fill_to_maxmemory(client: redis.Redis, headroom: int = 4 << 20) -> list[str]:
@@ -578,24 +581,28 @@ def stored_results(client: redis.Redis, job_ids: Iterable[str]) -> int:
     return sum(int(job_record(client, job_id).get("completed", 0)) for job_id in job_ids)
 
 
-def events_by_job(client: redis.Redis) -> dict[str, list[dict[str, Any]]]:
-    """Every event of the events stream, as the public JSON, grouped by job, in order."""
-    entries: Any = client.xrange(KEYS.events(0))
+def events_by_job(client: Client, keys: Keys = KEYS) -> dict[str, list[dict[str, Any]]]:
+    """Every event of the events streams, as the public JSON, grouped by job, in order."""
     grouped: dict[str, list[dict[str, Any]]] = {}
-    for entry_id, fields in entries:
-        event = event_from_entry(entry_id, fields).to_dict()
-        grouped.setdefault(event["job_id"], []).append(event)
+    for partition in range(keys.partitions):
+        entries: Any = client.xrange(keys.events(partition))
+        for entry_id, fields in entries:
+            event = event_from_entry(entry_id, fields).to_dict()
+            grouped.setdefault(event["job_id"], []).append(event)
     return grouped
 
 
-def work_left(client: redis.Redis) -> tuple[int, int]:
-    """Entries in the work stream, and those of them read but not acknowledged."""
-    length = int(client.xlen(KEYS.work(0)))
-    try:
-        pending: Any = client.xpending(KEYS.work(0), WORK_GROUP)
-    except redis.ResponseError:  # no group yet
-        return length, 0
-    return length, int(pending["pending"])
+def work_left(client: Client, keys: Keys = KEYS) -> tuple[int, int]:
+    """Entries in the work streams, and those of them read but not acknowledged."""
+    length = waiting = 0
+    for partition in range(keys.partitions):
+        length += int(client.xlen(keys.work(partition)))
+        try:
+            pending: Any = client.xpending(keys.work(partition), WORK_GROUP)
+        except redis.ResponseError:  # no group yet
+            continue
+        waiting += int(pending["pending"])
+    return length, waiting
 
 
 def pending_of(client: redis.Redis, pid: int) -> int:
@@ -609,10 +616,11 @@ def pending_of(client: redis.Redis, pid: int) -> int:
 
 
 def wait_for_jobs(
-    connect: Callable[[], redis.Redis],
+    connect: Callable[[], Client],
     job_ids: Sequence[str],
     timeout: float,
     watch: Iterable[ServiceProcess] = (),
+    keys: Keys = KEYS,
 ) -> None:
     """Waits until every job is in a final status (reconnecting: Redis may have restarted),
     then asserts each completed."""
@@ -620,7 +628,7 @@ def wait_for_jobs(
     def statuses() -> dict[str, str]:
         try:
             with connect() as client:
-                return {job: job_record(client, job).get("status", "") for job in job_ids}
+                return {job: job_record(client, job, keys).get("status", "") for job in job_ids}
         except redis.RedisError:
             return {}
 
@@ -631,7 +639,7 @@ def wait_for_jobs(
     try:
         wait_until(ended, timeout, f"jobs {list(job_ids)} to end", interval=0.1, watch=watch)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; statuses {_progress(connect, job_ids)}") from None
+        raise AssertionError(f"{exc}; statuses {_progress(connect, job_ids, keys)}") from None
     found = statuses()
     assert all(s == "completed" for s in found.values()), found
 
@@ -639,14 +647,16 @@ def wait_for_jobs(
 _FINAL_STATUSES = frozenset(t.removeprefix("job.") for t in FINAL_TYPES)
 
 
-def _progress(connect: Callable[[], redis.Redis], job_ids: Sequence[str]) -> dict[str, Any]:
+def _progress(
+    connect: Callable[[], Client], job_ids: Sequence[str], keys: Keys = KEYS
+) -> dict[str, Any]:
     """Each job's status and its tasks counted by status, for a failure message."""
     try:
         with connect() as client:
             return {
                 job: (
-                    job_record(client, job).get("status"),
-                    dict(Counter(task_statuses(client, job).values())),
+                    job_record(client, job, keys).get("status"),
+                    dict(Counter(task_statuses(client, job, keys).values())),
                 )
                 for job in job_ids
             }
@@ -658,11 +668,12 @@ def _progress(connect: Callable[[], redis.Redis], job_ids: Sequence[str]) -> dic
 
 
 def assert_invariants(
-    client: redis.Redis,
+    client: Client,
     jobs: Mapping[str, int],
     sandbox_stats: Mapping[str, int],
     *,
     extra_fetches: int = 0,
+    keys: Keys = KEYS,
 ) -> None:
     """What every fault must leave intact, for `jobs` (job id -> its number of tasks):
 
@@ -673,11 +684,11 @@ def assert_invariants(
       (fetches in flight when a process died may be made again);
     - no work is left in the stream, acknowledged or not.
     """
-    wait_until(lambda: work_left(client) == (0, 0), 15, "the work stream to drain")
-    events = events_by_job(client)
+    wait_until(lambda: work_left(client, keys) == (0, 0), 15, "the work stream to drain")
+    events = events_by_job(client, keys)
     problems: list[str] = []
     for job_id, count in jobs.items():
-        problems += _job_problems(client, job_id, count, events.get(job_id, []))
+        problems += _job_problems(client, job_id, count, events.get(job_id, []), keys)
     total = sum(jobs.values())
     fetched, stored = sandbox_stats.get("results", 0), sandbox_stats.get("results 200", 0)
     if not total <= stored <= fetched <= total + extra_fetches:
@@ -689,18 +700,18 @@ def assert_invariants(
 
 
 def _job_problems(
-    client: redis.Redis, job_id: str, count: int, events: list[dict[str, Any]]
+    client: Client, job_id: str, count: int, events: list[dict[str, Any]], keys: Keys
 ) -> list[str]:
     problems: list[str] = []
-    record = job_record(client, job_id)
+    record = job_record(client, job_id, keys)
     counts = (record.get("status"), record.get("completed"), record.get("total"))
     if counts != ("completed", str(count), str(count)):
         problems.append(f"{job_id}: status, completed, total are {counts}, expected {count}")
-    tasks = task_statuses(client, job_id)
+    tasks = task_statuses(client, job_id, keys)
     by_status = Counter(tasks.values())
     if len(tasks) != count or by_status["stored"] != count:
         problems.append(f"{job_id}: {len(tasks)} tasks of {count}, by status {dict(by_status)}")
-    results: Any = client.hkeys(KEYS.results(job_id))
+    results: Any = client.hkeys(keys.results(job_id))
     if sorted(_text(r) for r in results) != sorted(tasks):
         problems.append(f"{job_id}: {len(results)} results stored for {len(tasks)} tasks")
     completed = Counter(e["detail"].get("task_id") for e in events if e["type"] == "task.completed")
@@ -718,9 +729,11 @@ def _job_problems(
     return problems
 
 
-def assert_recorded(client: redis.Redis, job_id: str, accepted: Iterable[str]) -> None:
+def assert_recorded(
+    client: Client, job_id: str, accepted: Iterable[str], keys: Keys = KEYS
+) -> None:
     """Every task whose callback got a 202 is recorded: no longer `pending`."""
-    tasks = task_statuses(client, job_id)
+    tasks = task_statuses(client, job_id, keys)
     lost = sorted(task for task in accepted if tasks.get(task, "pending") == "pending")
     assert not lost, f"{len(lost)} callbacks answered 202 are not recorded: {lost[:10]}"
 
