@@ -56,6 +56,7 @@ from benchmarks.common import (
     say,
     workdir,
 )
+from receiver.store import Store
 
 CONCURRENCY = 32  # hostile requests in flight, but the slow senders
 SETTLE = 1.0  # seconds of quiet before reading an RSS
@@ -248,11 +249,11 @@ async def measure(directory: Path, sizes: Sizes) -> dict[str, object]:
     names = list(kinds(PreparedJob("", "", 0), 0))  # in the order they are listed
     per_kind = sizes.warmup + sizes.requests + 1  # task ids each kind's web may use
     with redis_server(directory, aof=False) as redis_process:
-        redis = Redis.from_url(redis_process.url)
+        store = Store(Redis.from_url(redis_process.url))
         try:
-            job = await prepare_job(redis, per_kind * len(names))
+            job = await prepare_job(store, per_kind * len(names))
         finally:
-            await redis.aclose()
+            await store.close()
         results = [
             await against_fresh_web(
                 directory, redis_process.url, job, name, sizes, number * per_kind

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import httpx
 import orjson
-from redis.asyncio import Redis
 
 from benchmarks.common import CALLBACK_PATH, SECRET_KEY, say
 from benchmarks.loadgen import LoadResult, Spec
@@ -62,10 +61,10 @@ class PreparedJob:
         return Spec(port, CALLBACK_PATH, head, tail, first, count, connections, duration, rate)
 
 
-async def prepare_job(redis: Redis, tasks: int) -> PreparedJob:
+async def prepare_job(store: Store, tasks: int) -> PreparedJob:
     """Create the job in Redis with `tasks` pending task ids, as a submission would."""
     started = time.monotonic()
-    job_id = await record_job(Store(redis), [task_id(i) for i in range(tasks)])
+    job_id = await record_job(store, [task_id(i) for i in range(tasks)])
     say(f"prepared job {job_id} with {tasks} pending tasks in {time.monotonic() - started:.1f} s")
     return PreparedJob(job_id, sign(job_id), tasks)
 
@@ -104,22 +103,23 @@ async def create_tasks(base_url: str, count: int) -> list[str]:
     return ids
 
 
-async def count_done(redis: Redis, job: PreparedJob) -> int:
-    """Tasks recorded `done` (HVALS of the job's task hash)."""
-    values = await redis.hvals(Store(redis).keys.tasks(job.job_id))
+async def count_done(store: Store, job: PreparedJob) -> int:
+    """Tasks recorded `done` (HVALS of the job's task hash, on the node that holds it)."""
+    key = store.keys.tasks(job.job_id)
+    values = await store.router.of(key).hvals(key)
     return sum(1 for value in values if value == b"done")
 
 
-async def count_missing(redis: Redis, job: PreparedJob, loads: Sequence[LoadResult]) -> int:
+async def count_missing(store: Store, job: PreparedJob, loads: Sequence[LoadResult]) -> int:
     """Callbacks answered 2xx whose task is not `done` in Redis: what was acknowledged, lost.
 
     Each task id was posted at most once, so the `done` tasks are among the posted ones; the
     posted ones left without a 2xx (unanswered, refused) are looked up one by one."""
     acknowledged = sum(load.accepted for load in loads)
     unacknowledged = [str(i) for load in loads for i in (*load.unanswered, *load.refused)]
-    done = await count_done(redis, job)
+    done = await count_done(store, job)
     if unacknowledged:
-        key = Store(redis).keys.tasks(job.job_id)
-        states = await redis.hmget(key, unacknowledged)
+        key = store.keys.tasks(job.job_id)
+        states = await store.router.of(key).hmget(key, unacknowledged)
         done -= sum(1 for state in states if state == b"done")
     return max(0, acknowledged - done)

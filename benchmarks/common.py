@@ -78,14 +78,24 @@ def revision() -> str:
 
 
 def arguments(
-    description: str, options: Callable[[argparse.ArgumentParser], None] | None = None
+    description: str,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+    *,
+    cluster: bool = False,
 ) -> argparse.Namespace:
-    """The command line of a benchmark (`--quick`, and what `options` adds); notes the
-    revision it starts on."""
+    """The command line of a benchmark (`--quick`, `--cluster` if it has one, and what
+    `options` adds); notes the revision it starts on."""
     global _started_on
     _started_on = revision()
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    if cluster:
+        parser.add_argument(
+            "--cluster",
+            action="store_true",
+            help="measure on one redis-server and on a Redis Cluster (benchmarks/cluster.py) "
+            "in the same run: both figures, and cluster_ratio = cluster / one redis-server",
+        )
     if options is not None:
         options(parser)
     return parser.parse_args()
@@ -243,6 +253,16 @@ def redis_server(
     ]
     with child("redis", argv, workdir, port=port) as process:
         yield RedisServer(port, process)
+
+
+def server_version(binary: str) -> str:
+    """The version a redis-server binary says it is (`v=7.0.15` in `--version`), or '?'."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        said = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+        for word in said.stdout.split():
+            if word.startswith("v="):
+                return word[2:]
+    return "?"
 
 
 def filesystem(path: Path) -> str:

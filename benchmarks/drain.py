@@ -9,7 +9,12 @@ work stream, as a callback would) and stops when the job's `completed` field rea
 number of tasks (Redis polled every 50 ms). The worker's RSS is sampled on each poll; the
 peak is its VmHWM.
 
-    python -m benchmarks.drain [--quick]
+With `--cluster`, the same drain again, of as many new tasks, on a Redis Cluster
+(benchmarks/cluster.py, AOF fsynced every second, as the one redis-server): its figures end
+in `_cluster`, and `cluster_ratio` is its seconds over the one redis-server's (above 1: the
+cluster drains slower).
+
+    python -m benchmarks.drain [--quick] [--cluster]
 """
 
 from __future__ import annotations
@@ -17,11 +22,19 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
-from redis.asyncio import Redis
 
 from benchmarks.callbacks import create_tasks, record_job
+from benchmarks.cluster import (
+    CLUSTER_PARTITIONS,
+    Target,
+    embedded_version,
+    on_cluster,
+    on_one,
+    redis_cluster,
+)
 from benchmarks.common import (
     PYTHON,
     Child,
@@ -46,11 +59,23 @@ CONCURRENCY = 100  # the worker's default RECEIVER_FETCH_CONCURRENCY
 CALLBACKS_PER_CALL = 500  # tasks marked done per script call
 POLL_EVERY = 0.05  # seconds between looks at the job's progress
 TIMEOUT = 600.0  # seconds the drain may take before the benchmark gives up
+# The figures of the drain on the cluster that are shown, each with `_cluster` appended.
+CLUSTER_FIGURES = (
+    "seconds",
+    "ratio",
+    "peak_rss_mb",
+    "worker_cpu_pct",
+    "worker_cpu_ms_per_fetch",
+    "results_stored",
+    "failed",
+    "results_requests",
+)
 
 
 async def wait_for_heartbeat(store: Store, worker: Child) -> None:
     deadline = time.monotonic() + 30
-    while not await store.redis.zcard(store.keys.heartbeats):
+    heartbeats = store.keys.heartbeats
+    while not await store.router.of(heartbeats).zcard(heartbeats):
         if worker.process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the worker did not start; its log ends with:\n{worker.tail()}")
         await asyncio.sleep(0.05)
@@ -66,7 +91,7 @@ async def drain(store: Store, job_id: str, task_ids: list[str], worker: Child) -
     last_report = started
     key = store.keys.job(job_id)
     while True:
-        completed, failed = await store.redis.hmget(key, ["completed", "failed"])
+        completed, failed = await store.router.of(key).hmget(key, ["completed", "failed"])
         now = time.monotonic()
         if int(completed or 0) + int(failed or 0) >= len(task_ids):
             return now - started
@@ -80,39 +105,58 @@ async def drain(store: Store, job_id: str, task_ids: list[str], worker: Child) -
         await asyncio.sleep(POLL_EVERY)
 
 
-async def measure(directory: Path, tasks: int) -> dict[str, object]:
+async def measure(directory: Path, tasks: int, cluster: bool) -> dict[str, object]:
     knobs = {"results_latency": RESULTS_LATENCY, "batch_rps": 0, "completion_delay": 0.01}
-    with (
-        redis_server(directory, aof=True) as redis_process,
-        sandbox("decodo", directory, **knobs) as decodo,
-    ):
-        redis = Redis.from_url(redis_process.url)
-        store = Store(redis)
-        try:
-            task_ids = await create_tasks(decodo, tasks)
-            job_id = await record_job(store, task_ids)
-            say(f"job {job_id}: {len(task_ids)} finished tasks in the sandbox and in Redis")
-            env = receiver_env(
-                redis_process.url,
-                DECODO_BASE_URL=decodo,
-                DECODO_AUTH=DEFAULT_AUTH,
-                RECEIVER_FETCH_CONCURRENCY=str(CONCURRENCY),
-                RECEIVER_RECONCILE_AFTER="86400",
-            )
-            with child(
-                "receiver-worker", [PYTHON, "-m", "receiver", "worker"], directory, env=env
-            ) as worker:
-                await wait_for_heartbeat(store, worker)
-                idle_rss, cpu_before = rss_mb(worker.pid), cpu_seconds(worker.pid)
-                seconds = await drain(store, job_id, task_ids, worker)
-                cpu = cpu_seconds(worker.pid) - cpu_before
-                peak = peak_rss_mb(worker.pid)
-                final_rss = rss_mb(worker.pid)
-            job = await store.get_job(job_id)
-            stored = await redis.hlen(store.keys.results(job_id))
-        finally:
-            await redis.aclose()
-        stats = httpx.get(f"{decodo}/_sandbox/stats", timeout=10).json()
+    with sandbox("decodo", directory, **knobs) as decodo:
+        with redis_server(directory, aof=True) as redis_process:
+            async with on_one(redis_process) as target:
+                one = await drain_on(target, directory, decodo, tasks)
+        if not cluster:
+            return one
+        with redis_cluster(aof=True) as nodes:
+            async with on_cluster(nodes) as target:
+                on = await drain_on(target, directory, decodo, tasks)
+    return {
+        **one,
+        **{f"{name}_cluster": value for name, value in on.items() if name in CLUSTER_FIGURES},
+        "cluster_ratio": round(float(on["seconds"]) / float(one["seconds"]), 3),
+        "cluster_persistence": nodes.persistence,
+        "cluster_partitions": CLUSTER_PARTITIONS,
+        "redis_version": embedded_version(),
+        "cluster_redis_version": nodes.version,
+    }
+
+
+async def drain_on(target: Target, directory: Path, decodo: str, tasks: int) -> dict[str, Any]:
+    """`tasks` new finished tasks in the sandbox, recorded on the target's Redis and drained
+    by one worker on it."""
+    store = target.store
+    before = httpx.get(f"{decodo}/_sandbox/stats", timeout=10).json()
+    task_ids = await create_tasks(decodo, tasks)
+    job_id = await record_job(store, task_ids)
+    say(f"job {job_id}: {len(task_ids)} finished tasks in the sandbox and in Redis ({target.name})")
+    env = receiver_env(
+        target.url,
+        None,
+        DECODO_BASE_URL=decodo,
+        DECODO_AUTH=DEFAULT_AUTH,
+        RECEIVER_FETCH_CONCURRENCY=str(CONCURRENCY),
+        RECEIVER_RECONCILE_AFTER="86400",
+        **target.env,
+    )
+    argv = [PYTHON, "-m", "receiver", "worker"]
+    with child(f"receiver-worker-{target.name}", argv, directory, env=env) as worker:
+        await wait_for_heartbeat(store, worker)
+        idle_rss, cpu_before = rss_mb(worker.pid), cpu_seconds(worker.pid)
+        seconds = await drain(store, job_id, task_ids, worker)
+        cpu = cpu_seconds(worker.pid) - cpu_before
+        peak = peak_rss_mb(worker.pid)
+        final_rss = rss_mb(worker.pid)
+    job = await store.get_job(job_id)
+    results = store.keys.results(job_id)
+    stored = await store.router.of(results).hlen(results)
+    stats = httpx.get(f"{decodo}/_sandbox/stats", timeout=10).json()
+    stats = {k: v - before.get(k, 0) for k, v in stats.items() if isinstance(v, int | float)}
     assert job is not None
     limit = tasks * RESULTS_LATENCY / CONCURRENCY
     say(
@@ -138,18 +182,20 @@ async def measure(directory: Path, tasks: int) -> dict[str, object]:
     }
 
 
-async def main_async(quick: bool) -> dict[str, object]:
+async def main_async(quick: bool, cluster: bool) -> dict[str, object]:
     tasks = 1000 if quick else 10_000
     say(
         f"drain: {tasks} results at {RESULTS_LATENCY * 1000:.0f} ms each, concurrency {CONCURRENCY}"
     )
     with workdir("drain") as directory:
-        return await measure(directory, tasks)
+        return await measure(directory, tasks, cluster)
 
 
 def main() -> None:
-    args = arguments("results drain of one receiver worker against the Decodo sandbox")
-    emit(run(main_async(args.quick)))
+    args = arguments(
+        "results drain of one receiver worker against the Decodo sandbox", cluster=True
+    )
+    emit(run(main_async(args.quick, args.cluster)))
 
 
 if __name__ == "__main__":

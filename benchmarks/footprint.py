@@ -7,7 +7,13 @@
    thousand callbacks, then after 200,000 more distinct valid callbacks (the ingest load
    generator, at full speed).
 
-    python -m benchmarks.footprint [--quick]
+With `--cluster`, step 1 again on a Redis Cluster (benchmarks/cluster.py, no persistence, as
+the one redis-server): used_memory summed over the masters, less what their replication
+buffers grew by meanwhile (bounded by repl-backlog-size, not by the number of jobs; shown
+beside), and MEMORY USAGE of each kind of key summed over the partitions; `cluster_ratio` is
+its bytes per job over the one redis-server's.
+
+    python -m benchmarks.footprint [--quick] [--cluster]
 """
 
 from __future__ import annotations
@@ -19,9 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
 from benchmarks.callbacks import count_missing, prepare_job
+from benchmarks.cluster import (
+    CLUSTER_PARTITIONS,
+    Target,
+    embedded_version,
+    on_cluster,
+    on_one,
+    redis_cluster,
+)
 from benchmarks.common import (
     PYTHON,
     arguments,
@@ -56,9 +68,18 @@ FULL = Sizes(100_000, 5000, 200_000)
 QUICK = Sizes(10_000, 2000, 20_000)
 
 
-async def used_memory(redis: Redis) -> int:
-    info = await redis.info("memory")
-    return int(info["used_memory"])
+async def used_memory(store: Store, *fields: str) -> int:
+    """A field of INFO memory (used_memory unless told), summed over the masters."""
+    total = 0
+    for master in store.router.masters():
+        info = await master.info("memory")
+        total += sum(int(info.get(name, 0)) for name in fields or ("used_memory",))
+    return total
+
+
+async def replication_memory(store: Store) -> int:
+    """Bytes of the masters' replication backlog and replicas' output buffers."""
+    return await used_memory(store, "mem_replication_backlog", "mem_clients_slaves")
 
 
 async def track_many(store: Store, count: int) -> list[str]:
@@ -76,28 +97,33 @@ async def track_many(store: Store, count: int) -> list[str]:
 
 async def key_bytes(store: Store, job_ids: list[str]) -> dict[str, float]:
     """Bytes per job of each kind of key the jobs use."""
-    redis, keys, count = store.redis, store.keys, len(job_ids)
+    keys, count = store.keys, len(job_ids)
     sample = job_ids[:: max(1, count // SAMPLED_JOBS)]
-    hashes = [await redis.memory_usage(keys.job(j), samples=0) or 0 for j in sample]
+    hashes = [await memory_usage(store, keys.job(j)) for j in sample]
+    partitions = range(keys.partitions)
     shared = {
-        "external_index": keys.external("firecrawl"),
-        "jobs_index": keys.jobs(0),
-        "due_schedule": keys.due(0),
-        "events_stream": keys.events(0),
+        "external_index": [keys.external("firecrawl")],
+        "jobs_index": [keys.jobs(p) for p in partitions],
+        "due_schedule": [keys.due(p) for p in partitions],
+        "events_stream": [keys.events(p) for p in partitions],
     }
     per_job = {"job_hash": sum(hashes) / len(hashes)}
-    for name, key in shared.items():
-        per_job[name] = (await redis.memory_usage(key, samples=0) or 0) / count
+    for name, names in shared.items():
+        per_job[name] = sum([await memory_usage(store, key) for key in names]) / count
     return {name: round(value, 1) for name, value in per_job.items()}
 
 
-async def redis_per_job(redis: Redis, jobs: int) -> dict[str, Any]:
-    store = Store(redis)
-    before = await used_memory(redis)
+async def memory_usage(store: Store, key: str) -> int:
+    """MEMORY USAGE of the key (every element counted), on the node that holds it."""
+    return await store.router.of(key).memory_usage(key, samples=0) or 0
+
+
+async def redis_per_job(store: Store, jobs: int) -> dict[str, Any]:
+    before = await used_memory(store)
     started = time.monotonic()
     job_ids = await track_many(store, jobs)
     seconds = time.monotonic() - started
-    after = await used_memory(redis)
+    after = await used_memory(store)
     per_key = await key_bytes(store, job_ids)
     per_job = (after - before) / jobs
     say(
@@ -112,8 +138,31 @@ async def redis_per_job(redis: Redis, jobs: int) -> dict[str, Any]:
     }
 
 
-async def web_growth(directory: Path, redis: Redis, redis_url: str, sizes: Sizes) -> dict[str, Any]:
-    job = await prepare_job(redis, sizes.warmup + sizes.callbacks)
+async def cluster_per_job(target: Target, jobs: int) -> dict[str, Any]:
+    """`redis_per_job` on the cluster, less the masters' replication buffers' growth, read
+    once the replicas have had SETTLE seconds to catch up."""
+    store = target.store
+    before, buffers_before = await used_memory(store), await replication_memory(store)
+    job_ids = await track_many(store, jobs)
+    await asyncio.sleep(SETTLE)
+    after, buffers = await used_memory(store), await replication_memory(store) - buffers_before
+    per_job = (after - before - buffers) / jobs
+    per_key = await key_bytes(store, job_ids)
+    say(
+        f"cluster: {jobs} jobs tracked; used_memory of the masters {before} -> {after} bytes, "
+        f"{buffers} of it replication buffers: {per_job:.0f} bytes per job; by key: {per_key}"
+    )
+    return {
+        "bytes_per_job_cluster": round(per_job, 1),
+        "used_memory_before_cluster": before,
+        "used_memory_after_cluster": after,
+        "replication_buffers_growth_cluster": buffers,
+        "bytes_per_job_by_key_cluster": per_key,
+    }
+
+
+async def web_growth(directory: Path, store: Store, redis_url: str, sizes: Sizes) -> dict[str, Any]:
+    job = await prepare_job(store, sizes.warmup + sizes.callbacks)
     port = free_port()
     env = receiver_env(redis_url, port)
     argv = [PYTHON, "-m", "receiver", "web"]
@@ -127,7 +176,7 @@ async def web_growth(directory: Path, redis: Redis, redis_url: str, sizes: Sizes
         load = run_load(spec)
         await asyncio.sleep(SETTLE)
         after, peak = rss_mb(web.pid), peak_rss_mb(web.pid)
-    missing = await count_missing(redis, job, [warm, load])
+    missing = await count_missing(store, job, [warm, load])
     growth = 100 * (after - before) / before
     say(
         f"{load.answered} more callbacks at {load.rps:.0f}/s (statuses {load.statuses}): RSS "
@@ -145,30 +194,45 @@ async def web_growth(directory: Path, redis: Redis, redis_url: str, sizes: Sizes
     }
 
 
-async def measure(directory: Path, sizes: Sizes) -> dict[str, object]:
+async def measure(directory: Path, sizes: Sizes) -> dict[str, Any]:
     with redis_server(directory, aof=False) as redis_process:
-        redis = Redis.from_url(redis_process.url)
-        try:
-            memory = await redis_per_job(redis, sizes.jobs)
-            web = await web_growth(directory, redis, redis_process.url, sizes)
-        finally:
-            await redis.aclose()
+        async with on_one(redis_process) as target:
+            memory = await redis_per_job(target.store, sizes.jobs)
+            web = await web_growth(directory, target.store, redis_process.url, sizes)
     return {"benchmark": "footprint", "jobs": sizes.jobs, **memory, **web}
 
 
-async def main_async(quick: bool) -> dict[str, object]:
+async def measure_cluster(sizes: Sizes, one_bytes_per_job: float) -> dict[str, object]:
+    """Bytes per job on the cluster, and their ratio to the one redis-server's."""
+    with redis_cluster(aof=False) as nodes:
+        async with on_cluster(nodes) as target:
+            memory = await cluster_per_job(target, sizes.jobs)
+    return {
+        **memory,
+        "cluster_ratio": round(memory["bytes_per_job_cluster"] / one_bytes_per_job, 3),
+        "cluster_persistence": nodes.persistence,
+        "cluster_partitions": CLUSTER_PARTITIONS,
+        "redis_version": embedded_version(),
+        "cluster_redis_version": nodes.version,
+    }
+
+
+async def main_async(quick: bool, cluster: bool) -> dict[str, object]:
     sizes = QUICK if quick else FULL
     say(
         f"footprint: Redis memory of {sizes.jobs} tracked jobs; receiver web RSS over "
         f"{sizes.callbacks} callbacks after a {sizes.warmup}-callback warm-up"
     )
     with workdir("footprint") as directory:
-        return await measure(directory, sizes)
+        one = await measure(directory, sizes)
+    if not cluster:
+        return one
+    return {**one, **await measure_cluster(sizes, one["bytes_per_job"])}
 
 
 def main() -> None:
-    args = arguments("Redis bytes per tracked job and receiver web RSS growth")
-    emit(run(main_async(args.quick)))
+    args = arguments("Redis bytes per tracked job and receiver web RSS growth", cluster=True)
+    emit(run(main_async(args.quick, args.cluster)))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,16 @@ bare, receiver, ...; each receiver round posts task ids never posted before. The
 acknowledgement latency at a fixed offered rate (open loop), and the check that every
 callback answered 202 is recorded `done` in Redis.
 
-    python -m benchmarks.ingest [--quick] [--durability fsync,none]
+With `--cluster`, the same again on a Redis Cluster (benchmarks/cluster.py: 3 masters with a
+replica each, no persistence, as the `none` level's redis-server, which is then measured
+whatever `--durability` says), once at each of CLUSTER_LEVELS: `none`, and `replica` (a 202
+waits for `WAIT 1` on the write's connection). The cluster is emptied between the two.
+Every callback is of one job, so of one partition on one master: what is measured is the
+cost of cluster mode (routing, a replica fed), not a spread over masters. `cluster_ratio`
+is the cluster's `none` rate over the one redis-server's; `replica_wait_ratio` the
+cluster's `replica` rate over its `none` rate.
+
+    python -m benchmarks.ingest [--quick] [--durability fsync,none] [--cluster]
 """
 
 from __future__ import annotations
@@ -20,9 +29,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
-from redis.asyncio import Redis
 
 from benchmarks.callbacks import PreparedJob, count_done, count_missing, prepare_job
+from benchmarks.cluster import (
+    CLUSTER_PARTITIONS,
+    RedisCluster,
+    Target,
+    embedded_version,
+    on_cluster,
+    on_one,
+    redis_cluster,
+)
 from benchmarks.common import (
     HOST,
     PYTHON,
@@ -66,6 +83,8 @@ FULL = Sizes(3, 5.0, 150_000, 300_000, 3000, 2000.0, 5.0)
 QUICK = Sizes(3, 1.0, 30_000, 60_000, 1000, 2000.0, 1.0)
 # The persistence of each level's redis-server: whether it keeps an AOF, and how it fsyncs.
 LEVELS: dict[str, tuple[bool, str]] = {"fsync": (True, "always"), "none": (False, "")}
+# The levels measured on the cluster (--cluster); each one's figures end in _cluster_<level>.
+CLUSTER_LEVELS = ("none", "replica")
 
 
 @dataclass(frozen=True)
@@ -87,7 +106,7 @@ class Servers:
     bare_port: int
     receiver: Child
     receiver_port: int
-    redis: Child
+    redis_pids: list[int]  # every redis-server serving the receiver
 
 
 @dataclass
@@ -113,14 +132,18 @@ def bare_spec(job: PreparedJob, port: int, count: int, sizes: Sizes, duration: f
 def round_on(servers: Servers, target: str, spec: Spec) -> tuple[LoadResult, float, float]:
     """One load; with the server's and Redis' share of a core while it ran, in percent."""
     server = servers.bare if target == "bare" else servers.receiver
-    before = cpu_seconds(server.pid), cpu_seconds(servers.redis.pid)
+    before = cpu_seconds(server.pid), redis_cpu_seconds(servers)
     result = run_load(spec)
     if not result.answered:
         raise RuntimeError(f"no answer from {target}: {result.errors or result.statuses}")
-    after = cpu_seconds(server.pid), cpu_seconds(servers.redis.pid)
+    after = cpu_seconds(server.pid), redis_cpu_seconds(servers)
     server_pct = 100 * (after[0] - before[0]) / result.elapsed
     redis_pct = 100 * (after[1] - before[1]) / result.elapsed
     return result, round(server_pct, 1), round(redis_pct, 1)
+
+
+def redis_cpu_seconds(servers: Servers) -> float:
+    return sum(cpu_seconds(pid) for pid in servers.redis_pids)
 
 
 def throughput_rounds(
@@ -192,16 +215,27 @@ def latency_run(servers: Servers, job: PreparedJob, sizes: Sizes) -> LoadResult:
     return result
 
 
-async def measure(directory: Path, sizes: Sizes, levels: list[str]) -> dict[str, object]:
+async def measure(
+    directory: Path, sizes: Sizes, levels: list[str], cluster: bool
+) -> dict[str, object]:
     say(f"redis data on {filesystem(directory)}")
     bare_port = free_port()
     bare_argv = [PYTHON, "-m", "benchmarks.bare", "--port", str(bare_port)]
+    on: list[Measured] = []
+    extra: dict[str, object] = {}
     with child("bare", bare_argv, directory, port=bare_port) as bare:
         measured = [
             await measure_level(directory / level, level, bare, bare_port, sizes)
             for level in levels
         ]
-    return summarize(sizes, measured, filesystem(directory))
+        if cluster:
+            with redis_cluster(aof=False) as nodes:
+                for level in CLUSTER_LEVELS:
+                    on.append(
+                        await measure_cluster(directory, level, nodes, bare, bare_port, sizes)
+                    )
+            extra = cluster_figures(measured, on, nodes)
+    return summarize(sizes, measured + on, filesystem(directory), extra)
 
 
 async def measure_level(
@@ -211,26 +245,46 @@ async def measure_level(
     directory.mkdir()
     aof, fsync = LEVELS[level]
     with redis_server(directory, aof=aof, fsync=fsync) as redis_process:
-        redis = Redis.from_url(redis_process.url)
-        try:
-            job = await prepare_job(redis, sizes.tasks)
-            port = free_port()
-            env = receiver_env(redis_process.url, port, RECEIVER_DURABILITY=level)
-            argv = [PYTHON, "-m", "receiver", "web"]
-            with child("receiver-web", argv, directory, env=env, port=port) as web:
-                in_force = durability_in_force(port)
-                say(f"{level}: the receiver runs at durability {in_force!r}")
-                servers = Servers(level, bare, bare_port, web, port, redis_process.child)
-                loads = [warm_up(servers, job, sizes)]
-                rounds, measured = throughput_rounds(servers, job, sizes)
-                latency = latency_run(servers, job, sizes)
-                loads += [*measured, latency]
-            done = await count_done(redis, job)
-            missing = await count_missing(redis, job, loads)
-        finally:
-            await redis.aclose()
-    say(f"{level}: {sum(load.accepted for load in loads)} acknowledged, {done} `done` in Redis")
-    return Measured(level, in_force, rounds, loads, latency, done, missing)
+        async with on_one(redis_process) as target:
+            return await measure_on(target, directory, level, bare, bare_port, sizes)
+
+
+async def measure_cluster(
+    directory: Path, level: str, nodes: RedisCluster, bare: Child, bare_port: int, sizes: Sizes
+) -> Measured:
+    """One receiver on the cluster, at one durability level, against the bare app; the
+    cluster emptied afterwards."""
+    directory = directory / f"cluster_{level}"
+    directory.mkdir()
+    try:
+        async with on_cluster(nodes) as target:
+            return await measure_on(target, directory, level, bare, bare_port, sizes)
+    finally:
+        nodes.flushall()
+
+
+async def measure_on(
+    target: Target, directory: Path, level: str, bare: Child, bare_port: int, sizes: Sizes
+) -> Measured:
+    """One receiver on the target's Redis, at one durability level, against the bare app;
+    the figures named `level` on one redis-server, `cluster_<level>` on the cluster."""
+    name = level if target.name == "one" else f"{target.name}_{level}"
+    job = await prepare_job(target.store, sizes.tasks)
+    port = free_port()
+    env = receiver_env(target.url, port, RECEIVER_DURABILITY=level, **target.env)
+    argv = [PYTHON, "-m", "receiver", "web"]
+    with child("receiver-web", argv, directory, env=env, port=port) as web:
+        in_force = durability_in_force(port)
+        say(f"{name}: the receiver runs at durability {in_force!r}")
+        servers = Servers(name, bare, bare_port, web, port, target.pids)
+        loads = [warm_up(servers, job, sizes)]
+        rounds, measured = throughput_rounds(servers, job, sizes)
+        latency = latency_run(servers, job, sizes)
+        loads += [*measured, latency]
+    done = await count_done(target.store, job)
+    missing = await count_missing(target.store, job, loads)
+    say(f"{name}: {sum(load.accepted for load in loads)} acknowledged, {done} `done` in Redis")
+    return Measured(name, in_force, rounds, loads, latency, done, missing)
 
 
 def durability_in_force(port: int) -> str:
@@ -239,16 +293,35 @@ def durability_in_force(port: int) -> str:
     return str(answer.json().get("durability", "?"))
 
 
-def summarize(sizes: Sizes, measured: list[Measured], redis_fs: str) -> dict[str, object]:
+def summarize(
+    sizes: Sizes, measured: list[Measured], redis_fs: str, extra: dict[str, object]
+) -> dict[str, object]:
     result: dict[str, object] = {"benchmark": "ingest", "redis_filesystem": redis_fs}
     for one in measured:
         result.update({f"{name}_{one.level}": value for name, value in figures(one).items()})
     return {
         **result,
+        **extra,
         "latency_offered_rps": sizes.latency_rate,
         "connections": sizes.connections,
         "round_seconds": sizes.seconds,
         "rounds": [asdict(r) for one in measured for r in one.rounds],
+    }
+
+
+def cluster_figures(
+    one: list[Measured], on: list[Measured], nodes: RedisCluster
+) -> dict[str, object]:
+    """The cluster's `none` rate over the one redis-server's, and the cost of waiting for a
+    replica on the cluster."""
+    rate = {m.level: median([r.rps for r in m.rounds if r.target == "receiver"]) for m in one + on}
+    return {
+        "cluster_ratio": round(rate["cluster_none"] / rate["none"], 3),
+        "replica_wait_ratio": round(rate["cluster_replica"] / rate["cluster_none"], 3),
+        "cluster_persistence": nodes.persistence,
+        "cluster_partitions": CLUSTER_PARTITIONS,
+        "redis_version": embedded_version(),
+        "cluster_redis_version": nodes.version,
     }
 
 
@@ -277,15 +350,18 @@ def figures(one: Measured) -> dict[str, object]:
     }
 
 
-async def main_async(quick: bool, levels: list[str]) -> dict[str, object]:
+async def main_async(quick: bool, levels: list[str], cluster: bool) -> dict[str, object]:
     sizes = QUICK if quick else FULL
+    if cluster and "none" not in levels:  # the one redis-server cluster_ratio compares with
+        levels = [*levels, "none"]
+    also = f"; on the cluster at {', '.join(CLUSTER_LEVELS)}" if cluster else ""
     say(
-        f"ingest at durability {', '.join(levels)}: {sizes.rounds}+{sizes.rounds} alternating "
-        f"{sizes.seconds:g} s rounds each, {sizes.connections} keep-alive connections; then "
-        f"{sizes.latency_rate:.0f}/s offered for {sizes.latency_seconds:g} s"
+        f"ingest at durability {', '.join(levels)}{also}: {sizes.rounds}+{sizes.rounds} "
+        f"alternating {sizes.seconds:g} s rounds each, {sizes.connections} keep-alive "
+        f"connections; then {sizes.latency_rate:.0f}/s offered for {sizes.latency_seconds:g} s"
     )
     with workdir("ingest") as directory:
-        return await measure(directory, sizes, levels)
+        return await measure(directory, sizes, levels, cluster)
 
 
 def durability_option(parser: argparse.ArgumentParser) -> None:
@@ -298,13 +374,15 @@ def durability_option(parser: argparse.ArgumentParser) -> None:
 
 def main() -> None:
     args = arguments(
-        "Decodo callback ingest: receiver web vs a bare Starlette endpoint", durability_option
+        "Decodo callback ingest: receiver web vs a bare Starlette endpoint",
+        durability_option,
+        cluster=True,
     )
     levels = [level.strip() for level in args.durability.split(",") if level.strip()]
     unknown = sorted(set(levels) - set(LEVELS))
     if unknown or not levels:
         raise SystemExit(f"--durability: unknown levels {unknown}; choose among {list(LEVELS)}")
-    emit(run(main_async(args.quick, levels)))
+    emit(run(main_async(args.quick, levels, args.cluster)))
 
 
 if __name__ == "__main__":

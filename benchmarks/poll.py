@@ -9,7 +9,12 @@ warm-up. The baseline makes the same GETs from a bare loop (benchmarks/bare_poll
 process of its own, at the worker's poll concurrency (50 per provider) and client limits.
 Rounds alternate: bare, worker, bare, worker.
 
-    python -m benchmarks.poll [--quick]
+With `--cluster`, the same batches are then tracked on a Redis Cluster (benchmarks/cluster.py,
+AOF fsynced every second, as the one redis-server), and as many worker rounds run on it
+(`worker-cluster`) after the others: `polls_per_s_cluster`, its `ratio_cluster` to the bare
+loop, and `cluster_ratio`, its rate over the worker's on the one redis-server.
+
+    python -m benchmarks.poll [--quick] [--cluster]
 """
 
 from __future__ import annotations
@@ -18,15 +23,23 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
-from redis.asyncio import Redis
 
 from benchmarks.bare_poll import PollSpec
+from benchmarks.cluster import (
+    CLUSTER_PARTITIONS,
+    RedisCluster,
+    Target,
+    embedded_version,
+    on_cluster,
+    on_one,
+    redis_cluster,
+)
 from benchmarks.common import (
     PYTHON,
     Child,
@@ -80,6 +93,7 @@ class Deployment:
     dify: str
     batch_ids: list[str]
     dify_batches: list[tuple[str, str]]
+    env: dict[str, str] = field(default_factory=dict)  # more environment of the workers
 
 
 async def bounded(calls: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> list[Any]:
@@ -168,6 +182,7 @@ def count_window(deployment: Deployment, poller: Child, sizes: Sizes) -> tuple[f
 def worker_round(deployment: Deployment, sizes: Sizes, number: int) -> tuple[float, float]:
     env = receiver_env(
         deployment.redis_url,
+        None,
         FIRECRAWL_BASE_URL=deployment.firecrawl,
         FIRECRAWL_API_KEY="fc-sandbox",
         DIFY_BASE_URL=deployment.dify,
@@ -178,6 +193,7 @@ def worker_round(deployment: Deployment, sizes: Sizes, number: int) -> tuple[flo
         RECEIVER_POLL_MAX="2",
         RECEIVER_POLL_CONCURRENCY=str(POLL_CONCURRENCY),
         RECEIVER_FETCH_CONCURRENCY=str(FETCH_CONCURRENCY),
+        **deployment.env,
     )
     argv = [PYTHON, "-m", "receiver", "worker"]
     with child(f"receiver-worker-{number}", argv, deployment.directory, env=env) as worker:
@@ -204,7 +220,7 @@ def bare_round(
         return count_window(deployment, bare, sizes)
 
 
-async def prepare(deployment: Deployment, sizes: Sizes) -> None:
+async def prepare(deployment: Deployment, sizes: Sizes, target: Target) -> None:
     started = time.monotonic()
     deployment.batch_ids = await create_firecrawl_batches(deployment.firecrawl, sizes.firecrawl)
     dify_root = deployment.dify.removesuffix("/v1")
@@ -213,17 +229,24 @@ async def prepare(deployment: Deployment, sizes: Sizes) -> None:
         f"created {len(deployment.batch_ids)} Firecrawl and {len(deployment.dify_batches)} Dify "
         f"batches in the sandboxes in {time.monotonic() - started:.1f} s"
     )
+    await track_all(deployment, target)
+
+
+async def track_all(deployment: Deployment, target: Target) -> None:
+    """Every batch a tracked job on the target's Redis, due now."""
     started = time.monotonic()
-    redis = Redis.from_url(deployment.redis_url)
-    try:
-        await track_jobs(Store(redis), deployment.batch_ids, deployment.dify_batches)
-        due = await redis.zcard(Store(redis).keys.due(0))
-    finally:
-        await redis.aclose()
+    await track_jobs(target.store, deployment.batch_ids, deployment.dify_batches)
+    due = await count_due(target.store)
     say(f"tracked them as jobs in {time.monotonic() - started:.1f} s; {due} polls due")
 
 
-async def measure(directory: Path, sizes: Sizes) -> dict[str, object]:
+async def count_due(store: Store) -> int:
+    """Scheduled polls, over every partition's schedule."""
+    keys = [store.keys.due(p) for p in range(store.keys.partitions)]
+    return sum([await store.router.of(key).zcard(key) for key in keys])
+
+
+async def measure(directory: Path, sizes: Sizes, cluster: bool) -> dict[str, object]:
     firecrawl_knobs = {"scrape_delay": 3600, "max_urls": 1000}
     dify_knobs = {"step_seconds": 3600, "jitter_seconds": 0}
     with (
@@ -232,18 +255,50 @@ async def measure(directory: Path, sizes: Sizes) -> dict[str, object]:
         sandbox("dify", directory, **dify_knobs) as dify,
     ):
         deployment = Deployment(directory, redis_process.url, firecrawl, f"{dify}/v1", [], [])
-        await prepare(deployment, sizes)
-        rounds: list[Round] = []
-        plan: list[tuple[str, Callable[..., tuple[float, float]]]] = []
-        for _ in range(sizes.rounds):
-            plan += [("bare", bare_round), ("worker", worker_round)]
-        # Not a figure of the target: the same bare loop on httpx's default transport
-        # (httpcore and h11), to show what the worker's aiohttp transport saves.
-        plan.append(("bare-httpcore", partial(bare_round, transport="httpcore")))
-        for number, (kind, measure_round) in enumerate(plan):
-            rate, cpu = measure_round(deployment, sizes, number)
-            say(f"round {number + 1} {kind:15}: {rate:7.0f} polls/s (poller cpu {cpu}%)")
-            rounds.append(Round(kind, round(rate, 1), cpu, round(10 * cpu / max(rate, 1e-9), 3)))
+        async with on_one(redis_process) as target:
+            await prepare(deployment, sizes, target)
+        rounds = run_rounds(deployment, sizes, worker_plan(sizes))
+        if not cluster:
+            return summarize(sizes, rounds)
+        with redis_cluster(aof=True) as nodes:
+            rounds += await cluster_rounds(deployment, sizes, nodes, len(rounds))
+        return {**summarize(sizes, rounds), **cluster_figures(rounds, nodes)}
+
+
+Plan = list[tuple[str, Callable[..., tuple[float, float]]]]
+
+
+def worker_plan(sizes: Sizes) -> Plan:
+    plan: Plan = []
+    for _ in range(sizes.rounds):
+        plan += [("bare", bare_round), ("worker", worker_round)]
+    # Not a figure of the target: the same bare loop on httpx's default transport
+    # (httpcore and h11), to show what the worker's aiohttp transport saves.
+    plan.append(("bare-httpcore", partial(bare_round, transport="httpcore")))
+    return plan
+
+
+def run_rounds(deployment: Deployment, sizes: Sizes, plan: Plan, first: int = 0) -> list[Round]:
+    rounds: list[Round] = []
+    for number, (kind, measure_round) in enumerate(plan, start=first):
+        rate, cpu = measure_round(deployment, sizes, number)
+        say(f"round {number + 1} {kind:15}: {rate:7.0f} polls/s (poller cpu {cpu}%)")
+        rounds.append(Round(kind, round(rate, 1), cpu, round(10 * cpu / max(rate, 1e-9), 3)))
+    return rounds
+
+
+async def cluster_rounds(
+    deployment: Deployment, sizes: Sizes, nodes: RedisCluster, first: int
+) -> list[Round]:
+    """The batches tracked on the cluster, and `sizes.rounds` worker rounds on it."""
+    async with on_cluster(nodes) as target:
+        await track_all(deployment, target)
+        on = replace(deployment, redis_url=target.url, env=target.env)
+        plan: Plan = [("worker-cluster", worker_round)] * sizes.rounds
+        return run_rounds(on, sizes, plan, first)
+
+
+def summarize(sizes: Sizes, rounds: list[Round]) -> dict[str, object]:
     worker_rounds = [r for r in rounds if r.target == "worker"]
     bare_rounds = [r for r in rounds if r.target == "bare"]
     worker = median([r.polls_per_s for r in worker_rounds])
@@ -262,7 +317,25 @@ async def measure(directory: Path, sizes: Sizes) -> dict[str, object]:
     }
 
 
-async def main_async(quick: bool) -> dict[str, object]:
+def cluster_figures(rounds: list[Round], nodes: RedisCluster) -> dict[str, object]:
+    """The worker on the cluster, against the bare loop and the worker on one redis-server."""
+    on = [r for r in rounds if r.target == "worker-cluster"]
+    rate = median([r.polls_per_s for r in on])
+    worker = median([r.polls_per_s for r in rounds if r.target == "worker"])
+    bare = median([r.polls_per_s for r in rounds if r.target == "bare"])
+    return {
+        "polls_per_s_cluster": round(rate, 1),
+        "ratio_cluster": round(rate / bare, 3),
+        "cluster_ratio": round(rate / worker, 3),
+        "worker_cpu_ms_per_poll_cluster": round(median([r.cpu_ms_per_poll for r in on]), 3),
+        "cluster_persistence": nodes.persistence,
+        "cluster_partitions": CLUSTER_PARTITIONS,
+        "redis_version": embedded_version(),
+        "cluster_redis_version": nodes.version,
+    }
+
+
+async def main_async(quick: bool, cluster: bool) -> dict[str, object]:
     sizes = QUICK if quick else FULL
     say(
         f"poll: {sizes.firecrawl} Firecrawl and {sizes.dify} Dify jobs due at once; "
@@ -270,12 +343,12 @@ async def main_async(quick: bool) -> dict[str, object]:
         f"{sizes.window:g} s windows after {sizes.warmup:g} s of warm-up"
     )
     with workdir("poll") as directory:
-        return await measure(directory, sizes)
+        return await measure(directory, sizes, cluster)
 
 
 def main() -> None:
-    args = arguments("polls per second of one receiver worker vs a bare httpx loop")
-    emit(run(main_async(args.quick)))
+    args = arguments("polls per second of one receiver worker vs a bare httpx loop", cluster=True)
+    emit(run(main_async(args.quick, args.cluster)))
 
 
 if __name__ == "__main__":
