@@ -43,6 +43,10 @@ class StoreBase:
         # (receiver.durability): WAITAOF 1 0 <ms>, or WAIT 1 <ms>.
         self._confirm: tuple[Any, ...] = _confirm_command(confirm, confirm_timeout)
         self.scripts = Scripts(self._router.any, self.keys, strict=strict_scripts)
+        self._setup()
+
+    def _setup(self) -> None:
+        """What the rooms of the store hold of their own (their batchers), made."""
 
     @property
     def redis(self) -> Redis:

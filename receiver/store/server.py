@@ -100,6 +100,9 @@ def detect_cluster(settings: Settings) -> bool:
         info: Any = client.info("cluster")
     except ResponseError:  # INFO cluster refused: no cluster
         return False
+    except (RedisError, OSError) as exc:
+        why = type(exc).__name__
+        raise ConfigError(f"redis did not say whether it is a cluster ({why})") from None
     finally:
         client.close()
     return bool(int(info.get("cluster_enabled", 0)))

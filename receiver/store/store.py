@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from receiver.errors import ConfigError
 from receiver.settings import Settings
-from receiver.store.base import Clock
 from receiver.store.batching import Batcher
 from receiver.store.health import Health
 from receiver.store.jobs import Callback, Jobs
@@ -32,26 +30,7 @@ class Store(Jobs, Schedule, Queue, Rates, Health):
     """Reads and atomic writes of jobs, tasks, results, events, scheduled and queued work,
     rate limits and heartbeats (each room in its module)."""
 
-    def __init__(
-        self,
-        redis: Redis | Router,
-        keys: Keys | None = None,
-        *,
-        events_maxlen: int = 8_640_000,
-        clock: Clock = time.time,
-        confirm: str = "",
-        confirm_timeout: float = 1.0,
-        strict_scripts: bool = False,
-    ) -> None:
-        super().__init__(
-            redis,
-            keys,
-            events_maxlen=events_maxlen,
-            clock=clock,
-            confirm=confirm,
-            confirm_timeout=confirm_timeout,
-            strict_scripts=strict_scripts,
-        )
+    def _setup(self) -> None:
         self._setup_jobs()
         self._setup_reads()
         self._setup_schedule()
