@@ -21,6 +21,7 @@ import bisect
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,6 +155,7 @@ class ClusterRouter(Router):
         self._make = make_client
         self._clients: dict[Node, Redis] = {}
         self._map = _Map()
+        self._moved: dict[int, Node] = {}  # slots a MOVED answer moved since the last map
         self._lock = asyncio.Lock()
         self._refreshed = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -173,7 +175,7 @@ class ClusterRouter(Router):
         return self.at_slot(key_slot(key.encode()))
 
     def at_slot(self, slot: int) -> Redis:
-        node = self._map.node(slot)
+        node = self._moved.get(slot) or self._map.node(slot)
         if node is None:
             self.noticed(ClusterDownError(f"slot {slot} is not served"))
             raise ClusterDownError(f"no master known for slot {slot}")
@@ -182,22 +184,37 @@ class ClusterRouter(Router):
     def masters(self) -> list[Redis]:
         return [self._client(node) for node in dict.fromkeys(n for _, _, n in self._map.ranges)]
 
+    def moved(self, exc: MovedError) -> None:
+        """A MOVED answer: the slot's master said where the slot is now; it goes there
+        until the next map read."""
+        self._moved[exc.slot_id] = (exc.host, int(exc.port))
+
     def noticed(self, exc: BaseException) -> None:
+        if isinstance(exc, MovedError):
+            self.moved(exc)
         if isinstance(exc, _MOVED) and (self._pending is None or self._pending.done()):
             self._pending = asyncio.ensure_future(self.refresh())
 
     async def start(self) -> None:
-        await self.refresh(force=True)
+        """Read the slot map; a cluster that does not answer yet is an outage like any,
+        and the map is read again when a call fails and every REFRESH_EVERY seconds."""
         if self._task is None:
             self._task = asyncio.create_task(self._refresh_every())
+        try:
+            await self.refresh(force=True)
+        except (RedisError, OSError) as exc:
+            log.warning("could not read the slot map", extra={"error": type(exc).__name__})
 
     async def refresh(self, *, force: bool = False) -> None:
-        """Read the slot map again (at most every REFRESH_AT_MOST_EVERY seconds)."""
+        """Read the slot map again (at most every REFRESH_AT_MOST_EVERY seconds): the map
+        most of the nodes that answer agree on, so that a node back from the dead that still
+        thinks itself a master is outvoted."""
         async with self._lock:
             if not force and time.monotonic() - self._refreshed < REFRESH_AT_MOST_EVERY:
                 return
             known = [n for _, _, n in self._map.ranges]
             failure: BaseException | None = None
+            votes: Counter[tuple[tuple[int, int, Node], ...]] = Counter()
             for node in dict.fromkeys([*known, *self.address.seeds, *self._clients]):
                 try:
                     client: Any = self._client(node)
@@ -205,11 +222,15 @@ class ClusterRouter(Router):
                 except (RedisError, OSError) as exc:
                     failure = exc
                     continue
-                self._map = _parse_slots(reply, node)
-                self._refreshed = time.monotonic()
+                votes[tuple(_parse_slots(reply, node).ranges)] += 1
+            if not votes:
+                if failure is not None:
+                    raise failure
                 return
-            if failure is not None:
-                raise failure
+            ranges = list(votes.most_common(1)[0][0])
+            self._map = _Map([start for start, _, _ in ranges], ranges)
+            self._moved.clear()
+            self._refreshed = time.monotonic()
 
     async def _refresh_every(self) -> None:
         while True:
@@ -218,11 +239,13 @@ class ClusterRouter(Router):
                 await self.refresh()
 
     async def aclose(self) -> None:
-        for task in (self._task, self._pending):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                    await task
+        # The refreshes are cancelled and waited for a moment, never suppressing a
+        # cancellation of our own (which would leave a stopping process waiting).
+        tasks = [task for task in (self._task, self._pending) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
         for client in self._clients.values():
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()

@@ -321,9 +321,16 @@ class ReceiverApi:
         self.url = f"http://127.0.0.1:{port}"
         self.headers = {"Authorization": f"Bearer {token}"}
 
-    def submit(self, urls: Sequence[str]) -> str:
+    def submit(self, urls: Sequence[str], retry_for: float = 0.0) -> str:
+        """A Decodo job of these URLs; a 503 is tried again (after its Retry-After, as a
+        client does) for `retry_for` seconds."""
         body = {"provider": "decodo", "urls": list(urls), "target": "universal"}
-        response = httpx.post(f"{self.url}/jobs", json=body, headers=self.headers, timeout=30)
+        deadline = time.monotonic() + retry_for
+        while True:
+            response = httpx.post(f"{self.url}/jobs", json=body, headers=self.headers, timeout=30)
+            if response.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(float(response.headers.get("retry-after", "1")))
         assert response.status_code in (201, 202), response.text
         job_id: str = response.json()["id"]
         return job_id

@@ -73,7 +73,9 @@ def test_a_master_killed_mid_storm_is_replaced_and_nothing_acknowledged_is_lost(
         # Its node comes back as a replica of the promoted one: a 202 needs a replica.
         cluster.restart(killed)
 
-        after = [apis[n % 2].submit(job_urls(TASKS, f"a{n}")) for n in range(4)]
+        # Created while the processes may still learn where the slots went: a 503 then is
+        # tried again after its Retry-After, as any client does.
+        after = [apis[n % 2].submit(job_urls(TASKS, f"a{n}"), retry_for=30) for n in range(4)]
         storms += [
             chaos.storm(apis[n % 2].url, job_id, tasks_of(job_id), copies=2, spread=3.0)
             for n, job_id in enumerate(after)
