@@ -12,7 +12,7 @@ import orjson
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from receiver.events import subscribe, wait
+from receiver.events import consume, subscribe, wait
 from receiver.settings import Settings
 from receiver.store import connect_store
 from receiver.store.routing import ClusterAddress
@@ -93,15 +93,21 @@ def test_events_on_a_cluster_reach_sse_and_the_helpers(redis_cluster: ClusterPro
 
 
 async def _helpers(url: str, jobs: list[str]) -> bool:
-    """subscribe() and wait() on redis-py's own cluster client."""
+    """subscribe(), consume() and wait() on redis-py's own cluster client."""
     client: Any = RedisCluster.from_url(url)
     finals: set[str] = set()
+    consumed: list[str] = []
     async with asyncio.timeout(30):
         async for event in subscribe(client, after="0"):
             if event.final:
                 finals.add(event.job_id)
             if finals == set(jobs):
                 break
+        async for event in consume(client, "g", "c", start="0"):
+            if event.final:
+                consumed.append(event.job_id)
+            if len(consumed) == len(jobs):
+                break
         ended = [await wait(client, job_id, timeout=10) for job_id in jobs]
     await client.aclose()
-    return all(event.type == "job.completed" for event in ended)
+    return sorted(consumed) == sorted(jobs) and all(e.type == "job.completed" for e in ended)
