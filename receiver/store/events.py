@@ -12,7 +12,6 @@ going away (restarted, loading, unreachable) is ridden out, backing off, from th
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import logging
 import math
@@ -302,7 +301,7 @@ class _Merged:
         self.positions[partition] = event.id
         if len(self.positions) == 1:
             return event
-        return dataclasses.replace(event, id=cursors.render(list(self.positions.values())))
+        return replace(event, id=cursors.render(list(self.positions.values())))
 
     def close(self) -> None:
         for task in self._reads.values():

@@ -88,13 +88,13 @@ class Health(Reads):
         """Pending entries of the partition's work group, and the age in seconds of the
         oldest entry of its stream."""
         stream = self.keys.work(partition)
-        if not await self._for(stream).exists(stream):
+        if not await self._at(partition).exists(stream):
             return 0, 0.0
         try:
-            summary: Any = await self._for(stream).xpending(stream, WORK_GROUP)
+            summary: Any = await self._at(partition).xpending(stream, WORK_GROUP)
         except ResponseError:  # no worker has created the group yet
             summary = {"pending": 0}
-        oldest: Any = await self._for(stream).xrange(stream, count=1)
+        oldest: Any = await self._at(partition).xrange(stream, count=1)
         age = 0.0
         if oldest:
             millis = int(text(oldest[0][0]).split("-")[0])

@@ -55,11 +55,6 @@ class Queue(StoreBase):
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def enqueue(self, item: WorkItem) -> None:
-        """Queue work for the workers now."""
-        stream = self.keys.work(self.keys.partition_of(item.job_id))
-        await self._for(stream).xadd(stream, item.fields)  # type: ignore[arg-type]
-
     async def read_work(
         self, partition: int, consumer: str, count: int, block_ms: int
     ) -> list[Entry]:
@@ -86,7 +81,7 @@ class Queue(StoreBase):
         """Entries of the partition `consumer` read and left idle for idle_ms (it could not
         acknowledge them), but for those it has at work (by `Entry.key`)."""
         stream = self.keys.work(partition)
-        pending: Any = await self._for(stream).xpending_range(
+        pending: Any = await self._at(partition).xpending_range(
             stream, WORK_GROUP, "-", "+", count, consumername=consumer, idle=idle_ms
         )
         ids = [
@@ -96,7 +91,7 @@ class Queue(StoreBase):
         ]
         if not ids:
             return []
-        claimed: Any = await self._for(stream).xclaim(stream, WORK_GROUP, consumer, 0, ids)
+        claimed: Any = await self._at(partition).xclaim(stream, WORK_GROUP, consumer, 0, ids)
         return _entries(partition, claimed)
 
     async def renew_claims(self, consumer: str, entries: Sequence[Entry]) -> None:
