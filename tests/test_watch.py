@@ -40,7 +40,14 @@ from tests.client.frames import (
     dify_stream,
     scripted_event,
 )
-from tests.e2e import TOKEN, Deployment, decodo_sandbox_server, deployment, polled_deployment
+from tests.e2e import (
+    TOKEN,
+    Deployment,
+    Target,
+    decodo_sandbox_server,
+    deployment,
+    polled_deployment,
+)
 from tests.servers import (
     RedisProcess,
     free_port,
@@ -286,8 +293,8 @@ def test_watch_interrupted_exits_130(redis_process: RedisProcess) -> None:
             assert child.finish() == 130
 
 
-def test_watch_piped_prints_one_line_per_event(redis_process: RedisProcess) -> None:
-    with deployment(redis_process, completion_delay=60) as d:
+def test_watch_piped_prints_one_line_per_event(redis_target: Target) -> None:
+    with deployment(redis_target, completion_delay=60) as d:
         job_id, tasks = held_job(d, 4)
         with piped(cli_env(d.api), "watch", job_id) as child:
             child.read_until(" job.state ")
