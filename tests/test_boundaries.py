@@ -150,7 +150,8 @@ async def test_a_lua_error_names_its_file_and_line(redis: Redis, store: Store) -
     )
     script = store.scripts.update_jobs
     argv = [repr(store.clock()), "now", 100, 1, "j1", 1, 1, "job.progress", "{not json", 0]
-    keys = [*store.keys.shared(store.keys.partition_of("j1")), *store.keys.job_keys("j1")]
+    job_keys = store.keys.job_keys("j1", script.job_keys)
+    keys = [*store.keys.shared(store.keys.partition_of("j1")), *job_keys]
     with pytest.raises(ResponseError) as raised:
         await script(keys, argv)
     assert f"receiver/store/lua/update_jobs.lua:{line}" in str(raised.value)

@@ -105,7 +105,7 @@ class StoreBase:
         partition = self.keys.partition_of(job_ids[0])
         keys = self.keys.shared(partition)
         for job_id in job_ids:
-            keys += self.keys.job_keys(job_id)
+            keys += self.keys.job_keys(job_id, script.job_keys)
         now = self.clock()
         argv = [repr(now), iso_ms(at_ms(now)), self.events_maxlen, len(job_ids), *job_ids]
         argv += args

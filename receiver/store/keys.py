@@ -122,12 +122,12 @@ class Keys:
         attempts made so far: the one retry counter, reset when the work succeeds."""
         return f"{self._bases[self.partition_of(job_id)]}attempts:{job_id}"
 
-    def job_keys(self, job_id: str) -> list[str]:
-        """The job's keys in the order of JOB_KEYS. Each is its partition's base, what the
-        key holds, then the job's id: whatever the id holds (a `:`, braces), no key of one
-        job is a key of another."""
+    def job_keys(self, job_id: str, names: tuple[str, ...] = JOB_KEYS) -> list[str]:
+        """The job's keys `names` (of JOB_KEYS), in their order. Each is its partition's
+        base, what the key holds, then the job's id: whatever the id holds (a `:`, braces),
+        no key of one job is a key of another."""
         base = self._bases[self.partition_of(job_id)]
-        return [f"{base}job:{job_id}", *(f"{base}{name}:{job_id}" for name in JOB_KEYS[1:])]
+        return [f"{base}{'job' if name == 'hash' else name}:{job_id}" for name in names]
 
     # -- a partition's keys -------------------------------------------------------------
 

@@ -25,17 +25,19 @@ from receiver.store.codes import lua_tables
 from receiver.store.keys import JOB_KEYS, SHARED_KEYS, Keys
 
 # The scripts that work on jobs: they run after the prelude, and are given their keys and
-# jobs as it says.
-JOB_SCRIPTS = (
-    "callbacks",
-    "create_job",
-    "record_submission",
-    "task_outcomes",
-    "record_failure",
-    "finish_job",
-    "update_jobs",
-    "reopen_job",
-)
+# jobs as it says; each job's keys only those the script touches, of JOB_KEYS (the prelude's
+# functions too: `finish` deletes `early`, `apply` writes `tasks` and `errors`), in their
+# order. The strict header fails a script that reaches one it was not given.
+JOB_SCRIPTS: dict[str, tuple[str, ...]] = {
+    "callbacks": ("hash", "tasks", "errors", "early"),
+    "create_job": ("hash",),
+    "record_submission": ("hash", "tasks", "inputs", "errors", "early"),
+    "task_outcomes": ("hash", "tasks", "errors", "results", "early"),
+    "record_failure": ("hash", "attempts"),
+    "finish_job": ("hash", "early"),
+    "update_jobs": ("hash", "attempts"),
+    "reopen_job": ("hash", "tasks", "errors", "attempts"),
+}
 OTHER_SCRIPTS = ("claim_due", "renew_leases", "acquire_rate", "hint_poll")
 # Commands whose first argument is no key.
 _KEYLESS = ("PUBLISH", "SPUBLISH", "TIME")
@@ -63,10 +65,10 @@ def _lua_table(values: Sequence[str] | Mapping[str, str]) -> str:
     return "{" + ", ".join(_lua_string(v) for v in values) + "}"
 
 
-def header(keys: Keys, *, strict: bool = False) -> str:
-    """The first line of every script: the shared names, and `call` (redis.call, checked
-    against KEYS when `strict`). One line, so that the lines of a file keep their numbers
-    but for one."""
+def header(keys: Keys, *, strict: bool = False, job_keys: tuple[str, ...] = JOB_KEYS) -> str:
+    """The first line of every script: the shared names (`job_keys`: those of a job the
+    script is given), and `call` (redis.call, checked against KEYS when `strict`). One line,
+    so that the lines of a file keep their numbers but for one."""
     parts = [
         "local function _closed(t, what) return setmetatable(t, {__index = function(_, name)"
         " error('no ' .. what .. ' named ' .. tostring(name)) end}) end",
@@ -74,7 +76,7 @@ def header(keys: Keys, *, strict: bool = False) -> str:
     for name, table in lua_tables().items():
         parts.append(f"local {name} = _closed({_lua_table(table)}, {_lua_string(name)})")
     parts.append(f"local SHARED_KEY_NAMES = {_lua_table(SHARED_KEYS)}")
-    parts.append(f"local JOB_KEY_NAMES = {_lua_table(JOB_KEYS)}")
+    parts.append(f"local JOB_KEY_NAMES = {_lua_table(job_keys)}")
     parts.append(f"local CHANNEL = {_lua_string(keys.channel)}")
     parts.append(f"local JOB_CHANNEL = {_lua_string(keys.channel_of(''))}")
     if strict:
@@ -100,7 +102,9 @@ class Script:
 
     def __init__(self, redis: Redis, name: str, keys: Keys, *, strict: bool = False) -> None:
         self.name = name
-        files = [("<header>", header(keys, strict=strict))]
+        # The keys of each job it is given (a job script), in JOB_KEYS' order.
+        self.job_keys = JOB_SCRIPTS.get(name, ())
+        files = [("<header>", header(keys, strict=strict, job_keys=self.job_keys or JOB_KEYS))]
         if name in JOB_SCRIPTS:
             files.append(("prelude.lua", source("prelude")))
         files.append((f"{name}.lua", source(name)))
