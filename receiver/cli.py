@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -28,27 +27,15 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-def _exit_on_sigterm() -> None:
-    """Unwind on SIGTERM as on Ctrl-C, so the embedded Redis is stopped on the way out.
-
-    uvicorn re-raises the signal it caught once it has shut down; this handler then turns
-    it into SystemExit instead of letting the default action kill the process on the spot.
-    """
-
-    def stop(signum: int, frame: object) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-
-
 @contextlib.contextmanager
 def _prepared(settings: Settings, *, join: bool = True) -> Iterator[Settings]:
     """Settings ready to serve: with an embedded Redis and its secrets when REDIS_URL is
     unset (`join`: one another process of the data dir runs will do), and the durability
     level in force. Exits non-zero if the embedded Redis could not be kept running."""
     from receiver import embedded
+    from receiver.service import exit_on_sigterm
 
-    _exit_on_sigterm()
+    exit_on_sigterm()
     try:
         settings.check()
         if not settings.embedded:

@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import signal
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -135,7 +136,34 @@ def serve(app: Starlette, settings: Settings) -> None:
         http=guarded_protocol(connection_limits(settings)),
         **uvicorn_options(settings),
     )
-    uvicorn.Server(config).run()
+    _Server(config).run()
+
+
+# Set by the SIGTERM handler: a stop was asked for. Kept even where the SystemExit the
+# handler raises is lost: raised while a `__del__` runs (a garbage-collected client's),
+# Python prints it and carries on, and the process went on serving.
+_STOPPING = threading.Event()
+
+
+def exit_on_sigterm() -> None:
+    """Unwind on SIGTERM as on Ctrl-C, so the embedded Redis is stopped on the way out.
+
+    uvicorn re-raises the signal it caught once it has shut down; this handler then turns
+    it into SystemExit instead of letting the default action kill the process on the spot.
+    A SIGTERM taken before uvicorn's own handlers were in place stops the server too
+    (`_Server`), should its SystemExit have been lost.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        _STOPPING.set()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+class _Server(uvicorn.Server):
+    async def on_tick(self, counter: int) -> bool:
+        return _STOPPING.is_set() or await super().on_tick(counter)
 
 
 # -- the bounds of an HTTP connection ---------------------------------------------------
