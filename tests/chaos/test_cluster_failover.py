@@ -69,6 +69,9 @@ def test_a_master_killed_mid_storm_is_replaced_and_nothing_acknowledged_is_lost(
         wait_until(lambda: sum(len(s.accepted()) for s in storms) >= TASKS, 30, "callbacks taken")
         killed = max(cluster.masters(), key=lambda m: len(m.slots)).port
         cluster.kill_master(killed)
+        # Meanwhile /readyz says Redis is what is missing.
+        seen = wait_until(lambda: _not_ready(apis[0]), 30, "/readyz saying redis is missing")
+        assert seen["reason"].startswith("redis unavailable"), seen
         cluster.wait_for_failover(killed, timeout=60)
         # Its node comes back as a replica of the promoted one: a 202 needs a replica.
         cluster.restart(killed)
@@ -105,3 +108,8 @@ def test_a_master_killed_mid_storm_is_replaced_and_nothing_acknowledged_is_lost(
             assert time.monotonic() < deadline, ready
             time.sleep(0.2)
         client.close()
+
+
+def _not_ready(api: ReceiverApi) -> dict[str, Any] | None:
+    status, body = api.ready()
+    return body if status == 503 and body.get("missing") == "redis" else None
